@@ -130,15 +130,20 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def download(url, data_dir):
-    """Return the local copy of url in data_dir, downloading it once. The file appears only when the
-    download finished and parsed as a reviews CSV; a failed or interrupted one leaves nothing behind."""
+def load_reviews(url, data_dir):
+    """The reviews CSV at url, downloaded into data_dir once and validated: (local path, frame). The local file
+    appears only when the download finished and passed read_reviews(); a failed one leaves nothing behind."""
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
     if path.exists():
-        return path
+        try:
+            return path, read_reviews(path)
+        except RecipeError as e:
+            raise RecipeError(f"{e}; delete {path} to download it again") from None
     print(f"downloading {url} -> {path}")
+    reviews = None
 
     def fetch(tmp):
+        nonlocal reviews
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
                 size = int(response.headers.get("Content-Length") or 0) or None
@@ -149,25 +154,29 @@ def download(url, data_dir):
             raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
                               f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
         try:
-            read_reviews(tmp)
+            reviews = read_reviews(tmp, name=url)
         except RecipeError as e:
-            raise RecipeError(f"{url} did not give a reviews CSV: {e}") from None
+            raise RecipeError(f"{e}; nothing was saved") from None
 
     atomic_write(path, fetch)
-    return path
+    return path, reviews
 
 
-def read_reviews(path):
+def read_reviews(path, name=None):
     """Read the reviews CSV (plain or gzip) and check it: a text column `review` with no empty entries,
-    a label column `sentiment` with 1/0 or positive/negative. Returns a frame with int labels."""
+    a label column `sentiment` with 1/0 or positive/negative. Returns a frame with int labels. Errors call
+    the file `name` (default: its path)."""
+    name = name or path
     with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
+        head = f.read(512)
+    gzipped = head[:2] == b"\x1f\x8b"
+    if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        raise RecipeError(f"{name} is an HTML page (an error or login page?), not the reviews CSV")
     try:
         df = pd.read_csv(path, compression="gzip" if gzipped else None)
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         kind = "gzip file" if gzipped else "file"
-        raise RecipeError(f"{path} is not a readable CSV {kind} ({type(e).__name__}: {e}); delete it and "
-                          f"download it again") from None
+        raise RecipeError(f"{name} is not a readable CSV {kind} ({type(e).__name__}: {e})") from None
 
     def rows(mask):
         where = np.flatnonzero(mask)
@@ -176,18 +185,17 @@ def read_reviews(path):
 
     missing = [column for column in ("review", "sentiment") if column not in df.columns]
     if missing:
-        html = " (it looks like an HTML page, not the CSV)" if str(df.columns[0]).lstrip().startswith("<") else ""
-        raise RecipeError(f"{path} has no {' or '.join(missing)} column{html}; "
+        raise RecipeError(f"{name} has no {' or '.join(missing)} column; "
                           f"found columns {[str(c)[:40] for c in df.columns[:6]]}")
     names = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "negative": 0, "positive": 1}
     labels = df["sentiment"].astype(str).str.strip().str.lower().map(names)
     if labels.isna().any():
-        raise RecipeError(f"{path}: sentiment must be 1/0 or positive/negative, but {rows(labels.isna())} "
+        raise RecipeError(f"{name}: sentiment must be 1/0 or positive/negative, but {rows(labels.isna())} "
                           f"hold{'s' if labels.isna().sum() == 1 else ''} "
-                          f"{df['sentiment'][labels.isna()].iloc[0]!r}")
+                          f"{df['sentiment'][labels.isna()].tolist()[0]!r}")
     empty = df["review"].isna() | df["review"].astype(str).str.strip().eq("")
     if empty.any():
-        raise RecipeError(f"{path}: empty or missing review in {rows(empty)}")
+        raise RecipeError(f"{name}: empty or missing review in {rows(empty)}")
     return pd.DataFrame({"review": df["review"].astype(str), "sentiment": labels.astype(int)})
 
 
@@ -331,7 +339,8 @@ def loader(batches, data, pad_id, device):
     """Collated batches in pinned memory (on CUDA), ready for non_blocking copies."""
     collate_batch = lambda indices: collate(indices, *data, pad_id)  # noqa: E731
     return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=collate_batch,
-                                       pin_memory=device.type == "cuda")
+                                       pin_memory=device.type == "cuda",
+                                       generator=torch.Generator())  # keep the global RNG for dropout alone
 
 
 def to_device(batch, device):
@@ -402,11 +411,11 @@ def run(settings, given):
     print("settings: " + json.dumps(s))
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
-    data_path = download(s["DATA_URL"], s["DATA_DIR"])
+    data_path, reviews = load_reviews(s["DATA_URL"], s["DATA_DIR"])
     data_sha256 = file_sha256(data_path)
     if checkpoint is not None and checkpoint["data_sha256"] != data_sha256:
         raise RecipeError(f"{data_path} is not the file the checkpoint was trained on (its checksum differs)")
-    train_df, valid_df, test_df = split(read_reviews(data_path), s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"])
+    train_df, valid_df, test_df = split(reviews, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"])
     tokenizer = AutoTokenizer.from_pretrained(s["MODEL_NAME"])
     torch.manual_seed(s["SEED"])
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -460,6 +469,7 @@ def run(settings, given):
     try:
         with StopRequest() as stop:
             for epoch in range(state["epoch"], s["EPOCHS"] + 1):
+                model.train()  # from_pretrained returns a model in eval mode (dropout off)
                 epoch_start = time.perf_counter() - state["seconds"]
                 generator = torch.Generator().manual_seed(s["SEED"] + epoch)  # the same batches when resumed
                 batches = make_batches(lengths[:n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])

@@ -11,7 +11,7 @@ import torch
 from conftest import make_reviews, write_csv
 
 SCRIPTS = ["train_distilbert"]
-SHARED = ["RecipeError", "parse_settings", "check_positive", "atomic_write", "file_sha256", "download",
+SHARED = ["RecipeError", "parse_settings", "check_positive", "atomic_write", "file_sha256", "load_reviews",
           "read_reviews", "split", "clean", "make_batches", "StopRequest", "resolve_run", "restore_rng", "rng_state"]
 
 
@@ -53,18 +53,19 @@ def test_split_asking_for_too_many_rows_is_a_clear_error(script):
 def test_download_over_http_once(script, serve, tmp_path):
     payload = gzip.compress(make_reviews(50).to_csv(index=False).encode())
     base = serve({"movie_data.csv.gz": payload})
-    path = script.download(f"{base}/movie_data.csv.gz", tmp_path / "data")
+    path, reviews = script.load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data")
     assert path == tmp_path / "data" / "movie_data.csv.gz" and path.read_bytes() == payload
-    assert len(serve.requests) == 1
-    assert script.download(f"{base}/movie_data.csv.gz", tmp_path / "data") == path
+    assert len(serve.requests) == 1 and len(reviews) == 50
+    again, reviews_again = script.load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data")
+    assert again == path and reviews_again.equals(reviews)
     assert len(serve.requests) == 1  # the second call reuses the file
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["movie_data.csv.gz"]
 
 
 def test_download_from_a_file_url(script, tmp_path):
     source = write_csv(make_reviews(20), tmp_path / "mine.csv")
-    path = script.download(source.as_uri(), tmp_path / "data")
-    assert path.name == "mine.csv" and len(script.read_reviews(path)) == 20
+    path, reviews = script.load_reviews(source.as_uri(), tmp_path / "data")
+    assert path.name == "mine.csv" and len(reviews) == 20
 
 
 def test_read_reviews_accepts_word_labels(script, tmp_path):
