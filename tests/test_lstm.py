@@ -1,0 +1,90 @@
+"""train_lstm_baseline.py: vocabulary, packed-sequence semantics, end to end with predict (offline, CPU)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import train_distilbert
+import train_lstm_baseline as tl
+from conftest import make_reviews, write_csv
+
+
+def run_args(tmp_path, csv, **overrides):
+    settings = {"data_url": Path(csv).as_uri(), "data_dir": tmp_path / "data", "train_size": 1_200,
+                "valid_size": 400, "test_size": 400, "vocab_size": 100, "embedding_dim": 16, "hidden_dim": 32,
+                "batch_size": 32, "epochs": 3, "learning_rate": 0.01, "out_dir": tmp_path / "out", **overrides}
+    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+
+
+def test_vocabulary_comes_from_the_training_texts_only():
+    vocab = tl.build_vocab(["good good film<br />", "Bad film!", "good"], vocab_size=10)
+    assert vocab[:2] == ["<pad>", "<unk>"]
+    assert set(vocab) == {"<pad>", "<unk>", "good", "film", "bad", "!"}  # no "br": the tags are removed
+    ids, offsets = tl.encode(["Good unseen FILM ?", "zzz"], vocab)
+    assert ids[offsets[0]:offsets[1]].tolist() == [vocab.index("good"), 1, vocab.index("film"), 1]
+    assert ids[offsets[1]:offsets[2]].tolist() == [1]
+
+
+def test_vocabulary_keeps_the_most_frequent_tokens():
+    vocab = tl.build_vocab(["a a a b b c"] * 3, vocab_size=4)
+    assert vocab == ["<pad>", "<unk>", "a", "b"]
+
+
+def test_vocabulary_is_built_from_the_training_split_in_main(tmp_path, monkeypatch):
+    df = make_reviews(2_000, seed=4)
+    df.loc[1_200:, "review"] = df.loc[1_200:, "review"] + " heldoutword"  # valid and test rows only
+    csv = write_csv(df, tmp_path / "reviews.csv")
+    seen = []
+    real_build_vocab = tl.build_vocab
+    monkeypatch.setattr(tl, "build_vocab", lambda texts, size: seen.append(list(texts)) or real_build_vocab(texts, size))
+    tl.main(run_args(tmp_path, csv, epochs=1, vocab_size=1_000))
+    assert seen == [df["review"][:1_200].tolist()]
+    vocab = json.loads((tmp_path / "out" / "vocab.json").read_text())["tokens"]
+    assert "heldoutword" not in vocab and "great" in vocab
+
+
+def test_last_real_token_state_equals_pack_padded_sequence():
+    torch.manual_seed(0)
+    model = tl.LSTMClassifier(vocab_size=50, embedding_dim=8, hidden_dim=12).eval()
+    lengths = torch.tensor([9, 1, 5, 9, 3, 7])
+    ids = torch.randint(2, 50, (6, 9))
+    ids[torch.arange(9) >= lengths[:, None]] = 0
+    with torch.no_grad():
+        packed = pack_padded_sequence(model.embedding(ids), lengths, batch_first=True, enforce_sorted=False)
+        _, (h_n, _) = model.lstm(packed)
+        expected = model.head(h_n[-1])
+        torch.testing.assert_close(model(ids, lengths), expected, atol=1e-6, rtol=1e-5)
+        # and padding a batch wider changes nothing
+        wider = torch.cat([ids, torch.zeros(6, 20, dtype=torch.int64)], 1)
+        torch.testing.assert_close(model(wider, lengths), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_main_learns_and_predict_reloads_the_model(tmp_path):
+    csv = write_csv(make_reviews(2_000, seed=5), tmp_path / "reviews.csv.gz")
+    metrics = tl.main(run_args(tmp_path, csv))
+
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert [record["epoch"] for record in saved["epochs"]] == [1, 2, 3]
+    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "valid_accuracy", "seconds"}
+    assert saved["valid_accuracy"] >= 0.9 and saved["test_accuracy"] >= 0.9
+    assert saved["valid_accuracy"] == max(record["valid_accuracy"] for record in saved["epochs"])
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+    predictions = tl.predict(["a wonderful superb film", "the plot was awful and boring"], tmp_path / "out")
+    assert [label for label, _ in predictions] == ["positive", "negative"]
+    assert all(0.5 <= probability <= 1 for _, probability in predictions)
+
+
+def test_both_scripts_split_the_same_csv_into_the_same_rows(tmp_path):
+    csv = write_csv(make_reviews(300, seed=6), tmp_path / "reviews.csv.gz")
+    splits = []
+    for script in (train_distilbert, tl):
+        _, reviews = script.load_reviews(csv.as_uri(), tmp_path / script.__name__)
+        splits.append(script.split(reviews, 200, 50, 40))
+    for ours, theirs in zip(*splits):
+        assert ours.equals(theirs)
+    assert [len(part) for part in splits[0]] == [200, 50, 40]

@@ -1,0 +1,525 @@
+"""Train an LSTM sentiment classifier from scratch on the IMDb reviews: the baseline for train_distilbert.py.
+
+    python train_lstm_baseline.py                                # the full recipe: 15 epochs
+    python train_lstm_baseline.py --epochs 2 --train-size 5000  # a quick run
+    python train_lstm_baseline.py --data-url file:///path/to/movie_data.csv.gz
+    python train_lstm_baseline.py --out-dir runs/lstm --resume  # continue an interrupted run
+
+Same data, download and split as train_distilbert.py. Every UPPER_CASE setting below can be overridden from
+the shell as --lower-case-name VALUE (or =VALUE); --help lists them. Writes OUT_DIR/metrics.json,
+OUT_DIR/model.pt (weights and settings of the best epoch) and OUT_DIR/vocab.json; predict() reloads them.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+import urllib.parse
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.feature_extraction.text import CountVectorizer
+from torch import nn
+from tqdm.auto import tqdm
+
+# ----------------------------------------------------------------------------------------------- settings
+# data
+DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # any URL urllib opens, file:// too
+DATA_DIR = "data"  # download cache
+TRAIN_SIZE = 35_000  # the first rows of the CSV; the vocabulary comes from these alone
+VALID_SIZE = 5_000  # the next rows: choose the best epoch
+TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
+# model
+VOCAB_SIZE = 20_000  # most frequent training tokens, <pad> and <unk> included
+EMBEDDING_DIM = 128  # token embedding width
+HIDDEN_DIM = 256  # LSTM state width
+# optimisation
+BATCH_SIZE = 128  # reviews per forward pass
+GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
+EPOCHS = 15  # passes over the training split
+LEARNING_RATE = 0.005  # Adam learning rate
+GRAD_CLIP = 0.0  # clip the gradient norm to this, 0 = off
+SEED = 123  # initialisation and shuffling
+# system
+DEVICE = "auto"  # auto = cuda if available, else cpu
+LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
+EVAL_BATCH_SIZE = 256  # reviews per forward pass in evaluation
+LOG_EVERY = 20  # batches between progress-bar loss updates (each one waits for the GPU)
+OUT_DIR = "runs/lstm"  # metrics.json, model.pt, vocab.json and the resumable checkpoint.pt
+RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
+DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
+POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "VOCAB_SIZE", "EMBEDDING_DIM", "HIDDEN_DIM", "BATCH_SIZE",
+                     "GRAD_ACCUM_STEPS", "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
+LABELS = ["negative", "positive"]
+TOKEN_PATTERN = r"(?u)\b\w+\b|[!?]"  # words, and the punctuation that carries sentiment
+
+
+# ------------------------------------------- shared with train_distilbert.py, kept identical (tests check)
+class RecipeError(Exception):
+    """A problem the user can fix (data, settings): main() prints it as one line and exits 1."""
+
+
+def parse_settings(argv, defaults):
+    """Shell overrides of the settings block: --epochs 3, --max-length=128, --compile true.
+
+    Values are typed from the defaults (ints widen to floats, booleans parsed explicitly). Returns all
+    settings and the ones given explicitly."""
+    def typed(name, default):
+        def convert(text):
+            if isinstance(default, bool):
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            return type(default)(text)
+        convert.__name__ = type(default).__name__  # argparse names the type in its error message
+        return convert
+
+    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in defaults.items():
+        flag = "--" + name.lower().replace("_", "-")
+        extra = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
+        parser.add_argument(flag, dest=name, type=typed(name, default), default=argparse.SUPPRESS,
+                            metavar=type(default).__name__.upper(), help=f"default: {default}", **extra)
+    given, unknown = parser.parse_known_args(argv)
+    if unknown:
+        valid = " ".join("--" + name.lower().replace("_", "-") for name in defaults)
+        parser.error(f"unknown setting {unknown[0]!r}; the settings are: {valid}")
+    return {**defaults, **vars(given)}, vars(given)
+
+
+def check_positive(settings, names):
+    for name in names:
+        if not settings[name] > 0:
+            flag = "--" + name.lower().replace("_", "-")
+            raise RecipeError(f"{name} ({flag}) must be positive, got {settings[name]}")
+
+
+def atomic_write(path, write):
+    """Call write(tmp) and rename tmp to path only when it finished: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_reviews(url, data_dir):
+    """The reviews CSV at url, downloaded into data_dir once and validated: (local path, frame). The local file
+    appears only when the download finished and passed read_reviews(); a failed one leaves nothing behind."""
+    path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
+    if path.exists():
+        try:
+            return path, read_reviews(path)
+        except RecipeError as e:
+            raise RecipeError(f"{e}; delete {path} to download it again") from None
+    print(f"downloading {url} -> {path}")
+    reviews = None
+
+    def fetch(tmp):
+        nonlocal reviews
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+                size = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=size, unit="B", unit_scale=True, desc="download") as bar:
+                    while chunk := response.read(1 << 20):
+                        bar.update(f.write(chunk))
+        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
+            raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
+                              f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
+        try:
+            reviews = read_reviews(tmp, name=url)
+        except RecipeError as e:
+            raise RecipeError(f"{e}; nothing was saved") from None
+
+    atomic_write(path, fetch)
+    return path, reviews
+
+
+def read_reviews(path, name=None):
+    """Read the reviews CSV (plain or gzip) and check it: a text column `review` with no empty entries,
+    a label column `sentiment` with 1/0 or positive/negative. Returns a frame with int labels. Errors call
+    the file `name` (default: its path)."""
+    name = name or path
+    with open(path, "rb") as f:
+        head = f.read(512)
+    gzipped = head[:2] == b"\x1f\x8b"
+    if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        raise RecipeError(f"{name} is an HTML page (an error or login page?), not the reviews CSV")
+    try:
+        df = pd.read_csv(path, compression="gzip" if gzipped else None)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        kind = "gzip file" if gzipped else "file"
+        raise RecipeError(f"{name} is not a readable CSV {kind} ({type(e).__name__}: {e})") from None
+
+    def rows(mask):
+        where = np.flatnonzero(mask)
+        more = f" and {len(where) - 5} more" if len(where) > 5 else ""
+        return f"row{'s' if len(where) > 1 else ''} {', '.join(map(str, where[:5]))}{more} (0-based, header not counted)"
+
+    missing = [column for column in ("review", "sentiment") if column not in df.columns]
+    if missing:
+        raise RecipeError(f"{name} has no {' or '.join(missing)} column; "
+                          f"found columns {[str(c)[:40] for c in df.columns[:6]]}")
+    names = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "negative": 0, "positive": 1}
+    labels = df["sentiment"].astype(str).str.strip().str.lower().map(names)
+    if labels.isna().any():
+        raise RecipeError(f"{name}: sentiment must be 1/0 or positive/negative, but {rows(labels.isna())} "
+                          f"hold{'s' if labels.isna().sum() == 1 else ''} "
+                          f"{df['sentiment'][labels.isna()].tolist()[0]!r}")
+    empty = df["review"].isna() | df["review"].astype(str).str.strip().eq("")
+    if empty.any():
+        raise RecipeError(f"{name}: empty or missing review in {rows(empty)}")
+    return pd.DataFrame({"review": df["review"].astype(str), "sentiment": labels.astype(int)})
+
+
+def split(df, train_size, valid_size, test_size):
+    """Split in file order: the first train_size rows, the next valid_size, the next test_size."""
+    needed = train_size + valid_size + test_size
+    if needed > len(df):
+        raise RecipeError(f"the split needs {needed:,} rows (TRAIN_SIZE {train_size:,} + VALID_SIZE "
+                          f"{valid_size:,} + TEST_SIZE {test_size:,}) but the CSV has {len(df):,}; "
+                          f"lower --train-size, --valid-size or --test-size")
+    a, b = train_size, train_size + valid_size
+    return df.iloc[:a], df.iloc[a:b], df.iloc[b:needed]
+
+
+BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def clean(text):
+    """The reviews hold HTML line breaks (<br />): they are layout, not words."""
+    return BR_TAG.sub(" ", text)
+
+
+def make_batches(lengths, batch_size, generator=None, grouped=True):
+    """Lists of example indices, one per batch; every example exactly once.
+
+    Without a generator (evaluation): sorted by length, longest first, so each batch pads little.
+    With one (training): a fresh shuffle; if grouped, each chunk of 64 batches is sorted by length before
+    it is cut into batches, and the batches are shuffled, so each batch holds similar lengths."""
+    lengths = np.asarray(lengths)
+    if generator is None:
+        order = np.argsort(-lengths, kind="stable")
+    else:
+        order = torch.randperm(len(lengths), generator=generator).numpy()
+        if grouped:
+            chunks = np.split(order, range(64 * batch_size, len(order), 64 * batch_size))
+            order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in chunks])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if generator is not None and grouped:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return batches
+
+
+class StopRequest:
+    """While active, Ctrl-C (SIGINT) and SIGTERM (a preempted machine) only raise a flag, so training
+    stops at the end of an optimizer step and saves a checkpoint. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
+              file=sys.stderr)
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def resolve_run(settings, given, checkpoint_path):
+    """Settings for this run. With RESUME they come from the checkpoint (the same run continues), and any
+    setting given on the command line must agree with it. Without, an unfinished run is never overwritten."""
+    if not settings["RESUME"]:
+        if checkpoint_path.exists():
+            raise RecipeError(f"{checkpoint_path} holds an unfinished run; continue it with --resume, or choose "
+                              f"another --out-dir (or delete the file to start over)")
+        return settings, None
+    if not checkpoint_path.exists():
+        raise RecipeError(f"nothing to resume: {checkpoint_path} does not exist")
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    saved = {**checkpoint["settings"], "RESUME": True, "OUT_DIR": settings["OUT_DIR"]}
+    differ = [f"{name} ({value!r}, the run has {saved[name]!r})" for name, value in given.items()
+              if name in saved and saved[name] != value]
+    if differ:
+        raise RecipeError(f"--resume continues the run with its own settings, but these differ: {', '.join(differ)}")
+    return saved, checkpoint
+
+
+def restore_rng(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+# ---------------------------------------------------------------------------------- end of the shared part
+
+
+def build_vocab(train_texts, vocab_size):
+    """The vocab_size - 2 most frequent tokens of the training texts, after <pad> (id 0) and <unk> (id 1)."""
+    counter = CountVectorizer(token_pattern=TOKEN_PATTERN, max_features=vocab_size - 2)
+    counter.fit(clean(text) for text in train_texts)
+    return ["<pad>", "<unk>"] + sorted(counter.vocabulary_, key=counter.vocabulary_.get)
+
+
+def encode(texts, vocab):
+    """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]])."""
+    analyze = CountVectorizer(token_pattern=TOKEN_PATTERN).build_analyzer()  # lowercase, then TOKEN_PATTERN
+    index = {token: i for i, token in enumerate(vocab)}
+    pieces = [[index.get(token, 1) for token in analyze(clean(text))] or [1] for text in tqdm(texts, desc="encode")]
+    offsets = torch.tensor(np.cumsum([0] + [len(ids) for ids in pieces]))
+    ids = torch.from_numpy(np.fromiter((i for ids in pieces for i in ids), np.int32, count=int(offsets[-1])))
+    return ids, offsets
+
+
+def collate(indices, ids, offsets, labels):
+    """Batch of reviews right-padded (id 0) to the longest one: token ids, lengths, labels."""
+    indices = torch.as_tensor(np.asarray(indices))
+    lengths = offsets[indices + 1] - offsets[indices]
+    padded = torch.zeros((len(indices), int(lengths.max())), dtype=torch.int64)
+    for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist())):
+        padded[row, :n] = ids[i:i + n]
+    return padded, lengths, labels[indices]
+
+
+class LSTMClassifier(nn.Module):
+    """Embedding -> one-layer LSTM -> linear layer on the state after each review's last real token."""
+
+    def __init__(self, vocab_size, embedding_dim, hidden_dim):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.lstm = nn.LSTM(embedding_dim, hidden_dim, batch_first=True)
+        self.head = nn.Linear(hidden_dim, len(LABELS))
+
+    def forward(self, ids, lengths):
+        # A unidirectional LSTM's output at position length - 1 has not seen the right padding: it is the final
+        # state pack_padded_sequence would give, without the cost of packing (tests check the two agree).
+        outputs, _ = self.lstm(self.embedding(ids))
+        last = outputs[torch.arange(len(ids), device=ids.device), lengths.to(ids.device) - 1]
+        return self.head(last)
+
+
+def loader(batches, data, device):
+    """Collated batches in pinned memory (on CUDA), ready for non_blocking copies."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda indices: collate(indices, *data),
+                                       pin_memory=device.type == "cuda",
+                                       generator=torch.Generator())  # keep the global RNG for the model alone
+
+
+def to_device(batch, device):
+    return [tensor.to(device, non_blocking=True) for tensor in batch]
+
+
+def train_step(model, batch, step_examples):
+    """Forward and backward of one batch; the summed loss over the examples of the whole optimizer step."""
+    ids, lengths, labels = batch
+    logits = model(ids, lengths)
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    (loss_sum / step_examples).backward()
+    return loss_sum.detach(), (logits.argmax(-1) == labels).sum()
+
+
+@torch.inference_mode()
+def evaluate(model, batches, data, device):
+    """Accuracy over all examples, without gradients; leaves the model in training mode."""
+    model.eval()
+    correct, total = torch.zeros((), dtype=torch.int64, device=device), 0
+    for batch in tqdm(loader(batches, data, device), desc="evaluate", leave=False):
+        ids, lengths, labels = to_device(batch, device)
+        correct += (model(ids, lengths).argmax(-1) == labels).sum()
+        total += len(labels)
+    model.train()
+    return correct.item() / total
+
+
+def predict(texts, out_dir="runs/lstm"):
+    """Classify new reviews with the model saved in out_dir: [(label, probability of that label), ...]."""
+    out_dir = Path(out_dir)
+    saved = torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True)
+    vocab = json.loads((out_dir / "vocab.json").read_text())["tokens"]
+    s = saved["settings"]
+    model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"])
+    model.load_state_dict(saved["model"])
+    model.eval()
+    ids, offsets = encode(list(texts), vocab)
+    batch = collate(range(len(texts)), ids, offsets, torch.zeros(len(texts), dtype=torch.int64))
+    with torch.inference_mode():
+        probabilities = model(batch[0], batch[1]).softmax(-1)
+    return [(LABELS[int(p.argmax())], float(p.max())) for p in probabilities]
+
+
+def main(argv=None):
+    settings, given = parse_settings(sys.argv[1:] if argv is None else argv, DEFAULTS)
+    try:
+        return run(settings, given)
+    except RecipeError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(settings, given):
+    out_dir = Path(settings["OUT_DIR"])
+    checkpoint_path = out_dir / "checkpoint.pt"
+    s, checkpoint = resolve_run(settings, given, checkpoint_path)
+    check_positive(s, POSITIVE_SETTINGS)
+    if s["VOCAB_SIZE"] < 3 or s["GRAD_CLIP"] < 0:
+        raise RecipeError("VOCAB_SIZE must be at least 3 and GRAD_CLIP must not be negative")
+    device = torch.device("cuda" if s["DEVICE"] == "auto" and torch.cuda.is_available() else
+                          "cpu" if s["DEVICE"] == "auto" else s["DEVICE"])
+    print("settings: " + json.dumps(s))
+
+    # data: download once, validate, split in file order; vocabulary from the training split only
+    data_path, reviews = load_reviews(s["DATA_URL"], s["DATA_DIR"])
+    data_sha256 = file_sha256(data_path)
+    if checkpoint is not None and checkpoint["data_sha256"] != data_sha256:
+        raise RecipeError(f"{data_path} is not the file the checkpoint was trained on (its checksum differs)")
+    train_df, valid_df, test_df = split(reviews, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"])
+    vocab = build_vocab(train_df["review"], s["VOCAB_SIZE"])
+    frame = pd.concat([train_df, valid_df, test_df])
+    ids, offsets = encode(frame["review"].tolist(), vocab)
+    labels = torch.tensor(frame["sentiment"].to_numpy())
+    lengths = (offsets[1:] - offsets[:-1]).numpy()
+    data = (ids, offsets, labels)
+    n_train, n_valid = len(train_df), len(valid_df)
+    valid_batches = [n_train + b for b in make_batches(lengths[n_train:n_train + n_valid], s["EVAL_BATCH_SIZE"])]
+    test_batches = [n_train + n_valid + b for b in make_batches(lengths[n_train + n_valid:], s["EVAL_BATCH_SIZE"])]
+    vocab_record = {"tokens": vocab, "token_pattern": TOKEN_PATTERN, "data_sha256": data_sha256,
+                    "train_size": n_train, "vocab_size": s["VOCAB_SIZE"]}
+    atomic_write(out_dir / "vocab.json", lambda tmp: tmp.write_text(json.dumps(vocab_record)))
+
+    # model and optimizer
+    torch.manual_seed(s["SEED"])
+    model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=s["LEARNING_RATE"], fused=device.type == "cuda")
+    batches_per_epoch = math.ceil(n_train / s["BATCH_SIZE"])
+    state = {"epoch": 1, "batch": 0, "history": [], "best_valid_accuracy": -1.0, "best_epoch": None,
+             "batch_losses": [], "correct": 0, "seconds": 0.0}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = checkpoint["state"]
+        restore_rng(checkpoint["rng"])
+        print(f"resuming {checkpoint_path}: epoch {state['epoch']}, batch {state['batch']}/{batches_per_epoch}")
+
+    def save_checkpoint():
+        checkpoint = {"settings": s, "data_sha256": data_sha256, "state": state, "rng": rng_state(),
+                      "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        atomic_write(checkpoint_path, lambda tmp: torch.save(checkpoint, tmp))
+
+    majority = max(train_df["sentiment"].mean(), 1 - train_df["sentiment"].mean())
+    print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | vocabulary {len(vocab):,} | "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
+          f"{s['GRAD_ACCUM_STEPS']} | {device} | majority-class accuracy {majority:.4f}")
+    try:
+        with StopRequest() as stop:
+            for epoch in range(state["epoch"], s["EPOCHS"] + 1):
+                model.train()
+                epoch_start = time.perf_counter() - state["seconds"]
+                generator = torch.Generator().manual_seed(s["SEED"] + epoch)  # the same batches when resumed
+                batches = make_batches(lengths[:n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
+                batch_losses = torch.zeros(len(batches), device=device)
+                batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
+                correct = torch.tensor(state["correct"], device=device)
+                bar = tqdm(loader(batches[state["batch"]:], data, device),
+                           desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
+                for i, batch in enumerate(bar, start=state["batch"]):
+                    first = i - i % s["GRAD_ACCUM_STEPS"]
+                    step_examples = sum(len(b) for b in batches[first:first + s["GRAD_ACCUM_STEPS"]])
+                    loss_sum, batch_correct = train_step(model, to_device(batch, device), step_examples)
+                    batch_losses[i], correct = loss_sum, correct + batch_correct
+                    step_done = (i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches)
+                    if step_done:
+                        if s["GRAD_CLIP"] > 0:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
+                        seen = batch_losses[:i + 1]
+                        loss = seen.sum().item() / sum(len(b) for b in batches[:i + 1])
+                        if not math.isfinite(loss):
+                            bad = int(torch.nonzero(~torch.isfinite(seen))[0])
+                            raise RecipeError(f"the loss became {seen[bad].item()} at epoch {epoch}, batch {bad + 1}; "
+                                              f"lower --learning-rate (now {s['LEARNING_RATE']}) or set --grad-clip 1")
+                        bar.set_postfix(loss=f"{loss:.4f}")
+                    if stop.requested and step_done:
+                        state.update(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
+                                     correct=correct.item(), seconds=time.perf_counter() - epoch_start)
+                        save_checkpoint()
+                        raise KeyboardInterrupt
+                bar.close()
+                train_seconds = time.perf_counter() - epoch_start
+                valid_accuracy = evaluate(model, valid_batches, data, device)
+                record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / n_train,
+                          "train_accuracy": correct.item() / n_train, "valid_accuracy": valid_accuracy,
+                          "seconds": train_seconds}
+                print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
+                      f"{record['train_accuracy']:.4f} | valid accuracy {valid_accuracy:.4f} | {train_seconds:.1f} s")
+                state["history"].append(record)
+                if valid_accuracy > state["best_valid_accuracy"]:
+                    state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
+                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch}
+                    atomic_write(out_dir / "model.pt", lambda tmp: torch.save(best, tmp))
+                state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
+                save_checkpoint()
+                if stop.requested and epoch < s["EPOCHS"]:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        print(f"interrupted; the run is saved in {checkpoint_path}. Continue it with:\n"
+              f"  python {Path(__file__).name} --out-dir {out_dir} --resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    except torch.OutOfMemoryError as e:
+        raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']}: lower --batch-size "
+                          f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps "
+                          f"(e.g. {s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch") from e
+
+    # test the best epoch's weights, reloaded from disk
+    model.load_state_dict(torch.load(out_dir / "model.pt", map_location=device, weights_only=True)["model"])
+    test_accuracy = evaluate(model, test_batches, data, device)
+    train_seconds = sum(record["seconds"] for record in state["history"])
+    print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
+          f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")
+    metrics = {"settings": s, "epochs": state["history"], "best_epoch": state["best_epoch"],
+               "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
+               "train_seconds": train_seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+               else str(device), "parameters": sum(p.numel() for p in model.parameters())}
+    atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+    checkpoint_path.unlink()  # the run is complete: model.pt, vocab.json and metrics.json are what it leaves
+    print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'model.pt'} and {out_dir / 'vocab.json'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
