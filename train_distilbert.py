@@ -109,6 +109,19 @@ def check_positive(settings, names):
             raise RecipeError(f"{name} ({flag}) must be positive, got {settings[name]}")
 
 
+def resolve_device(name):
+    """DEVICE: auto picks cuda when available, else cpu; anything else must exist on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecipeError(f"DEVICE (--device) must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"DEVICE (--device) is {name!r} but torch sees no CUDA GPU here; use --device cpu")
+    return device
+
+
 def atomic_write(path, write):
     """Call write(tmp) and rename tmp to path only when it finished: readers never see half a file."""
     path = Path(path)
@@ -401,8 +414,7 @@ def run(settings, given):
     check_positive(s, POSITIVE_SETTINGS)
     if not 0 <= s["WARMUP_RATIO"] < 1 or s["WEIGHT_DECAY"] < 0 or s["GRAD_CLIP"] < 0:
         raise RecipeError("WARMUP_RATIO must be in [0, 1), WEIGHT_DECAY and GRAD_CLIP must not be negative")
-    device = torch.device("cuda" if s["DEVICE"] == "auto" and torch.cuda.is_available() else
-                          "cpu" if s["DEVICE"] == "auto" else s["DEVICE"])
+    device = resolve_device(s["DEVICE"])
     precision = s["PRECISION"]
     if precision == "auto":
         precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -424,9 +436,9 @@ def run(settings, given):
     if s["MAX_LENGTH"] > model.config.max_position_embeddings:
         raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
                           f"{model.config.max_position_embeddings} tokens")
-    texts = pd.concat([train_df, valid_df, test_df])["review"].tolist()
-    ids, offsets = cached_token_ids(texts, tokenizer, s["MAX_LENGTH"], s["DATA_DIR"], data_sha256)
-    labels = torch.tensor(pd.concat([train_df, valid_df, test_df])["sentiment"].to_numpy())
+    frame = pd.concat([train_df, valid_df, test_df])
+    ids, offsets = cached_token_ids(frame["review"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"], data_sha256)
+    labels = torch.tensor(frame["sentiment"].to_numpy())
     lengths = (offsets[1:] - offsets[:-1]).numpy()
     data = (ids, offsets, labels)
     n_train, n_valid = len(train_df), len(valid_df)

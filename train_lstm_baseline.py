@@ -106,6 +106,19 @@ def check_positive(settings, names):
             raise RecipeError(f"{name} ({flag}) must be positive, got {settings[name]}")
 
 
+def resolve_device(name):
+    """DEVICE: auto picks cuda when available, else cpu; anything else must exist on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecipeError(f"DEVICE (--device) must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"DEVICE (--device) is {name!r} but torch sees no CUDA GPU here; use --device cpu")
+    return device
+
+
 def atomic_write(path, write):
     """Call write(tmp) and rename tmp to path only when it finished: readers never see half a file."""
     path = Path(path)
@@ -397,8 +410,7 @@ def run(settings, given):
     check_positive(s, POSITIVE_SETTINGS)
     if s["VOCAB_SIZE"] < 3 or s["GRAD_CLIP"] < 0:
         raise RecipeError("VOCAB_SIZE must be at least 3 and GRAD_CLIP must not be negative")
-    device = torch.device("cuda" if s["DEVICE"] == "auto" and torch.cuda.is_available() else
-                          "cpu" if s["DEVICE"] == "auto" else s["DEVICE"])
+    device = resolve_device(s["DEVICE"])
     print("settings: " + json.dumps(s))
 
     # data: download once, validate, split in file order; vocabulary from the training split only

@@ -11,7 +11,7 @@ import torch
 from conftest import make_reviews, write_csv
 
 SCRIPTS = ["train_distilbert", "train_lstm_baseline"]
-SHARED = ["RecipeError", "parse_settings", "check_positive", "atomic_write", "file_sha256", "load_reviews",
+SHARED = ["RecipeError", "parse_settings", "check_positive", "resolve_device", "atomic_write", "file_sha256", "load_reviews",
           "read_reviews", "split", "clean", "make_batches", "StopRequest", "resolve_run", "restore_rng", "rng_state"]
 
 

@@ -1,0 +1,301 @@
+"""Bad input is a one-line error that names the problem and leaves no partial file; interrupted runs resume
+to the same result; a diverging loss or an out-of-memory error stops with advice. Both scripts, CPU, offline."""
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import train_distilbert as td
+import train_lstm_baseline as tl
+from conftest import make_reviews, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lstm_args(tmp_path, url, **overrides):
+    settings = {"data_url": url, "data_dir": tmp_path / "data", "train_size": 600, "valid_size": 200,
+                "test_size": 200, "vocab_size": 100, "embedding_dim": 8, "hidden_dim": 16, "batch_size": 32,
+                "epochs": 2, "learning_rate": 0.01, "out_dir": tmp_path / "out", **overrides}
+    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+
+
+def distilbert_args(tmp_path, url, model="unused", **overrides):
+    settings = {"data_url": url, "data_dir": tmp_path / "data", "model_name": model, "train_size": 600,
+                "valid_size": 200, "test_size": 200, "max_length": 64, "epochs": 2, "learning_rate": 3e-3,
+                "out_dir": tmp_path / "out", **overrides}
+    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+
+
+SCRIPTS = {"distilbert": (td, distilbert_args), "lstm": (tl, lstm_args)}
+
+
+@pytest.fixture(params=SCRIPTS)
+def script(request):
+    return SCRIPTS[request.param]
+
+
+def files_under(path):
+    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*")) if Path(path).exists() else []
+
+
+def fails(module, argv, *messages):
+    """main(argv) exits 1 with one line that contains each message."""
+    with pytest.raises(SystemExit) as exit:
+        module.main(argv)
+    text = str(exit.value.code)
+    assert text.startswith("error: ") and "\n" not in text, text
+    for message in messages:
+        assert message in text, text
+    return text
+
+
+# ------------------------------------------------------------------------------------- downloads
+def test_http_error_names_the_url_and_the_way_out(script, tmp_path, serve):
+    module, args = script
+    url = serve({}) + "/movie_data.csv.gz"
+    fails(module, args(tmp_path, url), f"could not download {url}", "HTTP Error 404",
+          "save it as " + str(tmp_path / "data" / "movie_data.csv.gz"), "--data-url file://")
+    assert files_under(tmp_path / "data") == []
+
+
+def test_unreachable_server_is_a_clear_error(script, tmp_path):
+    module, args = script
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    fails(module, args(tmp_path, f"http://127.0.0.1:{port}/movie_data.csv.gz"), "could not download", "refused")
+    assert files_under(tmp_path / "data") == []
+
+
+def test_truncated_gzip_download_leaves_nothing(script, tmp_path, serve):
+    module, args = script
+    whole = gzip.compress(make_reviews(500).to_csv(index=False).encode())
+    url = serve({"movie_data.csv.gz": whole[: len(whole) // 2]}) + "/movie_data.csv.gz"
+    fails(module, args(tmp_path, url), "nothing was saved", "not a readable CSV gzip file")
+    assert files_under(tmp_path / "data") == []
+
+
+def test_html_error_page_saved_as_data_is_refused(script, tmp_path, serve):
+    module, args = script
+    page = b"<!DOCTYPE html>\n<html><body>Rate limit exceeded, try again later</body></html>\n"
+    url = serve({"movie_data.csv.gz": page}) + "/movie_data.csv.gz"
+    fails(module, args(tmp_path, url), "nothing was saved", "is an HTML page")
+    assert files_under(tmp_path / "data") == []
+
+
+def test_empty_download_is_refused(script, tmp_path, serve):
+    module, args = script
+    url = serve({"movie_data.csv.gz": b""}) + "/movie_data.csv.gz"
+    fails(module, args(tmp_path, url), "nothing was saved", "not a readable CSV file")
+    assert files_under(tmp_path / "data") == []
+
+
+def test_interrupted_download_leaves_nothing(script, tmp_path, serve, monkeypatch):
+    module, _ = script
+    url = serve({"movie_data.csv.gz": gzip.compress(make_reviews(500).to_csv(index=False).encode())})
+    monkeypatch.setattr(module, "read_reviews", lambda path, name: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        module.load_reviews(url + "/movie_data.csv.gz", tmp_path / "data")
+    assert files_under(tmp_path / "data") == []
+
+
+# ------------------------------------------------------------------------------------- the CSV
+BAD_CSVS = {
+    "no sentiment column": (pd.DataFrame({"review": ["a", "b"], "label": [0, 1]}),
+                            ["has no sentiment column", "found columns ['review', 'label']"]),
+    "labels not 0/1": (pd.DataFrame({"review": ["a", "b", "c", "d"], "sentiment": [0, 1, 2, 5]}),
+                       ["sentiment must be 1/0 or positive/negative", "rows 2, 3 (0-based", "hold 2"]),
+    "label words": (pd.DataFrame({"review": ["a", "b"], "sentiment": ["positive", "neutral"]}),
+                    ["row 1 (0-based", "holds 'neutral'"]),
+    "missing label": (pd.DataFrame({"review": ["a", "b", "c"], "sentiment": [1, None, 0]}),
+                      ["sentiment must be 1/0", "row 1 (0-based"]),
+    "empty review": (pd.DataFrame({"review": ["fine", "  ", None, "ok"], "sentiment": [1, 0, 1, 0]}),
+                     ["empty or missing review in rows 1, 2 (0-based"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CSVS)
+def test_bad_csv_is_refused_before_training(script, tmp_path, case):
+    module, args = script
+    df, messages = BAD_CSVS[case]
+    csv = write_csv(df, tmp_path / "reviews.csv")
+    fails(module, args(tmp_path, csv.as_uri()), "nothing was saved", *messages)
+    assert files_under(tmp_path / "data") == [] and files_under(tmp_path / "out") == []
+
+
+def test_a_damaged_file_already_in_the_data_dir_says_to_delete_it(script, tmp_path):
+    module, args = script
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "movie_data.csv.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    local = tmp_path / "data" / "movie_data.csv.gz"
+    fails(module, args(tmp_path, "http://127.0.0.1:9/movie_data.csv.gz"), f"{local} is not a readable CSV gzip file",
+          f"delete {local} to download it again")
+    assert local.read_bytes() == b"\x1f\x8b\x08\x00broken"  # the user's file is never deleted for them
+
+
+def test_too_few_rows_for_the_split(script, tmp_path):
+    module, args = script
+    csv = write_csv(make_reviews(900), tmp_path / "reviews.csv")
+    fails(module, args(tmp_path, csv.as_uri()), "the split needs 1,000 rows", "the CSV has 900",
+          "lower --train-size, --valid-size or --test-size")
+    assert files_under(tmp_path / "out") == []
+
+
+# ------------------------------------------------------------------------------------- settings
+@pytest.mark.parametrize("override, message", [
+    ({"batch_size": 0}, "BATCH_SIZE (--batch-size) must be positive, got 0"),
+    ({"train_size": -5}, "TRAIN_SIZE (--train-size) must be positive, got -5"),
+    ({"epochs": 0}, "EPOCHS (--epochs) must be positive, got 0"),
+    ({"learning_rate": -1}, "LEARNING_RATE (--learning-rate) must be positive, got -1.0"),
+])
+def test_bad_values_fail_at_start_up_naming_the_setting(script, tmp_path, override, message):
+    module, args = script
+    fails(module, args(tmp_path, "http://127.0.0.1:9/never-fetched.csv", **override), message)
+    assert files_under(tmp_path) == []  # nothing downloaded, nothing written
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "DEVICE (--device) must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    pytest.param("cuda", "torch sees no CUDA GPU here; use --device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+])
+def test_a_device_that_does_not_exist_is_named(script, tmp_path, device, message):
+    module, args = script
+    fails(module, args(tmp_path, "http://127.0.0.1:9/never-fetched.csv", device=device), message)
+    assert files_under(tmp_path) == []
+
+
+def test_distilbert_specific_settings_are_checked(tmp_path, tiny_model):
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    fails(td, distilbert_args(tmp_path, "x", precision="fp8"), "PRECISION (--precision) must be auto, bf16, fp16")
+    fails(td, distilbert_args(tmp_path, csv.as_uri(), tiny_model, max_length=1000),
+          "MAX_LENGTH (--max-length) is 1000", "reads at most 128 tokens")
+
+
+def test_the_command_line_prints_one_error_line_and_exits_1(tmp_path):
+    csv = write_csv(pd.DataFrame({"text": ["a"], "sentiment": [1]}), tmp_path / "reviews.csv")
+    result = subprocess.run([sys.executable, str(ROOT / "train_lstm_baseline.py"), f"--data-url={csv.as_uri()}",
+                             f"--data-dir={tmp_path / 'data'}", f"--out-dir={tmp_path / 'out'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "has no review column" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------- caches
+def test_a_damaged_token_cache_is_rebuilt(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    texts = make_reviews(30)["review"].tolist()
+    expected = td.cached_token_ids(texts, tokenizer, 64, tmp_path, "sha")
+    [cache] = tmp_path.glob("tokens-*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])  # a half-written file from some other tool
+    again = td.cached_token_ids(texts, tokenizer, 64, tmp_path, "sha")
+    assert all(torch.equal(a, b) for a, b in zip(expected, again))
+    assert torch.load(cache, weights_only=True)["key"]["data_sha256"] == "sha"
+
+
+# ------------------------------------------------------------------------------------- interruption and resume
+def comparable(metrics):
+    """Every number of a run but its wall-clock seconds, in order."""
+    return [value for record in metrics["epochs"] for key, value in record.items() if key != "seconds"] + [
+        metrics[key] for key in ("best_epoch", "valid_accuracy", "test_accuracy")]
+
+
+def interrupt_at(module, monkeypatch, function, call):
+    """Make the call-th call of module.function deliver a real SIGINT (Ctrl-C) to this process."""
+    real, calls = getattr(module, function), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, function, wrapped)
+
+
+@pytest.mark.parametrize("stop_at", ["mid-epoch", "end of epoch 1"])
+def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(script, tmp_path, tiny_model,
+                                                                             monkeypatch, capsys, stop_at):
+    module, args = script
+    csv = write_csv(make_reviews(1_000, seed=7), tmp_path / "reviews.csv")
+    extra = {"model": tiny_model} if module is td else {}
+    straight = module.main(args(tmp_path / "straight", csv.as_uri(), **extra))
+
+    if stop_at == "mid-epoch":
+        interrupt_at(module, monkeypatch, "train_step", 5)
+    else:  # Ctrl-C while epoch 1 is being validated
+        interrupt_at(module, monkeypatch, "evaluate", 1)
+    with pytest.raises(SystemExit) as exit:
+        module.main(args(tmp_path / "resumed", csv.as_uri(), **extra))
+    assert exit.value.code == 130
+    err = capsys.readouterr().err
+    out_dir = tmp_path / "resumed" / "out"
+    assert f"the run is saved in {out_dir / 'checkpoint.pt'}" in err
+    assert f"--out-dir {out_dir} --resume" in err
+    assert (out_dir / "checkpoint.pt").exists() and not (out_dir / "metrics.json").exists()
+    assert not [p for p in files_under(out_dir) if p.endswith(".tmp") or p.startswith(".")]
+
+    # a fresh run into the same folder would destroy the checkpoint: refused
+    fails(module, args(tmp_path / "resumed", csv.as_uri(), **extra), "holds an unfinished run",
+          "continue it with --resume")
+    monkeypatch.undo()
+    resumed = module.main([f"--out-dir={out_dir}", "--resume"])
+    assert comparable(resumed) == pytest.approx(comparable(straight), rel=1e-5)
+    assert not (out_dir / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_other_settings_other_data_or_no_checkpoint(tmp_path, monkeypatch):
+    csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
+    fails(tl, lstm_args(tmp_path, csv.as_uri(), resume=True), "nothing to resume",
+          str(tmp_path / "out" / "checkpoint.pt"))
+    interrupt_at(tl, monkeypatch, "train_step", 3)
+    with pytest.raises(SystemExit):
+        tl.main(lstm_args(tmp_path, csv.as_uri()))
+    monkeypatch.undo()
+    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume", "--epochs=5", "--hidden-dim=16"],
+          "these differ: EPOCHS (5, the run has 2)")
+    write_csv(make_reviews(1_000, seed=9), tmp_path / "data" / "reviews.csv")  # the data changed underneath
+    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"], "is not the file the checkpoint was trained on")
+
+
+# ------------------------------------------------------------------------------------- failures during training
+def test_non_finite_loss_stops_with_the_step_and_the_setting_to_change(script, tmp_path, tiny_model, monkeypatch):
+    module, args = script
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    real_train_step, calls = module.train_step, []
+
+    def poisoned(*a, **k):  # the 7th batch's loss overflows
+        calls.append(1)
+        loss_sum, correct = real_train_step(*a, **k)
+        return (loss_sum * float("inf") if len(calls) == 7 else loss_sum), correct
+
+    monkeypatch.setattr(module, "train_step", poisoned)
+    extra = {"model": tiny_model} if module is td else {}
+    fails(module, args(tmp_path, csv.as_uri(), log_every=5, **extra), "the loss became inf at epoch 1, batch 7",
+          "lower --learning-rate")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_out_of_memory_gives_the_batch_size_advice(script, tmp_path, tiny_model, monkeypatch):
+    module, args = script
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(module, "train_step", out_of_memory)
+    extra = {"model": tiny_model} if module is td else {}
+    text = fails(module, args(tmp_path, csv.as_uri(), batch_size=16, **extra), "out of GPU memory",
+                 "lower --batch-size (e.g. 8) and raise --grad-accum-steps (e.g. 2) for the same effective batch")
+    assert "--batch-size 16" in text
