@@ -134,3 +134,18 @@ def test_token_ids_are_cached_and_rebuilt_when_the_tokenizer_changes(tmp_path, t
     td.cached_token_ids(texts, tokenizer, 64, tmp_path, "sha-of-data")
     assert len(calls) == 4
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_compile_trains_and_saves_the_plain_model(tmp_path, tiny_model, reviews_csv):
+    """COMPILE=True (opt-in) trains through torch.compile and still saves a model the ecosystem loads
+    (no `_orig_mod.` key prefixes). Slow on CPU (the compiler's start-up), so one small epoch."""
+    from safetensors import safe_open
+
+    metrics = td.main(run_args(tmp_path, tiny_model, reviews_csv, compile=True, train_size=400, valid_size=100,
+                               test_size=100))
+    assert metrics["settings"]["COMPILE"] is True and 0 <= metrics["test_accuracy"] <= 1
+    with safe_open(str(tmp_path / "out" / "model" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert "classifier.weight" in keys and not [key for key in keys if "_orig_mod" in key]
+    assert pipeline("text-classification", model=str(tmp_path / "out" / "model"))("great film")[0]["label"] in (
+        "negative", "positive")
