@@ -50,6 +50,15 @@ def test_learning_is_real(tmp_path, tiny_model):
     assert metrics["valid_accuracy"] == max(record["valid_accuracy"] for record in metrics["epochs"])
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths_learn(tmp_path, tiny_model, reviews_csv, precision):
+    """The CUDA defaults' code paths (bf16 autocast; fp16 autocast with the gradient scaler's unscale, step and
+    update) run on the CPU too, so they are exercised here even without a GPU."""
+    metrics = td.main(run_args(tmp_path, tiny_model, reviews_csv, precision=precision, epochs=2))
+    assert metrics["precision"] == precision
+    assert metrics["valid_accuracy"] >= 0.9
+
+
 def test_gradient_accumulation_gives_the_gradient_of_the_full_batch(tiny_model):
     """8 + 8 accumulated examples give the gradient of one batch of 16 (the out-of-memory advice relies on it)."""
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()  # eval: no dropout
