@@ -11,6 +11,7 @@ loadable with AutoModelForSequenceClassification.from_pretrained or pipeline("te
 """
 import argparse
 import hashlib
+import http.client
 import itertools
 import json
 import math
@@ -160,10 +161,14 @@ def load_reviews(url, data_dir):
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
                 size = int(response.headers.get("Content-Length") or 0) or None
+                received = 0
                 with tqdm(total=size, unit="B", unit_scale=True, desc="download") as bar:
                     while chunk := response.read(1 << 20):
-                        bar.update(f.write(chunk))
-        except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
+                        received += f.write(chunk)
+                        bar.update(len(chunk))
+                if size and received < size:
+                    raise ConnectionError(f"the connection closed after {received:,} of {size:,} bytes")
+        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
             raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
                               f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
         try:

@@ -59,7 +59,8 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture
 def serve(tmp_path):
-    """serve(files) -> base URL of a loopback HTTP server for {name: bytes}; .requests counts the GETs."""
+    """serve(files) -> base URL of a loopback HTTP server for {name: bytes}; .requests counts the GETs.
+    A value (bytes, n) announces n bytes but sends only the bytes, then drops the connection."""
     servers = []
 
     def start(files):
@@ -70,8 +71,9 @@ def serve(tmp_path):
                 if body is None:
                     self.send_error(404)
                     return
+                body, length = body if isinstance(body, tuple) else (body, len(body))
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
                 self.wfile.write(body)
 

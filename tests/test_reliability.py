@@ -75,6 +75,15 @@ def test_unreachable_server_is_a_clear_error(script, tmp_path):
     assert files_under(tmp_path / "data") == []
 
 
+def test_connection_dropped_mid_download_leaves_nothing(script, tmp_path, serve):
+    module, args = script
+    whole = gzip.compress(make_reviews(500).to_csv(index=False).encode())
+    url = serve({"movie_data.csv.gz": (whole[:1000], len(whole))}) + "/movie_data.csv.gz"
+    fails(module, args(tmp_path, url), f"could not download {url}",
+          f"the connection closed after 1,000 of {len(whole):,} bytes", "save it as")
+    assert files_under(tmp_path / "data") == []
+
+
 def test_truncated_gzip_download_leaves_nothing(script, tmp_path, serve):
     module, args = script
     whole = gzip.compress(make_reviews(500).to_csv(index=False).encode())
