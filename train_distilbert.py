@@ -481,6 +481,8 @@ def run(settings, given):
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
         atomic_write(checkpoint_path, lambda tmp: torch.save(checkpoint, tmp))
 
+    if checkpoint is None:  # a new run: results of an earlier one in OUT_DIR no longer describe its model
+        (out_dir / "metrics.json").unlink(missing_ok=True)
     print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | batch {s['BATCH_SIZE']} x "
           f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} | {precision}")
     try:

@@ -388,7 +388,10 @@ def predict(texts, out_dir="runs/lstm"):
     """Classify new reviews with the model saved in out_dir: [(label, probability of that label), ...]."""
     out_dir = Path(out_dir)
     saved = torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True)
-    vocab = json.loads((out_dir / "vocab.json").read_text())["tokens"]
+    vocab_text = (out_dir / "vocab.json").read_text()
+    if hashlib.sha256(vocab_text.encode()).hexdigest() != saved["vocab_sha256"]:
+        raise RecipeError(f"{out_dir / 'vocab.json'} is not the vocabulary {out_dir / 'model.pt'} was trained with")
+    vocab = json.loads(vocab_text)["tokens"]
     s = saved["settings"]
     model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"])
     model.load_state_dict(saved["model"])
@@ -433,9 +436,8 @@ def run(settings, given):
     n_train, n_valid = len(train_df), len(valid_df)
     valid_batches = [n_train + b for b in make_batches(lengths[n_train:n_train + n_valid], s["EVAL_BATCH_SIZE"])]
     test_batches = [n_train + n_valid + b for b in make_batches(lengths[n_train + n_valid:], s["EVAL_BATCH_SIZE"])]
-    vocab_record = {"tokens": vocab, "token_pattern": TOKEN_PATTERN, "data_sha256": data_sha256,
-                    "train_size": n_train, "vocab_size": s["VOCAB_SIZE"]}
-    atomic_write(out_dir / "vocab.json", lambda tmp: tmp.write_text(json.dumps(vocab_record)))
+    vocab_text = json.dumps({"tokens": vocab, "token_pattern": TOKEN_PATTERN, "data_sha256": data_sha256,
+                             "train_size": n_train, "vocab_size": s["VOCAB_SIZE"]})
 
     # model and optimizer
     torch.manual_seed(s["SEED"])
@@ -456,6 +458,8 @@ def run(settings, given):
                       "model": model.state_dict(), "optimizer": optimizer.state_dict()}
         atomic_write(checkpoint_path, lambda tmp: torch.save(checkpoint, tmp))
 
+    if checkpoint is None:  # a new run: results of an earlier one in OUT_DIR no longer describe its model
+        (out_dir / "metrics.json").unlink(missing_ok=True)
     majority = max(train_df["sentiment"].mean(), 1 - train_df["sentiment"].mean())
     print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | vocabulary {len(vocab):,} | "
           f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
@@ -507,7 +511,9 @@ def run(settings, given):
                 state["history"].append(record)
                 if valid_accuracy > state["best_valid_accuracy"]:
                     state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
-                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch}
+                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch,
+                            "vocab_sha256": hashlib.sha256(vocab_text.encode()).hexdigest()}
+                    atomic_write(out_dir / "vocab.json", lambda tmp: tmp.write_text(vocab_text))
                     atomic_write(out_dir / "model.pt", lambda tmp: torch.save(best, tmp))
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
                 save_checkpoint()

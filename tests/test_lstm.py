@@ -88,3 +88,23 @@ def test_both_scripts_split_the_same_csv_into_the_same_rows(tmp_path):
     for ours, theirs in zip(*splits):
         assert ours.equals(theirs)
     assert [len(part) for part in splits[0]] == [200, 50, 40]
+
+
+def test_a_new_run_never_pairs_its_vocabulary_or_metrics_with_an_old_model(tmp_path, monkeypatch):
+    """A second run into the same OUT_DIR that dies in its first epoch must not leave the old model.pt next to a
+    new vocab.json, nor the old metrics.json next to anything new."""
+    first = write_csv(make_reviews(2_000, seed=5), tmp_path / "first.csv")
+    tl.main(run_args(tmp_path, first, epochs=1))
+    assert (tmp_path / "out" / "metrics.json").exists()
+
+    second = write_csv(make_reviews(2_000, seed=11, max_words=10), tmp_path / "second.csv")  # another vocabulary
+    monkeypatch.setattr(tl, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("machine died")))
+    with pytest.raises(RuntimeError):
+        tl.main(run_args(tmp_path, second, epochs=1, out_dir=tmp_path / "out", vocab_size=50))
+    monkeypatch.undo()
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert [label for label, _ in tl.predict(["a wonderful superb film"], tmp_path / "out")] == ["positive"]
+
+    (tmp_path / "out" / "vocab.json").write_text(json.dumps({"tokens": ["<pad>", "<unk>", "great"]}))
+    with pytest.raises(tl.RecipeError, match="is not the vocabulary .*model.pt was trained with"):
+        tl.predict(["a wonderful superb film"], tmp_path / "out")
