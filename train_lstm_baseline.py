@@ -72,8 +72,8 @@ class RecipeError(Exception):
 def parse_settings(argv, defaults):
     """Shell overrides of the settings block: --epochs 3, --max-length=128, --compile true.
 
-    Values are typed from the defaults (ints widen to floats, booleans parsed explicitly). Returns all
-    settings and the ones given explicitly."""
+    Values are typed from the defaults (ints widen to floats, booleans parsed explicitly); --help shows each
+    setting's comment from the settings block. Returns all settings and the ones given explicitly."""
     def typed(name, default):
         def convert(text):
             if isinstance(default, bool):
@@ -86,13 +86,16 @@ def parse_settings(argv, defaults):
         convert.__name__ = type(default).__name__  # argparse names the type in its error message
         return convert
 
-    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__, allow_abbrev=False,
+    script = sys.modules[__name__]
+    comments = dict(re.findall(r"^([A-Z][A-Z0-9_]*) = .*?  # (.*)$", Path(script.__file__).read_text(), re.MULTILINE))
+    parser = argparse.ArgumentParser(description=script.__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in defaults.items():
         flag = "--" + name.lower().replace("_", "-")
         extra = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
         parser.add_argument(flag, dest=name, type=typed(name, default), default=argparse.SUPPRESS,
-                            metavar=type(default).__name__.upper(), help=f"default: {default}", **extra)
+                            metavar=type(default).__name__.upper(),
+                            help=f"{comments.get(name, '')} (default: {default})", **extra)
     given, unknown = parser.parse_known_args(argv)
     if unknown:
         valid = " ".join("--" + name.lower().replace("_", "-") for name in defaults)

@@ -122,6 +122,7 @@ def test_help_lists_every_setting_with_its_default(script, capsys):
     assert exit.value.code == 0
     for name, value in script.DEFAULTS.items():
         assert f"--{name.lower().replace('_', '-')}" in out and f"default:{value}" in out
+    assert "passesoverthetrainingsplit(default:" in out  # the settings block's comments explain each one
 
 
 def test_atomic_write_leaves_nothing_when_the_writer_fails(script, tmp_path):
