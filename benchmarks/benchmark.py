@@ -180,7 +180,6 @@ def distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=F
         rows.append({"variant": name, "examples/s": examples / seconds, "real tokens/s": real_tokens / seconds,
                      "padding": 1 - real_tokens / sum(len(b) * t for b, t in zip(timed, padded[warmup:])),
                      "peak memory": memory.peak, "TFLOP/s": flops / seconds / 1e12, "seconds": seconds})
-        del model, optimizer
     return rows
 
 

@@ -1,5 +1,4 @@
 """Tiny models and tiny data, made on the spot: the suite runs offline on a CPU in a few minutes."""
-import functools
 import gzip
 import http.server
 import sys

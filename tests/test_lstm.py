@@ -2,7 +2,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence

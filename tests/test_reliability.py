@@ -1,7 +1,6 @@
 """Bad input is a one-line error that names the problem and leaves no partial file; interrupted runs resume
 to the same result; a diverging loss or an out-of-memory error stops with advice. Both scripts, CPU, offline."""
 import gzip
-import json
 import os
 import signal
 import socket
