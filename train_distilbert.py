@@ -310,6 +310,27 @@ def restore_rng(state):
 def rng_state():
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def flat_token_ids(pieces):
+    """Lists of token ids as one flat int32 tensor and offsets: review i is ids[offsets[i]:offsets[i + 1]]."""
+    offsets = torch.tensor(np.cumsum([0] + [len(ids) for ids in pieces]))
+    ids = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=int(offsets[-1])))
+    return ids, offsets
+
+
+def pad_batch(indices, ids, offsets, pad_id, width=None):
+    """The reviews at indices, right-padded with pad_id to the longest one (or to width): ids and lengths."""
+    indices = torch.as_tensor(np.asarray(indices))
+    lengths = offsets[indices + 1] - offsets[indices]
+    padded = torch.full((len(indices), int(lengths.max()) if width is None else width), pad_id, dtype=torch.int64)
+    for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist())):
+        padded[row, :n] = ids[i:i + n]
+    return padded, lengths
+
+
+def to_device(batch, device):
+    return [tensor.to(device, non_blocking=True) for tensor in batch]
 # ---------------------------------------------------------------------------------- end of the shared part
 
 
@@ -319,9 +340,7 @@ def tokenize(texts, tokenizer, max_length, chunk=2_000):
     for start in tqdm(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
         batch = [clean(text) for text in texts[start:start + chunk]]
         pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
-    offsets = torch.tensor(np.cumsum([0] + [len(ids) for ids in pieces]))
-    ids = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=int(offsets[-1])))
-    return ids, offsets
+    return flat_token_ids(pieces)
 
 
 def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256):
@@ -346,14 +365,9 @@ def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256):
 
 def collate(indices, ids, offsets, labels, pad_id, pad_to=None):
     """Batch of reviews, right-padded to the longest one (or to pad_to): input_ids, attention_mask, labels."""
-    indices = torch.as_tensor(np.asarray(indices))
-    lengths = offsets[indices + 1] - offsets[indices]
-    width = int(lengths.max()) if pad_to is None else pad_to
-    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.int64)
-    for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist())):
-        input_ids[row, :n] = ids[i:i + n]
-    attention_mask = torch.arange(width) < lengths[:, None]
-    return input_ids, attention_mask.long(), labels[indices]
+    input_ids, lengths = pad_batch(indices, ids, offsets, pad_id, pad_to)
+    attention_mask = torch.arange(input_ids.shape[1]) < lengths[:, None]
+    return input_ids, attention_mask.long(), labels[np.asarray(indices)]
 
 
 def loader(batches, data, pad_id, device):
@@ -362,10 +376,6 @@ def loader(batches, data, pad_id, device):
     return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=collate_batch,
                                        pin_memory=device.type == "cuda",
                                        generator=torch.Generator())  # keep the global RNG for dropout alone
-
-
-def to_device(batch, device):
-    return [tensor.to(device, non_blocking=True) for tensor in batch]
 
 
 def train_step(model, batch, step_examples, autocast, scaler):

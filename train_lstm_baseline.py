@@ -12,6 +12,7 @@ OUT_DIR/model.pt (weights and settings of the best epoch) and OUT_DIR/vocab.json
 import argparse
 import hashlib
 import http.client
+import itertools
 import json
 import math
 import os
@@ -307,6 +308,27 @@ def restore_rng(state):
 def rng_state():
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def flat_token_ids(pieces):
+    """Lists of token ids as one flat int32 tensor and offsets: review i is ids[offsets[i]:offsets[i + 1]]."""
+    offsets = torch.tensor(np.cumsum([0] + [len(ids) for ids in pieces]))
+    ids = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=int(offsets[-1])))
+    return ids, offsets
+
+
+def pad_batch(indices, ids, offsets, pad_id, width=None):
+    """The reviews at indices, right-padded with pad_id to the longest one (or to width): ids and lengths."""
+    indices = torch.as_tensor(np.asarray(indices))
+    lengths = offsets[indices + 1] - offsets[indices]
+    padded = torch.full((len(indices), int(lengths.max()) if width is None else width), pad_id, dtype=torch.int64)
+    for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist())):
+        padded[row, :n] = ids[i:i + n]
+    return padded, lengths
+
+
+def to_device(batch, device):
+    return [tensor.to(device, non_blocking=True) for tensor in batch]
 # ---------------------------------------------------------------------------------- end of the shared part
 
 
@@ -322,19 +344,13 @@ def encode(texts, vocab):
     analyze = CountVectorizer(token_pattern=TOKEN_PATTERN).build_analyzer()  # lowercase, then TOKEN_PATTERN
     index = {token: i for i, token in enumerate(vocab)}
     pieces = [[index.get(token, 1) for token in analyze(clean(text))] or [1] for text in tqdm(texts, desc="encode")]
-    offsets = torch.tensor(np.cumsum([0] + [len(ids) for ids in pieces]))
-    ids = torch.from_numpy(np.fromiter((i for ids in pieces for i in ids), np.int32, count=int(offsets[-1])))
-    return ids, offsets
+    return flat_token_ids(pieces)
 
 
 def collate(indices, ids, offsets, labels):
     """Batch of reviews right-padded (id 0) to the longest one: token ids, lengths, labels."""
-    indices = torch.as_tensor(np.asarray(indices))
-    lengths = offsets[indices + 1] - offsets[indices]
-    padded = torch.zeros((len(indices), int(lengths.max())), dtype=torch.int64)
-    for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist())):
-        padded[row, :n] = ids[i:i + n]
-    return padded, lengths, labels[indices]
+    padded, lengths = pad_batch(indices, ids, offsets, pad_id=0)
+    return padded, lengths, labels[np.asarray(indices)]
 
 
 class LSTMClassifier(nn.Module):
@@ -359,10 +375,6 @@ def loader(batches, data, device):
     return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda indices: collate(indices, *data),
                                        pin_memory=device.type == "cuda",
                                        generator=torch.Generator())  # keep the global RNG for the model alone
-
-
-def to_device(batch, device):
-    return [tensor.to(device, non_blocking=True) for tensor in batch]
 
 
 def train_step(model, batch, step_examples):
@@ -441,6 +453,7 @@ def run(settings, given):
     test_batches = [n_train + n_valid + b for b in make_batches(lengths[n_train + n_valid:], s["EVAL_BATCH_SIZE"])]
     vocab_text = json.dumps({"tokens": vocab, "token_pattern": TOKEN_PATTERN, "data_sha256": data_sha256,
                              "train_size": n_train, "vocab_size": s["VOCAB_SIZE"]})
+    vocab_sha256 = hashlib.sha256(vocab_text.encode()).hexdigest()  # model.pt records which vocabulary it needs
 
     # model and optimizer
     torch.manual_seed(s["SEED"])
@@ -514,8 +527,7 @@ def run(settings, given):
                 state["history"].append(record)
                 if valid_accuracy > state["best_valid_accuracy"]:
                     state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
-                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch,
-                            "vocab_sha256": hashlib.sha256(vocab_text.encode()).hexdigest()}
+                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab_sha256": vocab_sha256}
                     atomic_write(out_dir / "vocab.json", lambda tmp: tmp.write_text(vocab_text))
                     atomic_write(out_dir / "model.pt", lambda tmp: torch.save(best, tmp))
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)

@@ -53,7 +53,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._start = torch.cuda.memory_allocated()
         else:
-            with_glibc_trim()
+            release_freed_memory()
             self._start, self._done = self._rss(), threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -67,7 +67,7 @@ class PeakMemory:
             self._thread.join()
 
 
-def with_glibc_trim():
+def release_freed_memory():
     """Hand freed memory back to the OS, so that the next variant's RSS starts from a clean floor."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
