@@ -29,6 +29,11 @@ def make_reviews(n, seed=0, min_words=4, max_words=40):
     return pd.DataFrame({"review": reviews, "sentiment": labels})
 
 
+def cli(**settings):
+    """Command-line arguments for main(): cli(max_length=64) -> ["--max-length=64"]."""
+    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+
+
 def write_csv(df, path):
     """Write df as CSV, gzipped when path ends in .gz."""
     path = Path(path)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
 import train_distilbert as td
-from conftest import make_reviews, write_csv
+from conftest import cli, make_reviews, write_csv
 
 
 def run_args(tmp_path, model, csv, **overrides):
@@ -15,7 +15,7 @@ def run_args(tmp_path, model, csv, **overrides):
     settings = {"data_url": Path(csv).as_uri(), "data_dir": tmp_path / "data", "model_name": model,
                 "train_size": 1_200, "valid_size": 400, "test_size": 400, "max_length": 64, "epochs": 1,
                 "learning_rate": 3e-3, "out_dir": tmp_path / "out", **overrides}
-    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    return cli(**settings)
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import train_distilbert
 import train_lstm_baseline as tl
-from conftest import make_reviews, write_csv
+from conftest import cli, make_reviews, write_csv
 
 
 def run_args(tmp_path, csv, **overrides):
     settings = {"data_url": Path(csv).as_uri(), "data_dir": tmp_path / "data", "train_size": 1_200,
                 "valid_size": 400, "test_size": 400, "vocab_size": 100, "embedding_dim": 16, "hidden_dim": 32,
                 "batch_size": 32, "epochs": 3, "learning_rate": 0.01, "out_dir": tmp_path / "out", **overrides}
-    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    return cli(**settings)
 
 
 def test_vocabulary_comes_from_the_training_texts_only():

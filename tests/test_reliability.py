@@ -14,7 +14,7 @@ import torch
 
 import train_distilbert as td
 import train_lstm_baseline as tl
-from conftest import make_reviews, write_csv
+from conftest import cli, make_reviews, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,14 +23,14 @@ def lstm_args(tmp_path, url, **overrides):
     settings = {"data_url": url, "data_dir": tmp_path / "data", "train_size": 600, "valid_size": 200,
                 "test_size": 200, "vocab_size": 100, "embedding_dim": 8, "hidden_dim": 16, "batch_size": 32,
                 "epochs": 2, "learning_rate": 0.01, "out_dir": tmp_path / "out", **overrides}
-    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    return cli(**settings)
 
 
 def distilbert_args(tmp_path, url, model="unused", **overrides):
     settings = {"data_url": url, "data_dir": tmp_path / "data", "model_name": model, "train_size": 600,
                 "valid_size": 200, "test_size": 200, "max_length": 64, "epochs": 2, "learning_rate": 3e-3,
                 "out_dir": tmp_path / "out", **overrides}
-    return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    return cli(**settings)
 
 
 SCRIPTS = {"distilbert": (td, distilbert_args), "lstm": (tl, lstm_args)}
