@@ -391,17 +391,18 @@ def train_step(model, batch, step_examples, autocast, scaler):
 
 @torch.inference_mode()
 def evaluate(model, batches, data, pad_id, device, autocast):
-    """Accuracy over all examples, without gradients; leaves the model in training mode."""
+    """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode."""
     model.eval()
-    correct, total = torch.zeros((), dtype=torch.int64, device=device), 0
+    correct, loss_sum, total = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), device=device), 0
     for batch in tqdm(loader(batches, data, pad_id, device), desc="evaluate", leave=False):
         input_ids, attention_mask, labels = to_device(batch, device)
         with autocast:
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         correct += (logits.argmax(-1) == labels).sum()
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         total += len(labels)
     model.train()
-    return correct.item() / total
+    return correct.item() / total, loss_sum.item() / total
 
 
 def save_model(model, tokenizer, path):
@@ -539,10 +540,11 @@ def run(settings, given):
                         raise KeyboardInterrupt
                 bar.close()
                 train_seconds = time.perf_counter() - epoch_start
-                valid_accuracy = evaluate(forward_model, valid_batches, data, tokenizer.pad_token_id, device, autocast)
+                valid_accuracy, valid_loss = evaluate(forward_model, valid_batches, data, tokenizer.pad_token_id,
+                                                      device, autocast)
                 record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / n_train,
-                          "train_accuracy": correct.item() / n_train, "valid_accuracy": valid_accuracy,
-                          "seconds": train_seconds}
+                          "train_accuracy": correct.item() / n_train, "valid_loss": valid_loss,
+                          "valid_accuracy": valid_accuracy, "seconds": train_seconds}
                 print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
                       f"{record['train_accuracy']:.4f} | valid accuracy {valid_accuracy:.4f} | {train_seconds:.1f} s")
                 state["history"].append(record)
@@ -566,13 +568,13 @@ def run(settings, given):
 
     # test the best epoch's model, reloaded from disk exactly as a user would
     best = AutoModelForSequenceClassification.from_pretrained(out_dir / "model", attn_implementation="sdpa").to(device)
-    test_accuracy = evaluate(best, test_batches, data, tokenizer.pad_token_id, device, autocast)
+    test_accuracy, _ = evaluate(best, test_batches, data, tokenizer.pad_token_id, device, autocast)
     print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
           f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")
     metrics = {"settings": s, "epochs": state["history"], "best_epoch": state["best_epoch"],
                "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
                "train_seconds": train_seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-               else str(device), "precision": precision}
+               else str(device), "precision": precision, "parameters": best.num_parameters()}
     atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
     checkpoint_path.unlink()  # the run is complete: model/ and metrics.json are what it leaves
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'model'}/")

@@ -388,15 +388,17 @@ def train_step(model, batch, step_examples):
 
 @torch.inference_mode()
 def evaluate(model, batches, data, device):
-    """Accuracy over all examples, without gradients; leaves the model in training mode."""
+    """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode."""
     model.eval()
-    correct, total = torch.zeros((), dtype=torch.int64, device=device), 0
+    correct, loss_sum, total = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), device=device), 0
     for batch in tqdm(loader(batches, data, device), desc="evaluate", leave=False):
         ids, lengths, labels = to_device(batch, device)
-        correct += (model(ids, lengths).argmax(-1) == labels).sum()
+        logits = model(ids, lengths)
+        correct += (logits.argmax(-1) == labels).sum()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         total += len(labels)
     model.train()
-    return correct.item() / total
+    return correct.item() / total, loss_sum.item() / total
 
 
 def predict(texts, out_dir="runs/lstm"):
@@ -518,10 +520,10 @@ def run(settings, given):
                         raise KeyboardInterrupt
                 bar.close()
                 train_seconds = time.perf_counter() - epoch_start
-                valid_accuracy = evaluate(model, valid_batches, data, device)
+                valid_accuracy, valid_loss = evaluate(model, valid_batches, data, device)
                 record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / n_train,
-                          "train_accuracy": correct.item() / n_train, "valid_accuracy": valid_accuracy,
-                          "seconds": train_seconds}
+                          "train_accuracy": correct.item() / n_train, "valid_loss": valid_loss,
+                          "valid_accuracy": valid_accuracy, "seconds": train_seconds}
                 print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
                       f"{record['train_accuracy']:.4f} | valid accuracy {valid_accuracy:.4f} | {train_seconds:.1f} s")
                 state["history"].append(record)
@@ -545,7 +547,7 @@ def run(settings, given):
 
     # test the best epoch's weights, reloaded from disk
     model.load_state_dict(torch.load(out_dir / "model.pt", map_location=device, weights_only=True)["model"])
-    test_accuracy = evaluate(model, test_batches, data, device)
+    test_accuracy, _ = evaluate(model, test_batches, data, device)
     train_seconds = sum(record["seconds"] for record in state["history"])
     print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
           f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")

@@ -1,5 +1,6 @@
 """train_distilbert.py end to end on a tiny DistilBERT, plus one real pretrained checkpoint (all offline, CPU)."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,11 @@ def test_main_writes_metrics_and_a_model_that_pipeline_loads(tmp_path, tiny_mode
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert [record["epoch"] for record in saved["epochs"]] == [1, 2]
-    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "valid_accuracy", "seconds"}
+    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "seconds"}
     assert saved["settings"]["EPOCHS"] == 2 and saved["settings"]["TRAIN_SIZE"] == 1_200
     assert saved["best_epoch"] in (1, 2) and 0 <= saved["test_accuracy"] <= 1
     assert saved["device"] == "cpu" and saved["train_seconds"] > 0
+    assert saved["parameters"] == AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model").num_parameters()
     assert not (tmp_path / "out" / "checkpoint.pt").exists()  # a finished run leaves only its results
 
     classify = pipeline("text-classification", model=str(tmp_path / "out" / "model"))
@@ -46,6 +48,7 @@ def test_learning_is_real(tmp_path, tiny_model):
     assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
     assert metrics["valid_accuracy"] >= 0.9
     assert metrics["test_accuracy"] >= 0.9
+    assert metrics["epochs"][-1]["valid_loss"] < 0.5 * math.log(2)  # well below chance's cross-entropy
     # the best epoch is the one saved: reloading it reproduces the recorded validation accuracy
     assert metrics["valid_accuracy"] == max(record["valid_accuracy"] for record in metrics["epochs"])
 

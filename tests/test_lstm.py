@@ -1,5 +1,6 @@
 """train_lstm_baseline.py: vocabulary, packed-sequence semantics, end to end with predict (offline, CPU)."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,9 @@ def test_main_learns_and_predict_reloads_the_model(tmp_path):
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert [record["epoch"] for record in saved["epochs"]] == [1, 2, 3]
-    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "valid_accuracy", "seconds"}
+    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "seconds"}
     assert saved["valid_accuracy"] >= 0.9 and saved["test_accuracy"] >= 0.9
+    assert saved["epochs"][-1]["valid_loss"] < 0.5 * math.log(2)  # well below chance's cross-entropy
     assert saved["valid_accuracy"] == max(record["valid_accuracy"] for record in saved["epochs"])
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
