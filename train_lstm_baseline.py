@@ -401,18 +401,23 @@ def evaluate(model, batches, data, device):
     return correct.item() / total, loss_sum.item() / total
 
 
-def predict(texts, out_dir="runs/lstm"):
-    """Classify new reviews with the model saved in out_dir: [(label, probability of that label), ...]."""
+def load_model(out_dir, device="cpu"):
+    """The best epoch's model saved in out_dir, in eval mode, and the vocabulary it was trained with."""
     out_dir = Path(out_dir)
-    saved = torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True)
+    saved = torch.load(out_dir / "model.pt", map_location=device, weights_only=True)
     vocab_text = (out_dir / "vocab.json").read_text()
     if hashlib.sha256(vocab_text.encode()).hexdigest() != saved["vocab_sha256"]:
         raise RecipeError(f"{out_dir / 'vocab.json'} is not the vocabulary {out_dir / 'model.pt'} was trained with")
     vocab = json.loads(vocab_text)["tokens"]
     s = saved["settings"]
-    model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"])
+    model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"]).to(device)
     model.load_state_dict(saved["model"])
-    model.eval()
+    return model.eval(), vocab
+
+
+def predict(texts, out_dir="runs/lstm"):
+    """Classify new reviews with the model saved in out_dir: [(label, probability of that label), ...]."""
+    model, vocab = load_model(out_dir)
     ids, offsets = encode(list(texts), vocab)
     batch = collate(range(len(texts)), ids, offsets, torch.zeros(len(texts), dtype=torch.int64))
     with torch.inference_mode():
@@ -545,9 +550,9 @@ def run(settings, given):
                           f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps "
                           f"(e.g. {s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch") from e
 
-    # test the best epoch's weights, reloaded from disk
-    model.load_state_dict(torch.load(out_dir / "model.pt", map_location=device, weights_only=True)["model"])
-    test_accuracy, _ = evaluate(model, test_batches, data, device)
+    # test the best epoch's model, reloaded from disk exactly as predict() does
+    best, _ = load_model(out_dir, device)
+    test_accuracy, _ = evaluate(best, test_batches, data, device)
     train_seconds = sum(record["seconds"] for record in state["history"])
     print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
           f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")

@@ -1,0 +1,110 @@
+"""Show finished runs side by side: a markdown table of their results, and their learning curves in one PNG.
+
+    python compare.py runs/distilbert runs/lstm --output curves.png
+    python compare.py benchmarks/results/*.json                       # metrics.json files work too
+
+Each argument is a run's OUT_DIR (or its metrics.json), from either training script.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import train_distilbert as td
+
+RecipeError = td.RecipeError
+
+
+def load(path):
+    """(name, metrics) of one run: an OUT_DIR holding metrics.json, or the metrics.json file itself."""
+    path = Path(path)
+    file = path / "metrics.json" if path.is_dir() else path
+    try:
+        metrics = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"{file} is not the metrics.json of a finished run ({type(e).__name__}: {e})") from None
+    if not isinstance(metrics, dict) or not {"settings", "epochs", "test_accuracy"} <= metrics.keys():
+        raise RecipeError(f"{file} is not the metrics.json of a finished run of train_distilbert.py or "
+                          f"train_lstm_baseline.py")
+    return str(path if path.is_dir() else path.parent if path.name == "metrics.json" else path.stem), metrics
+
+
+def describe(metrics):
+    """Script and model of a run, from its settings."""
+    s = metrics["settings"]
+    if "MODEL_NAME" in s:
+        parts = Path(s["MODEL_NAME"]).parts
+        return "train_distilbert.py", "/".join(parts[-2:]) if parts[-1] == "model" else parts[-1]
+    return "train_lstm_baseline.py", f"LSTM {s['EMBEDDING_DIM']}/{s['HIDDEN_DIM']}"
+
+
+def table(runs):
+    """One markdown row per run: what was trained, how long, and how well."""
+    extra = [key for key in ("test_macro_f1", "test_macro_roc_auc") if any(key in m for _, m in runs)]
+    header = (["run", "script", "model", "parameters", "training reviews", "max length", "epochs", "device",
+               "training s", "s per epoch", "best epoch", "valid accuracy", "test accuracy"]
+              + [key.replace("_", " ") for key in extra])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in runs:
+        s, epochs = m["settings"], m["epochs"]
+        script, model = describe(m)
+        device = m["device"] + (f", {m['precision']}" if "precision" in m else "")
+        n = m.get("parameters")
+        parameters = "?" if n is None else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+        per_epoch = ", ".join(f"{e['seconds']:.1f}" for e in epochs) if len(epochs) <= 3 else \
+            f"{min(e['seconds'] for e in epochs):.1f}–{max(e['seconds'] for e in epochs):.1f}"
+        row = [name, script, model, parameters, f"{s['TRAIN_SIZE']:,}", str(s.get("MAX_LENGTH", "all")),
+               f"{len(epochs)} of {s['EPOCHS']}" if len(epochs) < s["EPOCHS"] else str(len(epochs)), device,
+               f"{m['train_seconds']:.1f}", per_epoch, str(m["best_epoch"]), f"{m['valid_accuracy']:.4f}",
+               f"{m['test_accuracy']:.4f}"] + [f"{m[key]:.4f}" if m.get(key) is not None else "—" for key in extra]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs, output):
+    """Loss and accuracy per epoch of every run: training solid, validation dashed, the best epoch starred."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    for (name, m), color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs)):
+        epochs = [e["epoch"] for e in m["epochs"]]
+        for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+            axes.plot(epochs, [e[f"train_{key}"] for e in m["epochs"]], "o-", color=color, label=f"{name}, training")
+            if all(f"valid_{key}" in e for e in m["epochs"]):
+                axes.plot(epochs, [e[f"valid_{key}"] for e in m["epochs"]], "s--", color=color,
+                          label=f"{name}, validation")
+        best = next(e for e in m["epochs"] if e["epoch"] == m["best_epoch"])
+        accuracy_axes.plot(best["epoch"], best["valid_accuracy"], "*", color=color, markersize=16,
+                           markeredgecolor="black", zorder=3)
+    loss_axes.set(title="Loss per epoch", xlabel="epoch", ylabel="cross-entropy (mean per review)")
+    accuracy_axes.set(title="Accuracy per epoch (★ best epoch, the saved model)", xlabel="epoch", ylabel="accuracy")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = loss_axes.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    figure.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4), 1, 1))
+    output = Path(output)
+    td.atomic_write(output, lambda tmp: figure.savefig(tmp, format=output.suffix.lstrip(".") or "png"))
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="OUT_DIR of a finished run (or its metrics.json)")
+    parser.add_argument("--output", help="draw the learning curves into this PNG")
+    args = parser.parse_args(argv)
+    try:
+        runs = [load(path) for path in args.runs]
+        print(table(runs))
+        if args.output:
+            plot(runs, args.output)
+            print(f"wrote {args.output}", file=sys.stderr)
+    except RecipeError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Classify new text with a model trained by train_distilbert.py or train_lstm_baseline.py.
+
+    python predict.py runs/distilbert "A wonderful, moving film." "Two hours I will never get back."
+    python predict.py runs/lstm --input new_reviews.csv --text-column review --output predictions.csv
+    cat reviews.txt | python predict.py runs/distilbert -          # one text per line from standard input
+
+RUN_DIR is the OUT_DIR of a finished run of either script; what it holds tells which (model/ or model.pt).
+Texts go through that script's own cleaning, tokenizer and truncation, in length-sorted batches as its
+evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
+per text, or with --output writes the input rows plus `label` and `score` columns (.csv, .tsv or .jsonl,
+optionally .gz), atomically. Large files stream in chunks: memory stays flat.
+"""
+import argparse
+import gzip
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import train_distilbert as td
+import train_lstm_baseline as tl
+
+CHUNK = 10_000  # texts read, sorted, classified and written at a time
+RecipeError = td.RecipeError
+
+
+class Run:
+    """A finished run's model with its script's own preprocessing: logits(texts) in the input order."""
+
+    def __init__(self, run_dir, device):
+        run_dir = Path(run_dir)
+        if not (run_dir / "metrics.json").exists():
+            raise RecipeError(f"{run_dir} holds no finished run (no metrics.json); pass the OUT_DIR of a run of "
+                              f"train_distilbert.py or train_lstm_baseline.py that ran to the end")
+        try:
+            self.settings = json.loads((run_dir / "metrics.json").read_text())["settings"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise RecipeError(f"{run_dir / 'metrics.json'} is not a training script's metrics.json "
+                              f"({type(e).__name__}: {e})") from None
+        if (run_dir / "model" / "config.json").exists():  # train_distilbert.py: a save_pretrained folder
+            self.kind = "distilbert"
+            tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+            model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", attn_implementation="sdpa")
+            self.model, self.pad_id = model.to(device).eval(), tokenizer.pad_token_id
+            self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            self.encode = lambda texts: td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"])
+        elif (run_dir / "model.pt").exists():  # train_lstm_baseline.py: weights and vocabulary
+            self.kind = "lstm"
+            self.model, vocab = tl.load_model(run_dir, device)
+            self.labels = tl.LABELS
+            self.encode = lambda texts: tl.encode(texts, vocab)
+        else:
+            raise RecipeError(f"{run_dir} has metrics.json but neither model/ (train_distilbert.py) nor model.pt "
+                              f"(train_lstm_baseline.py)")
+        self.device = device
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()  # the training script's precision=auto
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and self.kind == "distilbert")
+
+    @torch.inference_mode()
+    def logits(self, texts, batch_size):
+        ids, offsets = self.encode(texts)
+        lengths = (offsets[1:] - offsets[:-1]).numpy()
+        no_labels = torch.zeros(len(texts), dtype=torch.int64)
+        out = torch.empty(len(texts), len(self.labels))
+        for indices in td.make_batches(lengths, batch_size):  # sorted by length, as evaluation batches them
+            if self.kind == "distilbert":
+                input_ids, mask, _ = td.to_device(td.collate(indices, ids, offsets, no_labels, self.pad_id), self.device)
+                with self.autocast:
+                    logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+            else:
+                logits = self.model(*td.to_device(tl.collate(indices, ids, offsets, no_labels)[:2], self.device))
+            out[torch.as_tensor(indices)] = logits.float().cpu()
+        return out
+
+
+def read_chunks(texts, input_path, text_column):
+    """The input as frames of at most CHUNK rows, with the texts in text_column."""
+    if input_path is None:
+        if not texts:
+            raise RecipeError("no input: give texts as arguments, --input FILE, or - to read one text per line "
+                              "from standard input")
+        if texts == ["-"]:
+            lines = (line.rstrip("\r\n") for line in sys.stdin)
+            while chunk := list(itertools.islice(lines, CHUNK)):
+                yield pd.DataFrame({text_column: chunk})
+        else:
+            yield pd.DataFrame({text_column: texts})
+        return
+    path = Path(input_path)
+    if not path.is_file():
+        raise RecipeError(f"--input {path} does not exist")
+    kind = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+    if kind == ".jsonl":
+        reader = pd.read_json(path, lines=True, chunksize=CHUNK, dtype=False)
+    elif kind in (".csv", ".tsv"):
+        reader = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: str},
+                             keep_default_na=False)
+    else:
+        raise RecipeError(f"--input {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz)")
+    try:
+        for frame in reader:
+            if text_column not in frame.columns:
+                raise RecipeError(f"--input {path} has no column {text_column!r} (it has {list(frame.columns)[:8]}); "
+                                  f"name the text column with --text-column")
+            yield frame
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:  # ValueError: bad JSON
+        raise RecipeError(f"--input {path} is not a readable {kind[1:]} file ({type(e).__name__}: {e})") from None
+
+
+def write_frame(frame, f, kind, first):
+    if kind == ".jsonl":
+        f.write(frame.to_json(orient="records", lines=True, force_ascii=False))
+    else:
+        frame.to_csv(f, sep="\t" if kind == ".tsv" else ",", header=first, index=False)
+
+
+def predict(run, chunks, text_column, batch_size, write):
+    """Classify each chunk; write(frame, first) receives the rows with their label and score columns."""
+    done = 0
+    for chunk_number, frame in enumerate(chunks):
+        texts = frame[text_column]
+        empty = texts.isna() | texts.astype(str).str.strip().eq("")
+        if empty.any():
+            rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
+            raise RecipeError(f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
+                              f"(0-based, header not counted); every text needs at least one word")
+        probabilities = run.logits(texts.astype(str).tolist(), batch_size).softmax(-1)
+        scores, best = probabilities.max(-1)
+        write(frame.assign(label=[run.labels[i] for i in best.tolist()], score=scores.numpy()), chunk_number == 0)
+        done += len(frame)
+    return done
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="OUT_DIR of a finished run of either training script")
+    parser.add_argument("texts", nargs="*", help="texts to classify, or - for one text per line on standard input")
+    parser.add_argument("--input", help="a .csv, .tsv or .jsonl file (optionally .gz) with a text column")
+    parser.add_argument("--text-column", default="review", help="the column of --input that holds the texts")
+    parser.add_argument("--output", help="write the input rows plus label and score here (.csv, .tsv, .jsonl)")
+    parser.add_argument("--batch-size", type=int, help="texts per forward pass (default: the run's EVAL_BATCH_SIZE)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    try:
+        if args.texts and args.input:
+            raise RecipeError("give texts as arguments or --input FILE, not both")
+        run = Run(args.run_dir, td.resolve_device(args.device))
+        batch_size = args.batch_size or run.settings["EVAL_BATCH_SIZE"]
+        column = args.text_column if args.input else "text"
+        chunks = read_chunks(args.texts, args.input, column)
+        if args.output is None:
+            def show(frame, first):
+                for label, score, text in zip(frame["label"], frame["score"], frame[column]):
+                    print(f"{label}\t{score:.4f}\t{' '.join(str(text).split())}")
+                sys.stdout.flush()
+            predict(run, chunks, column, batch_size, show)
+            return
+        output = Path(args.output)
+        kind = output.suffixes[-2] if output.suffix == ".gz" and len(output.suffixes) > 1 else output.suffix
+        if kind not in (".csv", ".tsv", ".jsonl"):
+            raise RecipeError(f"--output {output}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz)")
+
+        def write_all(tmp):
+            with (gzip.open(tmp, "wt", newline="") if output.suffix == ".gz" else open(tmp, "w", newline="")) as f:
+                count = predict(run, chunks, column, batch_size, lambda frame, first: write_frame(frame, f, kind, first))
+            print(f"wrote {count:,} predictions to {output}", file=sys.stderr)
+
+        td.atomic_write(output, write_all)
+    except RecipeError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""predict.py classifies new text exactly as training evaluated it; compare.py tables and plots runs."""
+import gzip
+import io
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import compare
+import predict
+import train_distilbert as td
+import train_lstm_baseline as tl
+from conftest import cli, make_reviews, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"train_size": 600, "valid_size": 200, "test_size": 300}
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, tiny_model):
+    """A finished run of each script on the same reviews, trained briefly (test accuracy well below 1), and the
+    reviews file. The test split holds 300 reviews: more than one evaluation batch of either script."""
+    tmp = tmp_path_factory.mktemp("runs")
+    reviews = make_reviews(1_100, seed=7)
+    csv = write_csv(reviews, tmp / "reviews.csv")
+    common = {"data_url": csv.as_uri(), "data_dir": tmp / "data", "epochs": 3, **SIZES}
+    td.main(cli(**common, model_name=tiny_model, max_length=16, learning_rate=3e-3, out_dir=tmp / "distilbert"))
+    tl.main(cli(**common, vocab_size=40, embedding_dim=8, hidden_dim=8, batch_size=32, learning_rate=0.02,
+                out_dir=tmp / "lstm"))
+    return {"distilbert": tmp / "distilbert", "lstm": tmp / "lstm", "reviews": reviews}
+
+
+def held_out(runs):
+    return runs["reviews"].iloc[SIZES["train_size"] + SIZES["valid_size"]:].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "lstm"])
+def test_predicting_the_test_split_reproduces_test_accuracy(runs, tmp_path, kind):
+    test = held_out(runs)
+    source = write_csv(test, tmp_path / "test.csv")
+    predict.main([str(runs[kind]), "--input", str(source), "--output", str(tmp_path / "predicted.csv")])
+    predicted = pd.read_csv(tmp_path / "predicted.csv")
+    assert list(predicted.columns) == ["review", "sentiment", "label", "score"]
+    assert predicted["review"].tolist() == test["review"].tolist()  # the input rows, in their order
+    accuracy = (predicted["label"] == test["sentiment"].map({0: "negative", 1: "positive"})).mean()
+    test_accuracy = json.loads((runs[kind] / "metrics.json").read_text())["test_accuracy"]
+    assert 0.6 < test_accuracy < 0.99  # not a trivial model: borderline reviews exist
+    assert accuracy == test_accuracy
+    assert predicted["score"].between(0.5, 1).all()
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "lstm"])
+def test_texts_from_arguments_and_standard_input(runs, capsys, monkeypatch, kind):
+    texts = ["a wonderful superb film", "an awful boring movie\twith a tab"]
+    predict.main([str(runs[kind]), *texts])
+    from_arguments = capsys.readouterr().out.splitlines()
+    assert len(from_arguments) == 2
+    labels, scores, shown = zip(*(line.split("\t") for line in from_arguments))
+    assert labels == ("positive", "negative") and all(0.5 <= float(score) <= 1 for score in scores)
+    assert shown == ("a wonderful superb film", "an awful boring movie with a tab")
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(text + "\n" for text in texts)))
+    predict.main([str(runs[kind]), "-"])
+    assert capsys.readouterr().out.splitlines() == from_arguments
+
+
+def test_output_formats_hold_the_same_predictions(runs, tmp_path):
+    test = held_out(runs)
+    write_csv(test, tmp_path / "in.csv.gz")
+    test.to_csv(tmp_path / "in.tsv", sep="\t", index=False)
+    test.to_json(tmp_path / "in.jsonl", orient="records", lines=True)
+    frames = []
+    for source, target in [("in.csv.gz", "out.jsonl"), ("in.tsv", "out.tsv"), ("in.jsonl", "out.csv.gz")]:
+        predict.main([str(runs["lstm"]), "--input", str(tmp_path / source), "--output", str(tmp_path / target)])
+    frames = [pd.read_json(tmp_path / "out.jsonl", lines=True), pd.read_csv(tmp_path / "out.tsv", sep="\t"),
+              pd.read_csv(tmp_path / "out.csv.gz")]
+    with gzip.open(tmp_path / "out.csv.gz") as f:
+        assert f.readline().decode().strip() == "review,sentiment,label,score"
+    for frame in frames:
+        assert frame["review"].tolist() == test["review"].tolist()
+        assert frame["label"].tolist() == frames[0]["label"].tolist()
+        pd.testing.assert_series_equal(frame["score"], frames[0]["score"], rtol=1e-6)
+
+
+def test_large_inputs_stream_in_chunks_with_the_same_results(runs, tmp_path, monkeypatch):
+    source = write_csv(held_out(runs), tmp_path / "in.csv")
+    predict.main([str(runs["lstm"]), "--input", str(source), "--output", str(tmp_path / "whole.csv")])
+    chunks = []
+    real_logits = predict.Run.logits
+    monkeypatch.setattr(predict, "CHUNK", 64)
+    monkeypatch.setattr(predict.Run, "logits", lambda self, texts, size: chunks.append(len(texts)) or
+                        real_logits(self, texts, size))
+    predict.main([str(runs["lstm"]), "--input", str(source), "--output", str(tmp_path / "chunked.csv")])
+    assert chunks == [64, 64, 64, 64, 44]
+    whole, chunked = pd.read_csv(tmp_path / "whole.csv"), pd.read_csv(tmp_path / "chunked.csv")
+    assert chunked["label"].tolist() == whole["label"].tolist()
+    pd.testing.assert_series_equal(chunked["score"], whole["score"], rtol=1e-5)
+
+
+def fails(argv, *messages):
+    with pytest.raises(SystemExit) as exit:
+        predict.main(argv)
+    text = str(exit.value.code)
+    assert text.startswith("error: ") and "\n" not in text, text
+    for message in messages:
+        assert message in text, text
+
+
+def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):
+    run = str(runs["lstm"])
+    output = str(tmp_path / "out.csv")
+    fails([str(tmp_path), "a text"], "holds no finished run (no metrics.json)")
+    (tmp_path / "metrics.json").write_text("{}")
+    fails([str(tmp_path), "a text"], "metrics.json is not a training script's metrics.json (KeyError")
+    (tmp_path / "metrics.json").write_text('{"settings": {}}')
+    fails([str(tmp_path), "a text"], "neither model/ (train_distilbert.py) nor model.pt")
+    fails([run], "no input: give texts as arguments, --input FILE, or -")
+    fails([run, "--input", str(tmp_path / "missing.csv")], "missing.csv does not exist")
+    source = write_csv(pd.DataFrame({"text": ["fine", "good"]}), tmp_path / "in.csv")
+    fails([run, "--input", str(source), "--output", output], "has no column 'review' (it has ['text'])",
+          "--text-column")
+    with_empty = write_csv(pd.DataFrame({"id": [1, 2, 3, 4], "review": ["fine", " ", "good", ""]}), tmp_path / "empty.csv")
+    fails([run, "--input", str(with_empty), "--output", output], "empty text in rows 1, 3")
+    fails([run, "a good film", ""], "empty text in row 1")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("fine\n\n"))
+    fails([run, "-"], "empty text in row 1")
+    fails([run, "--input", str(source), "--output", str(tmp_path / "out.xlsx")], "unknown format '.xlsx'")
+    (tmp_path / "broken.jsonl").write_text('{"review": "fine"}\n{"review": \n')
+    fails([run, "--input", str(tmp_path / "broken.jsonl"), "--output", output], "is not a readable jsonl file")
+    assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob(".*"))  # no output, not even a temp file
+
+
+def test_command_line_reads_standard_input(runs):
+    done = subprocess.run([sys.executable, "predict.py", str(runs["distilbert"]), "-"], cwd=ROOT, text=True,
+                          input="a wonderful superb film\nan awful boring movie\n", capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line.split("\t")[0] for line in done.stdout.splitlines()] == ["positive", "negative"]
+
+
+def png_size(path):
+    header = Path(path).read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_compare_prints_a_row_per_run_and_draws_the_curves(runs, tmp_path, capsys):
+    compare.main([str(runs["distilbert"]), str(runs["lstm"] / "metrics.json"), "--output", str(tmp_path / "c.png")])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| run | script | model | parameters | training reviews |")
+    for line, kind, script in [(lines[2], "distilbert", "train_distilbert.py"), (lines[3], "lstm", "train_lstm_baseline.py")]:
+        metrics = json.loads((runs[kind] / "metrics.json").read_text())
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[0] == str(runs[kind]) and cells[1] == script and cells[4] == "600" and cells[6] == "3"
+        assert cells[7] == "cpu" + (", fp32" if kind == "distilbert" else "")
+        assert cells[-2:] == [f"{metrics['valid_accuracy']:.4f}", f"{metrics['test_accuracy']:.4f}"]
+    assert lines[2].split("|")[6].strip() == "16" and lines[3].split("|")[6].strip() == "all"  # max length
+    assert png_size(tmp_path / "c.png") == (1200, 450) and (tmp_path / "c.png").stat().st_size > 20_000
+
+
+def test_compare_refuses_what_is_not_a_run(tmp_path):
+    with pytest.raises(SystemExit) as exit:
+        compare.main([str(tmp_path)])
+    assert str(exit.value.code).startswith("error: ") and "metrics.json" in str(exit.value.code)
