@@ -87,7 +87,7 @@ def plot(runs, output):
     figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
     figure.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4), 1, 1))
     output = Path(output)
-    td.atomic_write(output, lambda tmp: figure.savefig(tmp, format=output.suffix.lstrip(".") or "png"))
+    td.atomic_write(output, lambda f: figure.savefig(f, format=output.suffix.lstrip(".") or "png"))
     plt.close(figure)
 
 

@@ -12,6 +12,7 @@ optionally .gz), atomically. Large files stream in chunks: memory stays flat.
 """
 import argparse
 import gzip
+import io
 import itertools
 import json
 import sys
@@ -165,8 +166,9 @@ def main(argv=None):
         if kind not in (".csv", ".tsv", ".jsonl"):
             raise RecipeError(f"--output {output}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz)")
 
-        def write_all(tmp):
-            with (gzip.open(tmp, "wt", newline="") if output.suffix == ".gz" else open(tmp, "w", newline="")) as f:
+        def write_all(binary):
+            with (gzip.open(binary, "wt", newline="", encoding="utf-8") if output.suffix == ".gz"
+                  else io.TextIOWrapper(binary, newline="", encoding="utf-8")) as f:
                 count = predict(run, chunks, column, batch_size, lambda frame, first: write_frame(frame, f, kind, first))
             print(f"wrote {count:,} predictions to {output}", file=sys.stderr)
 

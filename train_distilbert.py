@@ -10,8 +10,12 @@ Every UPPER_CASE setting below can be overridden from the shell as --lower-case-
 loadable with AutoModelForSequenceClassification.from_pretrained or pipeline("text-classification")).
 """
 import argparse
+import contextlib
+import errno
+import fcntl
 import hashlib
 import http.client
+import io
 import itertools
 import json
 import math
@@ -30,7 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from safetensors import SafetensorError
+from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -93,6 +98,7 @@ def parse_settings(argv, defaults):
     comments = dict(re.findall(r"^([A-Z][A-Z0-9_]*) = .*?  # (.*)$", Path(script.__file__).read_text(), re.MULTILINE))
     parser = argparse.ArgumentParser(description=script.__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
     for name, default in defaults.items():
         flag = "--" + name.lower().replace("_", "-")
         extra = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
@@ -126,17 +132,79 @@ def resolve_device(name):
     return device
 
 
+def temporary(path, kind="tmp"):
+    """A hidden name beside path for this process alone: .NAME.PID.tmp (remove_stale() finds it after a kill)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
+
+
+def write_error(path, e, needed=None):
+    """A failed write (full disk, read-only, no permission) as one line that names the path and the cause."""
+    space = ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
+        space = (f" (the file needs {needed:,} bytes; " if needed else " (") + f"{free:,} bytes are free there); " \
+                "free some space or write elsewhere"
+    return RecipeError(f"could not write {path}: {e.strerror or e}{space}; an earlier {path.name}, if any, is intact")
+
+
 def atomic_write(path, write):
-    """Call write(tmp) and rename tmp to path only when it finished: readers never see half a file."""
+    """Call write(f) on a temporary binary file beside path, then rename it to path: readers never see half a
+    file, and a failed write (RecipeError) or an interruption leaves the earlier file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary(path)
     try:
-        write(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def remove_stale(folder):
+    """Temporary files and folders left by a killed process (.NAME.PID.tmp/.old): removed, except that an .old
+    folder is renamed back to NAME if NAME is missing (a kill between the two renames of save_model)."""
+    for stale in sorted(Path(folder).glob(".*.*.*")):
+        name, pid, kind = (stale.name[1:].rsplit(".", 2) + ["", ""])[:3]
+        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid() or alive(int(pid)):
+            continue
+        if kind == "old" and not (stale.parent / name).exists():
+            os.replace(stale, stale.parent / name)
+            print(f"restored {stale.parent / name} from {stale.name}, left by a process that was killed")
+        elif stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+@contextlib.contextmanager
+def locked(folder):
+    """Hold folder for one run: a second run into it is refused. The operating system also releases the lock
+    when the process ends, however it ends, so a killed run never blocks the next one."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecipeError(f"another run is writing to {folder} right now; wait for it to finish, or choose "
+                              f"another --out-dir") from None
+        yield
+    finally:
+        os.close(handle)
 
 
 def file_sha256(path):
@@ -149,37 +217,48 @@ def file_sha256(path):
 
 def load_reviews(url, data_dir):
     """The reviews CSV at url, downloaded into data_dir once and validated: (local path, frame). The local file
-    appears only when the download finished and passed read_reviews(); a failed one leaves nothing behind."""
+    appears only when the download finished and passed read_reviews(); a failed one leaves nothing behind.
+    .NAME.source.json records the URL and checksum: another URL with the same file name is downloaded anew,
+    while a file saved there by hand (no record, or not the recorded checksum) is used as it is."""
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
-    if path.exists():
+    source = path.with_name(f".{path.name}.source.json")
+    record = json.loads(source.read_text()) if source.exists() else {}
+    if path.exists() and (record.get("url", url) == url or record.get("sha256") != file_sha256(path)):
         try:
             return path, read_reviews(path)
         except RecipeError as e:
             raise RecipeError(f"{e}; delete {path} to download it again") from None
+    if path.exists():
+        print(f"{path} was downloaded from {record['url']}, not from {url}: replacing it")
     print(f"downloading {url} -> {path}")
     reviews = None
 
-    def fetch(tmp):
+    def fetch(f):
         nonlocal reviews
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            with urllib.request.urlopen(url, timeout=60) as response:
                 size = int(response.headers.get("Content-Length") or 0) or None
                 received = 0
-                with tqdm(total=size, unit="B", unit_scale=True, desc="download") as bar:
+                with progress(total=size, unit="B", unit_scale=True, desc="download") as bar:
                     while chunk := response.read(1 << 20):
-                        received += f.write(chunk)
+                        try:
+                            received += f.write(chunk)
+                        except OSError as e:  # a full disk: not the network's fault
+                            raise write_error(path, e, needed=size) from None
                         bar.update(len(chunk))
                 if size and received < size:
                     raise ConnectionError(f"the connection closed after {received:,} of {size:,} bytes")
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
             raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
                               f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
+        f.flush()
         try:
-            reviews = read_reviews(tmp, name=url)
+            reviews = read_reviews(Path(f.name), name=url)
         except RecipeError as e:
             raise RecipeError(f"{e}; nothing was saved") from None
 
     atomic_write(path, fetch)
+    atomic_write(source, lambda f: f.write(json.dumps({"url": url, "sha256": file_sha256(path)}).encode()))
     return path, reviews
 
 
@@ -259,6 +338,28 @@ def make_batches(lengths, batch_size, generator=None, grouped=True):
     return batches
 
 
+class progress(tqdm):
+    """A tqdm bar on a terminal; where stderr is not one (nohup, SLURM, CI) a plain line every 10% instead."""
+
+    def __init__(self, *args, **kwargs):
+        self.plain, self.shown = not sys.stderr.isatty(), None
+        if self.plain:  # tqdm draws into a sink; display() prints the lines
+            kwargs.update(file=io.StringIO(), bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) "
+                                                         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        if not self.plain:
+            return super().display(msg, pos)
+        step = math.ceil(self.total / 10) if self.total else math.inf
+        closing = self.disable  # close() disables the bar, then draws (or clears) it a last time
+        if self.n != self.shown and (
+                self.shown is None or closing or self.n // step > self.shown // step or self.n == self.total):
+            print(self.__str__(), file=sys.stderr, flush=True)
+            self.shown = self.n
+        return True
+
+
 class StopRequest:
     """While active, Ctrl-C (SIGINT) and SIGTERM (a preempted machine) only raise a flag, so training
     stops at the end of an optimizer step and saves a checkpoint. A second Ctrl-C stops at once."""
@@ -268,8 +369,8 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Interrupted(signum)
+        self.requested = signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
               file=sys.stderr)
 
@@ -280,6 +381,37 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: main() stops with one line and exit status 128 + the signal's number."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signal.Signals(signum)
+
+
+def main(argv=None):
+    settings, given = parse_settings(sys.argv[1:] if argv is None else argv, DEFAULTS)
+    checkpoint_path = Path(settings["OUT_DIR"]) / "checkpoint.pt"
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: throw(Interrupted(signum)))
+    try:
+        with contextlib.ExitStack() as held:  # run() holds the lock on OUT_DIR in it
+            return run(settings, given, held)
+    except RecipeError as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        where = (f"the run is saved in {checkpoint_path}; continue it with: python {Path(__file__).name} "
+                 f"--out-dir {checkpoint_path.parent} --resume") if checkpoint_path.exists() else "nothing to resume"
+        print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signal.Signals(signum).name}): {where}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def throw(exception):
+    raise exception
 
 
 def resolve_run(settings, given, checkpoint_path):
@@ -337,7 +469,7 @@ def to_device(batch, device):
 def tokenize(texts, tokenizer, max_length, chunk=2_000):
     """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]])."""
     pieces = []
-    for start in tqdm(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
+    for start in progress(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
         batch = [clean(text) for text in texts[start:start + chunk]]
         pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
     return flat_token_ids(pieces)
@@ -359,7 +491,7 @@ def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256):
         except Exception as e:  # a damaged cache is rebuilt, never trusted
             print(f"token cache {path} is unreadable ({type(e).__name__}); rebuilding it")
     ids, offsets = tokenize(texts, tokenizer, max_length)
-    atomic_write(path, lambda tmp: torch.save({"key": key, "ids": ids, "offsets": offsets}, tmp))
+    atomic_write(path, lambda f: torch.save({"key": key, "ids": ids, "offsets": offsets}, f))
     return ids, offsets
 
 
@@ -394,7 +526,7 @@ def evaluate(model, batches, data, pad_id, device, autocast):
     """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode."""
     model.eval()
     correct, loss_sum, total = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), device=device), 0
-    for batch in tqdm(loader(batches, data, pad_id, device), desc="evaluate", leave=False):
+    for batch in progress(loader(batches, data, pad_id, device), desc="evaluate", leave=False):
         input_ids, attention_mask, labels = to_device(batch, device)
         with autocast:
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -406,27 +538,42 @@ def evaluate(model, batches, data, pad_id, device, autocast):
 
 
 def save_model(model, tokenizer, path):
-    """save_pretrained into a fresh folder, then swap it in: the old folder stays until the new one is whole."""
+    """save_pretrained into a fresh folder, then swap it in: the old folder stays until the new one is whole.
+    A failed write (full disk) leaves the old model; a kill between the renames is undone by remove_stale()."""
     path = Path(path)
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    tmp, old = temporary(path), temporary(path, "old")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError):  # safetensors reports a full disk as its own error
+            e = OSError(errno.ENOSPC if "No space" in str(e) else errno.EIO, str(e))
+        raise write_error(path, e) from None
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def main(argv=None):
-    settings, given = parse_settings(sys.argv[1:] if argv is None else argv, DEFAULTS)
+def from_pretrained(load, name, **kwargs):
+    """load(name) from a local folder or the hub; a mistyped name, no hub access or a folder that holds no
+    model is one line that says so."""
     try:
-        return run(settings, given)
-    except RecipeError as e:
-        raise SystemExit(f"error: {e}") from None
+        return load(name, **kwargs)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:160]
+        if Path(name).is_dir():
+            raise RecipeError(f"MODEL_NAME (--model-name) {name} is a folder but holds no model that transformers "
+                              f"can load ({reason}); it needs config.json, the weights and the tokenizer files, "
+                              f"as save_pretrained writes them") from None
+        raise RecipeError(f"MODEL_NAME (--model-name) {name!r} is neither a local folder nor a model the Hugging "
+                          f"Face hub could provide ({reason}); check the name, or pass a local folder with "
+                          f"--model-name /path/to/model") from None
 
 
-def run(settings, given):
+
+def run(settings, given, held):
     out_dir = Path(settings["OUT_DIR"])
     checkpoint_path = out_dir / "checkpoint.pt"
     s, checkpoint = resolve_run(settings, given, checkpoint_path)
@@ -439,6 +586,8 @@ def run(settings, given):
         precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision not in ("bf16", "fp16", "fp32"):
         raise RecipeError(f"PRECISION (--precision) must be auto, bf16, fp16 or fp32, got {precision!r}")
+    held.enter_context(locked(out_dir))  # a second run into OUT_DIR is refused while this one lasts
+    remove_stale(out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
     print("settings: " + json.dumps(s))
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
@@ -447,11 +596,11 @@ def run(settings, given):
     if checkpoint is not None and checkpoint["data_sha256"] != data_sha256:
         raise RecipeError(f"{data_path} is not the file the checkpoint was trained on (its checksum differs)")
     train_df, valid_df, test_df = split(reviews, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"])
-    tokenizer = AutoTokenizer.from_pretrained(s["MODEL_NAME"])
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
     torch.manual_seed(s["SEED"])
-    model = AutoModelForSequenceClassification.from_pretrained(
-        s["MODEL_NAME"], num_labels=2, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
-        attn_implementation="sdpa").to(device)
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"], num_labels=2,
+                            id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
+                            attn_implementation="sdpa").to(device)
     if s["MAX_LENGTH"] > model.config.max_position_embeddings:
         raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
                           f"{model.config.max_position_embeddings} tokens")
@@ -493,7 +642,7 @@ def run(settings, given):
         checkpoint = {"settings": s, "data_sha256": data_sha256, "state": state, "rng": rng_state(),
                       "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
-        atomic_write(checkpoint_path, lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
 
     if checkpoint is None:  # a new run: results of an earlier one in OUT_DIR no longer describe its model
         (out_dir / "metrics.json").unlink(missing_ok=True)
@@ -509,7 +658,7 @@ def run(settings, given):
                 batch_losses = torch.zeros(len(batches), device=device)
                 batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
                 correct = torch.tensor(state["correct"], device=device)
-                bar = tqdm(loader(batches[state["batch"]:], data, tokenizer.pad_token_id, device),
+                bar = progress(loader(batches[state["batch"]:], data, tokenizer.pad_token_id, device),
                            desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
                 for i, batch in enumerate(bar, start=state["batch"]):
                     first = i - i % s["GRAD_ACCUM_STEPS"]
@@ -537,7 +686,7 @@ def run(settings, given):
                         state.update(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
                                      correct=correct.item(), seconds=time.perf_counter() - epoch_start)
                         save_checkpoint()
-                        raise KeyboardInterrupt
+                        raise Interrupted(stop.requested)
                 bar.close()
                 train_seconds = time.perf_counter() - epoch_start
                 valid_accuracy, valid_loss = evaluate(forward_model, valid_batches, data, tokenizer.pad_token_id,
@@ -554,11 +703,7 @@ def run(settings, given):
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
                 save_checkpoint()
                 if stop.requested and epoch < s["EPOCHS"]:
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        print(f"interrupted; the run is saved in {checkpoint_path}. Continue it with:\n"
-              f"  python {Path(__file__).name} --out-dir {out_dir} --resume", file=sys.stderr)
-        raise SystemExit(130) from None
+                    raise Interrupted(stop.requested)
     except torch.OutOfMemoryError as e:
         raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']} at --max-length {s['MAX_LENGTH']}: "
                           f"lower --batch-size (e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps "
@@ -575,7 +720,7 @@ def run(settings, given):
                "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
                "train_seconds": train_seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else str(device), "precision": precision, "parameters": best.num_parameters()}
-    atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+    atomic_write(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
     checkpoint_path.unlink()  # the run is complete: model/ and metrics.json are what it leaves
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'model'}/")
     return metrics

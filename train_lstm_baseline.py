@@ -7,16 +7,21 @@
 
 Same data, download and split as train_distilbert.py. Every UPPER_CASE setting below can be overridden from
 the shell as --lower-case-name VALUE (or =VALUE); --help lists them. Writes OUT_DIR/metrics.json,
-OUT_DIR/model.pt (weights and settings of the best epoch) and OUT_DIR/vocab.json; predict() reloads them.
+OUT_DIR/model.pt (the best epoch's weights, settings and vocabulary, one file); predict() reloads it.
 """
 import argparse
+import contextlib
+import errno
+import fcntl
 import hashlib
 import http.client
+import io
 import itertools
 import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -31,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.feature_extraction.text import CountVectorizer
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------- settings
 # data
@@ -56,7 +61,7 @@ DEVICE = "auto"  # auto = cuda if available, else cpu
 LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
 EVAL_BATCH_SIZE = 256  # reviews per forward pass in evaluation
 LOG_EVERY = 20  # batches between progress-bar loss updates (each one waits for the GPU)
-OUT_DIR = "runs/lstm"  # metrics.json, model.pt, vocab.json and the resumable checkpoint.pt
+OUT_DIR = "runs/lstm"  # metrics.json, model.pt and the resumable checkpoint.pt
 RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
 POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "VOCAB_SIZE", "EMBEDDING_DIM", "HIDDEN_DIM", "BATCH_SIZE",
@@ -91,6 +96,7 @@ def parse_settings(argv, defaults):
     comments = dict(re.findall(r"^([A-Z][A-Z0-9_]*) = .*?  # (.*)$", Path(script.__file__).read_text(), re.MULTILINE))
     parser = argparse.ArgumentParser(description=script.__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
     for name, default in defaults.items():
         flag = "--" + name.lower().replace("_", "-")
         extra = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
@@ -124,17 +130,79 @@ def resolve_device(name):
     return device
 
 
+def temporary(path, kind="tmp"):
+    """A hidden name beside path for this process alone: .NAME.PID.tmp (remove_stale() finds it after a kill)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
+
+
+def write_error(path, e, needed=None):
+    """A failed write (full disk, read-only, no permission) as one line that names the path and the cause."""
+    space = ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
+        space = (f" (the file needs {needed:,} bytes; " if needed else " (") + f"{free:,} bytes are free there); " \
+                "free some space or write elsewhere"
+    return RecipeError(f"could not write {path}: {e.strerror or e}{space}; an earlier {path.name}, if any, is intact")
+
+
 def atomic_write(path, write):
-    """Call write(tmp) and rename tmp to path only when it finished: readers never see half a file."""
+    """Call write(f) on a temporary binary file beside path, then rename it to path: readers never see half a
+    file, and a failed write (RecipeError) or an interruption leaves the earlier file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary(path)
     try:
-        write(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def remove_stale(folder):
+    """Temporary files and folders left by a killed process (.NAME.PID.tmp/.old): removed, except that an .old
+    folder is renamed back to NAME if NAME is missing (a kill between the two renames of save_model)."""
+    for stale in sorted(Path(folder).glob(".*.*.*")):
+        name, pid, kind = (stale.name[1:].rsplit(".", 2) + ["", ""])[:3]
+        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid() or alive(int(pid)):
+            continue
+        if kind == "old" and not (stale.parent / name).exists():
+            os.replace(stale, stale.parent / name)
+            print(f"restored {stale.parent / name} from {stale.name}, left by a process that was killed")
+        elif stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+@contextlib.contextmanager
+def locked(folder):
+    """Hold folder for one run: a second run into it is refused. The operating system also releases the lock
+    when the process ends, however it ends, so a killed run never blocks the next one."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecipeError(f"another run is writing to {folder} right now; wait for it to finish, or choose "
+                              f"another --out-dir") from None
+        yield
+    finally:
+        os.close(handle)
 
 
 def file_sha256(path):
@@ -147,37 +215,48 @@ def file_sha256(path):
 
 def load_reviews(url, data_dir):
     """The reviews CSV at url, downloaded into data_dir once and validated: (local path, frame). The local file
-    appears only when the download finished and passed read_reviews(); a failed one leaves nothing behind."""
+    appears only when the download finished and passed read_reviews(); a failed one leaves nothing behind.
+    .NAME.source.json records the URL and checksum: another URL with the same file name is downloaded anew,
+    while a file saved there by hand (no record, or not the recorded checksum) is used as it is."""
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
-    if path.exists():
+    source = path.with_name(f".{path.name}.source.json")
+    record = json.loads(source.read_text()) if source.exists() else {}
+    if path.exists() and (record.get("url", url) == url or record.get("sha256") != file_sha256(path)):
         try:
             return path, read_reviews(path)
         except RecipeError as e:
             raise RecipeError(f"{e}; delete {path} to download it again") from None
+    if path.exists():
+        print(f"{path} was downloaded from {record['url']}, not from {url}: replacing it")
     print(f"downloading {url} -> {path}")
     reviews = None
 
-    def fetch(tmp):
+    def fetch(f):
         nonlocal reviews
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            with urllib.request.urlopen(url, timeout=60) as response:
                 size = int(response.headers.get("Content-Length") or 0) or None
                 received = 0
-                with tqdm(total=size, unit="B", unit_scale=True, desc="download") as bar:
+                with progress(total=size, unit="B", unit_scale=True, desc="download") as bar:
                     while chunk := response.read(1 << 20):
-                        received += f.write(chunk)
+                        try:
+                            received += f.write(chunk)
+                        except OSError as e:  # a full disk: not the network's fault
+                            raise write_error(path, e, needed=size) from None
                         bar.update(len(chunk))
                 if size and received < size:
                     raise ConnectionError(f"the connection closed after {received:,} of {size:,} bytes")
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
             raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
                               f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
+        f.flush()
         try:
-            reviews = read_reviews(tmp, name=url)
+            reviews = read_reviews(Path(f.name), name=url)
         except RecipeError as e:
             raise RecipeError(f"{e}; nothing was saved") from None
 
     atomic_write(path, fetch)
+    atomic_write(source, lambda f: f.write(json.dumps({"url": url, "sha256": file_sha256(path)}).encode()))
     return path, reviews
 
 
@@ -257,6 +336,28 @@ def make_batches(lengths, batch_size, generator=None, grouped=True):
     return batches
 
 
+class progress(tqdm):
+    """A tqdm bar on a terminal; where stderr is not one (nohup, SLURM, CI) a plain line every 10% instead."""
+
+    def __init__(self, *args, **kwargs):
+        self.plain, self.shown = not sys.stderr.isatty(), None
+        if self.plain:  # tqdm draws into a sink; display() prints the lines
+            kwargs.update(file=io.StringIO(), bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) "
+                                                         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        if not self.plain:
+            return super().display(msg, pos)
+        step = math.ceil(self.total / 10) if self.total else math.inf
+        closing = self.disable  # close() disables the bar, then draws (or clears) it a last time
+        if self.n != self.shown and (
+                self.shown is None or closing or self.n // step > self.shown // step or self.n == self.total):
+            print(self.__str__(), file=sys.stderr, flush=True)
+            self.shown = self.n
+        return True
+
+
 class StopRequest:
     """While active, Ctrl-C (SIGINT) and SIGTERM (a preempted machine) only raise a flag, so training
     stops at the end of an optimizer step and saves a checkpoint. A second Ctrl-C stops at once."""
@@ -266,8 +367,8 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Interrupted(signum)
+        self.requested = signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
               file=sys.stderr)
 
@@ -278,6 +379,37 @@ class StopRequest:
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: main() stops with one line and exit status 128 + the signal's number."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signal.Signals(signum)
+
+
+def main(argv=None):
+    settings, given = parse_settings(sys.argv[1:] if argv is None else argv, DEFAULTS)
+    checkpoint_path = Path(settings["OUT_DIR"]) / "checkpoint.pt"
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: throw(Interrupted(signum)))
+    try:
+        with contextlib.ExitStack() as held:  # run() holds the lock on OUT_DIR in it
+            return run(settings, given, held)
+    except RecipeError as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        where = (f"the run is saved in {checkpoint_path}; continue it with: python {Path(__file__).name} "
+                 f"--out-dir {checkpoint_path.parent} --resume") if checkpoint_path.exists() else "nothing to resume"
+        print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signal.Signals(signum).name}): {where}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def throw(exception):
+    raise exception
 
 
 def resolve_run(settings, given, checkpoint_path):
@@ -343,7 +475,7 @@ def encode(texts, vocab):
     """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]])."""
     analyze = CountVectorizer(token_pattern=TOKEN_PATTERN).build_analyzer()  # lowercase, then TOKEN_PATTERN
     index = {token: i for i, token in enumerate(vocab)}
-    pieces = [[index.get(token, 1) for token in analyze(clean(text))] or [1] for text in tqdm(texts, desc="encode")]
+    pieces = [[index.get(token, 1) for token in analyze(clean(text))] or [1] for text in progress(texts, desc="encode")]
     return flat_token_ids(pieces)
 
 
@@ -391,7 +523,7 @@ def evaluate(model, batches, data, device):
     """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode."""
     model.eval()
     correct, loss_sum, total = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), device=device), 0
-    for batch in tqdm(loader(batches, data, device), desc="evaluate", leave=False):
+    for batch in progress(loader(batches, data, device), desc="evaluate", leave=False):
         ids, lengths, labels = to_device(batch, device)
         logits = model(ids, lengths)
         correct += (logits.argmax(-1) == labels).sum()
@@ -402,14 +534,10 @@ def evaluate(model, batches, data, device):
 
 
 def load_model(out_dir, device="cpu"):
-    """The best epoch's model saved in out_dir, in eval mode, and the vocabulary it was trained with."""
-    out_dir = Path(out_dir)
-    saved = torch.load(out_dir / "model.pt", map_location=device, weights_only=True)
-    vocab_text = (out_dir / "vocab.json").read_text()
-    if hashlib.sha256(vocab_text.encode()).hexdigest() != saved["vocab_sha256"]:
-        raise RecipeError(f"{out_dir / 'vocab.json'} is not the vocabulary {out_dir / 'model.pt'} was trained with")
-    vocab = json.loads(vocab_text)["tokens"]
-    s = saved["settings"]
+    """The best epoch's model saved in out_dir, in eval mode, and the vocabulary it was trained with (both in
+    model.pt: they are replaced together)."""
+    saved = torch.load(Path(out_dir) / "model.pt", map_location=device, weights_only=True)
+    vocab, s = saved["vocab"], saved["settings"]
     model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"]).to(device)
     model.load_state_dict(saved["model"])
     return model.eval(), vocab
@@ -425,15 +553,8 @@ def predict(texts, out_dir="runs/lstm"):
     return [(LABELS[int(p.argmax())], float(p.max())) for p in probabilities]
 
 
-def main(argv=None):
-    settings, given = parse_settings(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    try:
-        return run(settings, given)
-    except RecipeError as e:
-        raise SystemExit(f"error: {e}") from None
 
-
-def run(settings, given):
+def run(settings, given, held):
     out_dir = Path(settings["OUT_DIR"])
     checkpoint_path = out_dir / "checkpoint.pt"
     s, checkpoint = resolve_run(settings, given, checkpoint_path)
@@ -441,6 +562,8 @@ def run(settings, given):
     if s["VOCAB_SIZE"] < 3 or s["GRAD_CLIP"] < 0:
         raise RecipeError("VOCAB_SIZE must be at least 3 and GRAD_CLIP must not be negative")
     device = resolve_device(s["DEVICE"])
+    held.enter_context(locked(out_dir))  # a second run into OUT_DIR is refused while this one lasts
+    remove_stale(out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
     print("settings: " + json.dumps(s))
 
     # data: download once, validate, split in file order; vocabulary from the training split only
@@ -458,9 +581,6 @@ def run(settings, given):
     n_train, n_valid = len(train_df), len(valid_df)
     valid_batches = [n_train + b for b in make_batches(lengths[n_train:n_train + n_valid], s["EVAL_BATCH_SIZE"])]
     test_batches = [n_train + n_valid + b for b in make_batches(lengths[n_train + n_valid:], s["EVAL_BATCH_SIZE"])]
-    vocab_text = json.dumps({"tokens": vocab, "token_pattern": TOKEN_PATTERN, "data_sha256": data_sha256,
-                             "train_size": n_train, "vocab_size": s["VOCAB_SIZE"]})
-    vocab_sha256 = hashlib.sha256(vocab_text.encode()).hexdigest()  # model.pt records which vocabulary it needs
 
     # model and optimizer
     torch.manual_seed(s["SEED"])
@@ -479,7 +599,7 @@ def run(settings, given):
     def save_checkpoint():
         checkpoint = {"settings": s, "data_sha256": data_sha256, "state": state, "rng": rng_state(),
                       "model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        atomic_write(checkpoint_path, lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
 
     if checkpoint is None:  # a new run: results of an earlier one in OUT_DIR no longer describe its model
         (out_dir / "metrics.json").unlink(missing_ok=True)
@@ -497,7 +617,7 @@ def run(settings, given):
                 batch_losses = torch.zeros(len(batches), device=device)
                 batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
                 correct = torch.tensor(state["correct"], device=device)
-                bar = tqdm(loader(batches[state["batch"]:], data, device),
+                bar = progress(loader(batches[state["batch"]:], data, device),
                            desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
                 for i, batch in enumerate(bar, start=state["batch"]):
                     first = i - i % s["GRAD_ACCUM_STEPS"]
@@ -522,7 +642,7 @@ def run(settings, given):
                         state.update(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
                                      correct=correct.item(), seconds=time.perf_counter() - epoch_start)
                         save_checkpoint()
-                        raise KeyboardInterrupt
+                        raise Interrupted(stop.requested)
                 bar.close()
                 train_seconds = time.perf_counter() - epoch_start
                 valid_accuracy, valid_loss = evaluate(model, valid_batches, data, device)
@@ -534,17 +654,12 @@ def run(settings, given):
                 state["history"].append(record)
                 if valid_accuracy > state["best_valid_accuracy"]:
                     state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
-                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab_sha256": vocab_sha256}
-                    atomic_write(out_dir / "vocab.json", lambda tmp: tmp.write_text(vocab_text))
-                    atomic_write(out_dir / "model.pt", lambda tmp: torch.save(best, tmp))
+                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab}
+                    atomic_write(out_dir / "model.pt", lambda f: torch.save(best, f))
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
                 save_checkpoint()
                 if stop.requested and epoch < s["EPOCHS"]:
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        print(f"interrupted; the run is saved in {checkpoint_path}. Continue it with:\n"
-              f"  python {Path(__file__).name} --out-dir {out_dir} --resume", file=sys.stderr)
-        raise SystemExit(130) from None
+                    raise Interrupted(stop.requested)
     except torch.OutOfMemoryError as e:
         raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']}: lower --batch-size "
                           f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps "
@@ -560,9 +675,9 @@ def run(settings, given):
                "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
                "train_seconds": train_seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else str(device), "parameters": sum(p.numel() for p in model.parameters())}
-    atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
-    checkpoint_path.unlink()  # the run is complete: model.pt, vocab.json and metrics.json are what it leaves
-    print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'model.pt'} and {out_dir / 'vocab.json'}")
+    atomic_write(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+    checkpoint_path.unlink()  # the run is complete: model.pt and metrics.json are what it leaves
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'model.pt'}")
     return metrics
 
 

@@ -1,7 +1,9 @@
 """The code both scripts share (settings, download, validation, split, batching) behaves the same in each."""
 import gzip
+import hashlib
 import importlib
 import inspect
+import json
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,8 @@ from conftest import make_reviews, write_csv
 
 SCRIPTS = ["train_distilbert", "train_lstm_baseline"]
 SHARED = ["RecipeError", "parse_settings", "check_positive", "resolve_device", "atomic_write", "file_sha256", "load_reviews",
-          "read_reviews", "split", "clean", "make_batches", "StopRequest", "resolve_run", "restore_rng", "rng_state", "flat_token_ids", "pad_batch", "to_device"]
+          "read_reviews", "split", "clean", "make_batches", "StopRequest", "resolve_run", "main", "progress", "locked", "remove_stale", "temporary", "write_error",
+          "Interrupted", "restore_rng", "rng_state", "flat_token_ids", "pad_batch", "to_device"]
 
 
 @pytest.fixture(params=SCRIPTS)
@@ -59,7 +62,10 @@ def test_download_over_http_once(script, serve, tmp_path):
     again, reviews_again = script.load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data")
     assert again == path and reviews_again.equals(reviews)
     assert len(serve.requests) == 1  # the second call reuses the file
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["movie_data.csv.gz"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".movie_data.csv.gz.source.json",
+                                                                       "movie_data.csv.gz"]
+    record = json.loads((tmp_path / "data" / ".movie_data.csv.gz.source.json").read_text())
+    assert record == {"url": f"{base}/movie_data.csv.gz", "sha256": hashlib.sha256(payload).hexdigest()}
 
 
 def test_download_from_a_file_url(script, tmp_path):
@@ -112,7 +118,8 @@ def test_bad_overrides_name_the_setting(script, capsys, argv, message):
     defaults = {"EPOCHS": 3, "LEARNING_RATE": 5e-5, "COMPILE": False}
     with pytest.raises(SystemExit) as exit:
         script.parse_settings(argv, defaults)
-    assert exit.value.code == 2 and message in capsys.readouterr().err
+    text = exit.value.code  # printed as one line on stderr, exit status 1
+    assert text.startswith("error: ") and "\n" not in text and message in text
 
 
 def test_help_lists_every_setting_with_its_default(script, capsys):
@@ -129,8 +136,8 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(script, tmp_path):
     target = tmp_path / "out.json"
     target.write_text("old")
 
-    def broken(tmp):
-        tmp.write_text("half")
+    def broken(f):
+        f.write(b"half")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
