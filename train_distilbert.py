@@ -147,18 +147,24 @@ def write_error(path, e, needed=None):
     return RecipeError(f"could not write {path}: {e.strerror or e}{space}; an earlier {path.name}, if any, is intact")
 
 
-def atomic_write(path, write):
+def atomic_write(path, write, stale=None):
     """Call write(f) on a temporary binary file beside path, then rename it to path: readers never see half a
-    file, and a failed write (RecipeError) or an interruption leaves the earlier file as it was."""
+    file, and a failed write (RecipeError) or an interruption leaves the earlier file as it was. The file stale,
+    if given (results that describe the file being replaced), is deleted just before the rename."""
     path = Path(path)
     tmp = temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
+        if stale:
+            Path(stale).unlink(missing_ok=True)
         os.replace(tmp, path)
-    except OSError as e:
-        raise write_error(path, e) from None
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__  # torch.save wraps a failed write in a RuntimeError
+        if not isinstance(cause, OSError):
+            raise
+        raise write_error(path, cause) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -344,7 +350,7 @@ class progress(tqdm):
     def __init__(self, *args, **kwargs):
         self.plain, self.shown = not sys.stderr.isatty(), None
         if self.plain:  # tqdm draws into a sink; display() prints the lines
-            kwargs.update(file=io.StringIO(), bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) "
+            kwargs.update(file=io.StringIO(), mininterval=0, miniters=1, bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) "
                                                          "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
         super().__init__(*args, **kwargs)
 
@@ -537,9 +543,10 @@ def evaluate(model, batches, data, pad_id, device, autocast):
     return correct.item() / total, loss_sum.item() / total
 
 
-def save_model(model, tokenizer, path):
+def save_model(model, tokenizer, path, stale):
     """save_pretrained into a fresh folder, then swap it in: the old folder stays until the new one is whole.
-    A failed write (full disk) leaves the old model; a kill between the renames is undone by remove_stale()."""
+    A failed write (full disk) leaves the old model; a kill between the renames is undone by remove_stale().
+    The file stale (an earlier run's results) is deleted once the new model is whole."""
     path = Path(path)
     tmp, old = temporary(path), temporary(path, "old")
     try:
@@ -550,6 +557,7 @@ def save_model(model, tokenizer, path):
         if not isinstance(e, OSError):  # safetensors reports a full disk as its own error
             e = OSError(errno.ENOSPC if "No space" in str(e) else errno.EIO, str(e))
         raise write_error(path, e) from None
+    Path(stale).unlink(missing_ok=True)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
@@ -644,8 +652,6 @@ def run(settings, given, held):
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
         atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
 
-    if checkpoint is None:  # a new run: results of an earlier one in OUT_DIR no longer describe its model
-        (out_dir / "metrics.json").unlink(missing_ok=True)
     print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | batch {s['BATCH_SIZE']} x "
           f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} | {precision}")
     try:
@@ -699,7 +705,7 @@ def run(settings, given, held):
                 state["history"].append(record)
                 if valid_accuracy > state["best_valid_accuracy"]:
                     state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
-                    save_model(model, tokenizer, out_dir / "model")
+                    save_model(model, tokenizer, out_dir / "model", stale=out_dir / "metrics.json")
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
                 save_checkpoint()
                 if stop.requested and epoch < s["EPOCHS"]:

@@ -145,18 +145,24 @@ def write_error(path, e, needed=None):
     return RecipeError(f"could not write {path}: {e.strerror or e}{space}; an earlier {path.name}, if any, is intact")
 
 
-def atomic_write(path, write):
+def atomic_write(path, write, stale=None):
     """Call write(f) on a temporary binary file beside path, then rename it to path: readers never see half a
-    file, and a failed write (RecipeError) or an interruption leaves the earlier file as it was."""
+    file, and a failed write (RecipeError) or an interruption leaves the earlier file as it was. The file stale,
+    if given (results that describe the file being replaced), is deleted just before the rename."""
     path = Path(path)
     tmp = temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
+        if stale:
+            Path(stale).unlink(missing_ok=True)
         os.replace(tmp, path)
-    except OSError as e:
-        raise write_error(path, e) from None
+    except (OSError, RuntimeError) as e:
+        cause = e if isinstance(e, OSError) else e.__context__  # torch.save wraps a failed write in a RuntimeError
+        if not isinstance(cause, OSError):
+            raise
+        raise write_error(path, cause) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -342,7 +348,7 @@ class progress(tqdm):
     def __init__(self, *args, **kwargs):
         self.plain, self.shown = not sys.stderr.isatty(), None
         if self.plain:  # tqdm draws into a sink; display() prints the lines
-            kwargs.update(file=io.StringIO(), bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) "
+            kwargs.update(file=io.StringIO(), mininterval=0, miniters=1, bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) "
                                                          "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
         super().__init__(*args, **kwargs)
 
@@ -601,8 +607,6 @@ def run(settings, given, held):
                       "model": model.state_dict(), "optimizer": optimizer.state_dict()}
         atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
 
-    if checkpoint is None:  # a new run: results of an earlier one in OUT_DIR no longer describe its model
-        (out_dir / "metrics.json").unlink(missing_ok=True)
     majority = max(train_df["sentiment"].mean(), 1 - train_df["sentiment"].mean())
     print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | vocabulary {len(vocab):,} | "
           f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
@@ -655,7 +659,7 @@ def run(settings, given, held):
                 if valid_accuracy > state["best_valid_accuracy"]:
                     state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
                     best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab}
-                    atomic_write(out_dir / "model.pt", lambda f: torch.save(best, f))
+                    atomic_write(out_dir / "model.pt", lambda f: torch.save(best, f), stale=out_dir / "metrics.json")
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
                 save_checkpoint()
                 if stop.requested and epoch < s["EPOCHS"]:

@@ -92,17 +92,31 @@ def test_both_scripts_split_the_same_csv_into_the_same_rows(tmp_path):
 
 
 def test_a_new_run_never_pairs_its_vocabulary_or_metrics_with_an_old_model(tmp_path, monkeypatch):
-    """A second run into the same OUT_DIR that dies in its first epoch leaves the old model.pt whole (weights and
-    vocabulary are one file), and no old metrics.json next to anything new."""
+    """A second run into the same OUT_DIR that dies in its first epoch leaves the first run whole (weights and
+    vocabulary are one file, with its metrics.json); once it saves a model, the old metrics.json is gone."""
     first = write_csv(make_reviews(2_000, seed=5), tmp_path / "first.csv")
     tl.main(run_args(tmp_path, first, epochs=1))
-    assert (tmp_path / "out" / "metrics.json").exists()
+    before = (tmp_path / "out" / "metrics.json").read_text(), (tmp_path / "out" / "model.pt").read_bytes()
 
     second = write_csv(make_reviews(2_000, seed=11, max_words=10), tmp_path / "second.csv")  # another vocabulary
+    real_evaluate = tl.evaluate
     monkeypatch.setattr(tl, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("machine died")))
     with pytest.raises(RuntimeError):
         tl.main(run_args(tmp_path, second, epochs=1, out_dir=tmp_path / "out", vocab_size=50))
-    monkeypatch.undo()
-    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert ((tmp_path / "out" / "metrics.json").read_text(), (tmp_path / "out" / "model.pt").read_bytes()) == before
     assert [label for label, _ in tl.predict(["a wonderful superb film"], tmp_path / "out")] == ["positive"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.pt"]
+
+    calls = []  # now the run dies after its first model is saved: the old results no longer describe it
+
+    def dies_in_the_test_evaluation(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("machine died")
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(tl, "evaluate", dies_in_the_test_evaluation)
+    with pytest.raises(RuntimeError):
+        tl.main(run_args(tmp_path, second, epochs=1, out_dir=tmp_path / "out", vocab_size=50))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint.pt", "model.pt"]
+    assert (tmp_path / "out" / "model.pt").read_bytes() != before[1]
