@@ -164,7 +164,8 @@ def atomic_write(path, write, stale=None):
         cause = e if isinstance(e, OSError) else e.__context__  # torch.save wraps a failed write in a RuntimeError
         if not isinstance(cause, OSError):
             raise
-        raise write_error(path, cause) from None
+        tmp.unlink(missing_ok=True)  # before write_error() measures the free space
+        raise write_error(path, cause, getattr(cause, "needed", None)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -249,12 +250,15 @@ def load_reviews(url, data_dir):
                     while chunk := response.read(1 << 20):
                         try:
                             received += f.write(chunk)
-                        except OSError as e:  # a full disk: not the network's fault
-                            raise write_error(path, e, needed=size) from None
+                        except OSError as e:  # a full disk: atomic_write() reports it, not as the network's fault
+                            e.needed = size
+                            raise
                         bar.update(len(chunk))
                 if size and received < size:
                     raise ConnectionError(f"the connection closed after {received:,} of {size:,} bytes")
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
+            if hasattr(e, "needed"):
+                raise
             raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
                               f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
         f.flush()
@@ -350,8 +354,9 @@ class progress(tqdm):
     def __init__(self, *args, **kwargs):
         self.plain, self.shown = not sys.stderr.isatty(), None
         if self.plain:  # tqdm draws into a sink; display() prints the lines
-            kwargs.update(file=io.StringIO(), mininterval=0, miniters=1, bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) "
-                                                         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            kwargs.update(file=io.StringIO(), mininterval=0, miniters=1,
+                          bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, "
+                                     "{rate_fmt}{postfix}]")
         super().__init__(*args, **kwargs)
 
     def display(self, msg=None, pos=None):
@@ -400,7 +405,7 @@ class Interrupted(KeyboardInterrupt):
 def main(argv=None):
     settings, given = parse_settings(sys.argv[1:] if argv is None else argv, DEFAULTS)
     checkpoint_path = Path(settings["OUT_DIR"]) / "checkpoint.pt"
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: throw(Interrupted(signum)))
+    previous = signal.signal(signal.SIGTERM, stop_now)
     try:
         with contextlib.ExitStack() as held:  # run() holds the lock on OUT_DIR in it
             return run(settings, given, held)
@@ -416,8 +421,9 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, previous)
 
 
-def throw(exception):
-    raise exception
+def stop_now(signum, frame):
+    """SIGTERM outside the training loop (which saves a checkpoint first) stops the run at once, like Ctrl-C."""
+    raise Interrupted(signum)
 
 
 def resolve_run(settings, given, checkpoint_path):
@@ -580,7 +586,6 @@ def from_pretrained(load, name, **kwargs):
                           f"--model-name /path/to/model") from None
 
 
-
 def run(settings, given, held):
     out_dir = Path(settings["OUT_DIR"])
     checkpoint_path = out_dir / "checkpoint.pt"
@@ -665,7 +670,7 @@ def run(settings, given, held):
                 batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
                 correct = torch.tensor(state["correct"], device=device)
                 bar = progress(loader(batches[state["batch"]:], data, tokenizer.pad_token_id, device),
-                           desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
+                               desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
                 for i, batch in enumerate(bar, start=state["batch"]):
                     first = i - i % s["GRAD_ACCUM_STEPS"]
                     step_examples = sum(len(b) for b in batches[first:first + s["GRAD_ACCUM_STEPS"]])

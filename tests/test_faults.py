@@ -20,7 +20,7 @@ import transformers
 
 import train_distilbert as td
 import train_lstm_baseline as tl
-from conftest import cli, make_reviews, write_csv
+from conftest import make_reviews, write_csv
 from test_reliability import SCRIPTS, comparable, distilbert_args, fails, files_under, lstm_args
 
 ROOT = Path(__file__).resolve().parents[1]
