@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from tqdm import tqdm
@@ -353,6 +354,7 @@ class progress(tqdm):
 
     def __init__(self, *args, **kwargs):
         self.plain, self.shown = not sys.stderr.isatty(), None
+        kwargs.setdefault("disable", not leader())
         if self.plain:  # tqdm draws into a sink; display() prints the lines
             kwargs.update(file=io.StringIO(), mininterval=0, miniters=1,
                           bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, "
@@ -382,8 +384,9 @@ class StopRequest:
         if self.requested:
             raise Interrupted(signum)
         self.requested = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
-              file=sys.stderr)
+        if leader():
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
+                  file=sys.stderr)
 
     def __enter__(self):
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -410,15 +413,20 @@ def main(argv=None):
         with contextlib.ExitStack() as held:  # run() holds the lock on OUT_DIR in it
             return run(settings, given, held)
     except RecipeError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {e}" if leader() else 1) from None
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        where = (f"the run is saved in {checkpoint_path}; continue it with: python {Path(__file__).name} "
+        launcher = "python" if os.environ.get("WORLD_SIZE", "1") == "1" else "torchrun <its options>"
+        where = (f"the run is saved in {checkpoint_path}; continue it with: {launcher} {Path(__file__).name} "
                  f"--out-dir {checkpoint_path.parent} --resume") if checkpoint_path.exists() else "nothing to resume"
-        print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signal.Signals(signum).name}): {where}", file=sys.stderr)
+        if leader():
+            print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signal.Signals(signum).name}): {where}",
+                  file=sys.stderr)
         raise SystemExit(128 + signum) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def stop_now(signum, frame):
@@ -473,6 +481,70 @@ def pad_batch(indices, ids, offsets, pad_id, width=None):
     return padded, lengths
 
 
+def start_processes(device_setting):
+    """Under torchrun (WORLD_SIZE > 1) join the other processes: NCCL on CUDA, gloo on CPU, and DEVICE=auto takes
+    this process's own GPU (cuda:LOCAL_RANK). Returns the device, this process's rank and the number of processes.
+    Processes other than rank 0 print nothing to stdout and show no progress bars."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return resolve_device(device_setting), 0, 1
+    local = int(os.environ["LOCAL_RANK"])
+    device = resolve_device(f"cuda:{local}" if device_setting == "auto" and torch.cuda.is_available() else device_setting)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")
+    return device, dist.get_rank(), world
+
+
+def leader():
+    """True in the process that prints and writes: the only one, or rank 0 under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def leader_first(world):
+    """Rank 0 runs the block first (a download, a cache it writes), then the others, which find its result."""
+    if world > 1 and not leader():
+        dist.barrier()
+    yield
+    if world > 1 and leader():
+        dist.barrier()
+
+
+def share(batch, rank, world):
+    """This process's part of a batch, every world-th review from its rank on, and its weight: 1, or 0 for a
+    stand-in (the batch's first review) where the batch has fewer reviews than processes, so that every process
+    still takes part in the gradient all-reduce."""
+    part = batch[rank::world]
+    return (part, 1) if len(part) else (batch[:1], 0)
+
+
+def all_sum(tensor, world):
+    """The elementwise sum of tensor over all processes (itself when there is one)."""
+    if world > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def agreed(flag, device, world):
+    """True in every process if flag is true in any: a signal can reach the processes at different steps."""
+    if world == 1:
+        return bool(flag)
+    return bool(all_sum(torch.tensor([float(bool(flag))], device=device), world).item())
+
+
+def device_names(device, world):
+    """What each process trained on: the GPU's name, or cpu."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    if world == 1:
+        return [name]
+    names = [None] * world
+    dist.all_gather_object(names, name)
+    return names
+
+
 def to_device(batch, device):
     return [tensor.to(device, non_blocking=True) for tensor in batch]
 # ---------------------------------------------------------------------------------- end of the shared part
@@ -523,8 +595,9 @@ def loader(batches, data, pad_id, device):
 
 
 def train_step(model, batch, step_examples, autocast, scaler):
-    """Forward and backward of one batch. The loss is summed over the batch and divided by the examples of
-    the whole optimizer step, so gradient accumulation gives exactly the gradient of the full batch."""
+    """Forward and backward of one batch. The loss is summed over the batch and divided by step_examples (the
+    examples of the whole optimizer step, over the number of processes under torchrun, whose all-reduce averages):
+    gradient accumulation and data-parallel training give exactly the gradient of the full batch."""
     input_ids, attention_mask, labels = batch
     with autocast:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -534,11 +607,12 @@ def train_step(model, batch, step_examples, autocast, scaler):
 
 
 @torch.inference_mode()
-def evaluate(model, batches, data, pad_id, device, autocast):
-    """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode."""
+def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1):
+    """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode. Under
+    torchrun each process takes every world-th batch and the counts are summed: each example counts once."""
     model.eval()
     correct, loss_sum, total = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), device=device), 0
-    for batch in progress(loader(batches, data, pad_id, device), desc="evaluate", leave=False):
+    for batch in progress(loader(batches[rank::world], data, pad_id, device), desc="evaluate", leave=False):
         input_ids, attention_mask, labels = to_device(batch, device)
         with autocast:
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -546,7 +620,9 @@ def evaluate(model, batches, data, pad_id, device, autocast):
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         total += len(labels)
     model.train()
-    return correct.item() / total, loss_sum.item() / total
+    counts = torch.stack([correct.double(), loss_sum.double(), torch.tensor(total, dtype=torch.float64, device=device)])
+    correct, loss_sum, total = all_sum(counts, world).tolist()
+    return correct / total, loss_sum / total
 
 
 def save_model(model, tokenizer, path, stale):
@@ -593,18 +669,20 @@ def run(settings, given, held):
     check_positive(s, POSITIVE_SETTINGS)
     if not 0 <= s["WARMUP_RATIO"] < 1 or s["WEIGHT_DECAY"] < 0 or s["GRAD_CLIP"] < 0:
         raise RecipeError("WARMUP_RATIO must be in [0, 1), WEIGHT_DECAY and GRAD_CLIP must not be negative")
-    device = resolve_device(s["DEVICE"])
+    device, rank, world = start_processes(s["DEVICE"])
     precision = s["PRECISION"]
     if precision == "auto":
         precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision not in ("bf16", "fp16", "fp32"):
         raise RecipeError(f"PRECISION (--precision) must be auto, bf16, fp16 or fp32, got {precision!r}")
-    held.enter_context(locked(out_dir))  # a second run into OUT_DIR is refused while this one lasts
-    remove_stale(out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
+    if leader():
+        held.enter_context(locked(out_dir))  # a second run into OUT_DIR is refused while this one lasts
+        remove_stale(out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
     print("settings: " + json.dumps(s))
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
-    data_path, reviews = load_reviews(s["DATA_URL"], s["DATA_DIR"])
+    with leader_first(world):
+        data_path, reviews = load_reviews(s["DATA_URL"], s["DATA_DIR"])
     data_sha256 = file_sha256(data_path)
     if checkpoint is not None and checkpoint["data_sha256"] != data_sha256:
         raise RecipeError(f"{data_path} is not the file the checkpoint was trained on (its checksum differs)")
@@ -618,7 +696,8 @@ def run(settings, given, held):
         raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
                           f"{model.config.max_position_embeddings} tokens")
     frame = pd.concat([train_df, valid_df, test_df])
-    ids, offsets = cached_token_ids(frame["review"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"], data_sha256)
+    with leader_first(world):
+        ids, offsets = cached_token_ids(frame["review"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"], data_sha256)
     labels = torch.tensor(frame["sentiment"].to_numpy())
     lengths = (offsets[1:] - offsets[:-1]).numpy()
     data = (ids, offsets, labels)
@@ -640,6 +719,8 @@ def run(settings, given, held):
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                               enabled=precision != "fp32")
     forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
+    train_model = forward_model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        forward_model, device_ids=[device] if device.type == "cuda" else None)
     state = {"epoch": 1, "batch": 0, "history": [], "best_valid_accuracy": -1.0, "best_epoch": None,
              "batch_losses": [], "correct": 0, "seconds": 0.0}
     if checkpoint is not None:
@@ -648,6 +729,8 @@ def run(settings, given, held):
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = checkpoint["state"]
+        if rank > 0:  # the checkpoint holds the sums over all processes: rank 0 carries them on
+            state.update(batch_losses=[0.0] * state["batch"], correct=0)
         restore_rng(checkpoint["rng"])
         print(f"resuming {checkpoint_path}: epoch {state['epoch']}, batch {state['batch']}/{batches_per_epoch}")
 
@@ -655,10 +738,11 @@ def run(settings, given, held):
         checkpoint = {"settings": s, "data_sha256": data_sha256, "state": state, "rng": rng_state(),
                       "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
-        atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
+        if leader():
+            atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
 
     print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | batch {s['BATCH_SIZE']} x "
-          f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} | {precision}")
+          f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {world} | {precision}")
     try:
         with StopRequest() as stop:
             for epoch in range(state["epoch"], s["EPOCHS"] + 1):
@@ -669,15 +753,21 @@ def run(settings, given, held):
                 batch_losses = torch.zeros(len(batches), device=device)
                 batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
                 correct = torch.tensor(state["correct"], device=device)
-                bar = progress(loader(batches[state["batch"]:], data, tokenizer.pad_token_id, device),
-                               desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
+                shares = [share(b, rank, world) for b in batches]  # under torchrun: this process's part
+                bar = progress(loader([part for part, _ in shares[state["batch"]:]], data, tokenizer.pad_token_id,
+                                      device), desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"],
+                               total=len(batches))
                 for i, batch in enumerate(bar, start=state["batch"]):
                     first = i - i % s["GRAD_ACCUM_STEPS"]
                     step_examples = sum(len(b) for b in batches[first:first + s["GRAD_ACCUM_STEPS"]])
-                    loss_sum, batch_correct = train_step(forward_model, to_device(batch, device), step_examples,
-                                                         autocast, scaler)
-                    batch_losses[i], correct = loss_sum, correct + batch_correct
-                    if (i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches):
+                    step_done = (i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches)
+                    weight = shares[i][1]  # DDP averages the gradients over processes: divide by step_examples / world
+                    with train_model.no_sync() if world > 1 and not step_done else contextlib.nullcontext():
+                        loss_sum, batch_correct = train_step(train_model, to_device(batch, device),
+                                                             step_examples / world if weight else math.inf,
+                                                             autocast, scaler)
+                    batch_losses[i], correct = loss_sum * weight, correct + batch_correct * weight
+                    if step_done:
                         scaler.unscale_(optimizer)
                         if s["GRAD_CLIP"] > 0:
                             torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
@@ -687,13 +777,14 @@ def run(settings, given, held):
                         optimizer.zero_grad(set_to_none=True)
                     if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
                         seen = batch_losses[:i + 1]
-                        loss = seen.sum().item() / sum(len(b) for b in batches[:i + 1])
+                        loss = seen.sum().item() / sum(len(part) * weight for part, weight in shares[:i + 1])
                         if not math.isfinite(loss):
                             bad = int(torch.nonzero(~torch.isfinite(seen))[0])
                             raise RecipeError(f"the loss became {seen[bad].item()} at epoch {epoch}, batch {bad + 1}; "
                                               f"lower --learning-rate (now {s['LEARNING_RATE']}) or try --precision fp32")
                         bar.set_postfix(loss=f"{loss:.4f}")
-                    if stop.requested and ((i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches)):
+                    if step_done and agreed(stop.requested, device, world):  # all processes stop at this step
+                        batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)
                         state.update(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
                                      correct=correct.item(), seconds=time.perf_counter() - epoch_start)
                         save_checkpoint()
@@ -701,7 +792,8 @@ def run(settings, given, held):
                 bar.close()
                 train_seconds = time.perf_counter() - epoch_start
                 valid_accuracy, valid_loss = evaluate(forward_model, valid_batches, data, tokenizer.pad_token_id,
-                                                      device, autocast)
+                                                      device, autocast, rank, world)
+                batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)  # over all processes
                 record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / n_train,
                           "train_accuracy": correct.item() / n_train, "valid_loss": valid_loss,
                           "valid_accuracy": valid_accuracy, "seconds": train_seconds}
@@ -710,11 +802,12 @@ def run(settings, given, held):
                 state["history"].append(record)
                 if valid_accuracy > state["best_valid_accuracy"]:
                     state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
-                    save_model(model, tokenizer, out_dir / "model", stale=out_dir / "metrics.json")
+                    if leader():
+                        save_model(model, tokenizer, out_dir / "model", stale=out_dir / "metrics.json")
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
                 save_checkpoint()
-                if stop.requested and epoch < s["EPOCHS"]:
-                    raise Interrupted(stop.requested)
+                if agreed(stop.requested, device, world) and epoch < s["EPOCHS"]:
+                    raise Interrupted(stop.requested or signal.SIGTERM)
     except torch.OutOfMemoryError as e:
         raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']} at --max-length {s['MAX_LENGTH']}: "
                           f"lower --batch-size (e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps "
@@ -723,16 +816,21 @@ def run(settings, given, held):
     train_seconds = sum(record["seconds"] for record in state["history"])
 
     # test the best epoch's model, reloaded from disk exactly as a user would
+    if world > 1:
+        dist.barrier()  # rank 0 has written it
     best = AutoModelForSequenceClassification.from_pretrained(out_dir / "model", attn_implementation="sdpa").to(device)
-    test_accuracy, _ = evaluate(best, test_batches, data, tokenizer.pad_token_id, device, autocast)
+    test_accuracy, _ = evaluate(best, test_batches, data, tokenizer.pad_token_id, device, autocast, rank, world)
+    devices = device_names(device, world)
     print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
           f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")
     metrics = {"settings": s, "epochs": state["history"], "best_epoch": state["best_epoch"],
                "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
-               "train_seconds": train_seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-               else str(device), "precision": precision, "parameters": best.num_parameters()}
-    atomic_write(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
-    checkpoint_path.unlink()  # the run is complete: model/ and metrics.json are what it leaves
+               "train_seconds": train_seconds, "device": devices[0], "devices": devices,
+               "world_size": world, "precision": precision,
+               "parameters": best.num_parameters()}
+    if leader():
+        atomic_write(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+        checkpoint_path.unlink()  # the run is complete: model/ and metrics.json are what it leaves
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'model'}/")
     return metrics
 

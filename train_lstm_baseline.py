@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.feature_extraction.text import CountVectorizer
 from torch import nn
@@ -351,6 +352,7 @@ class progress(tqdm):
 
     def __init__(self, *args, **kwargs):
         self.plain, self.shown = not sys.stderr.isatty(), None
+        kwargs.setdefault("disable", not leader())
         if self.plain:  # tqdm draws into a sink; display() prints the lines
             kwargs.update(file=io.StringIO(), mininterval=0, miniters=1,
                           bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, "
@@ -380,8 +382,9 @@ class StopRequest:
         if self.requested:
             raise Interrupted(signum)
         self.requested = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
-              file=sys.stderr)
+        if leader():
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
+                  file=sys.stderr)
 
     def __enter__(self):
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -408,15 +411,20 @@ def main(argv=None):
         with contextlib.ExitStack() as held:  # run() holds the lock on OUT_DIR in it
             return run(settings, given, held)
     except RecipeError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {e}" if leader() else 1) from None
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        where = (f"the run is saved in {checkpoint_path}; continue it with: python {Path(__file__).name} "
+        launcher = "python" if os.environ.get("WORLD_SIZE", "1") == "1" else "torchrun <its options>"
+        where = (f"the run is saved in {checkpoint_path}; continue it with: {launcher} {Path(__file__).name} "
                  f"--out-dir {checkpoint_path.parent} --resume") if checkpoint_path.exists() else "nothing to resume"
-        print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signal.Signals(signum).name}): {where}", file=sys.stderr)
+        if leader():
+            print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signal.Signals(signum).name}): {where}",
+                  file=sys.stderr)
         raise SystemExit(128 + signum) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def stop_now(signum, frame):
@@ -471,6 +479,70 @@ def pad_batch(indices, ids, offsets, pad_id, width=None):
     return padded, lengths
 
 
+def start_processes(device_setting):
+    """Under torchrun (WORLD_SIZE > 1) join the other processes: NCCL on CUDA, gloo on CPU, and DEVICE=auto takes
+    this process's own GPU (cuda:LOCAL_RANK). Returns the device, this process's rank and the number of processes.
+    Processes other than rank 0 print nothing to stdout and show no progress bars."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return resolve_device(device_setting), 0, 1
+    local = int(os.environ["LOCAL_RANK"])
+    device = resolve_device(f"cuda:{local}" if device_setting == "auto" and torch.cuda.is_available() else device_setting)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")
+    return device, dist.get_rank(), world
+
+
+def leader():
+    """True in the process that prints and writes: the only one, or rank 0 under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def leader_first(world):
+    """Rank 0 runs the block first (a download, a cache it writes), then the others, which find its result."""
+    if world > 1 and not leader():
+        dist.barrier()
+    yield
+    if world > 1 and leader():
+        dist.barrier()
+
+
+def share(batch, rank, world):
+    """This process's part of a batch, every world-th review from its rank on, and its weight: 1, or 0 for a
+    stand-in (the batch's first review) where the batch has fewer reviews than processes, so that every process
+    still takes part in the gradient all-reduce."""
+    part = batch[rank::world]
+    return (part, 1) if len(part) else (batch[:1], 0)
+
+
+def all_sum(tensor, world):
+    """The elementwise sum of tensor over all processes (itself when there is one)."""
+    if world > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def agreed(flag, device, world):
+    """True in every process if flag is true in any: a signal can reach the processes at different steps."""
+    if world == 1:
+        return bool(flag)
+    return bool(all_sum(torch.tensor([float(bool(flag))], device=device), world).item())
+
+
+def device_names(device, world):
+    """What each process trained on: the GPU's name, or cpu."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    if world == 1:
+        return [name]
+    names = [None] * world
+    dist.all_gather_object(names, name)
+    return names
+
+
 def to_device(batch, device):
     return [tensor.to(device, non_blocking=True) for tensor in batch]
 # ---------------------------------------------------------------------------------- end of the shared part
@@ -522,7 +594,9 @@ def loader(batches, data, device):
 
 
 def train_step(model, batch, step_examples):
-    """Forward and backward of one batch; the summed loss over the examples of the whole optimizer step."""
+    """Forward and backward of one batch. The loss is summed over the batch and divided by step_examples (the
+    examples of the whole optimizer step, over the number of processes under torchrun, whose all-reduce averages):
+    gradient accumulation and data-parallel training give exactly the gradient of the full batch."""
     ids, lengths, labels = batch
     logits = model(ids, lengths)
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
@@ -531,18 +605,21 @@ def train_step(model, batch, step_examples):
 
 
 @torch.inference_mode()
-def evaluate(model, batches, data, device):
-    """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode."""
+def evaluate(model, batches, data, device, rank=0, world=1):
+    """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode. Under
+    torchrun each process takes every world-th batch and the counts are summed: each example counts once."""
     model.eval()
     correct, loss_sum, total = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), device=device), 0
-    for batch in progress(loader(batches, data, device), desc="evaluate", leave=False):
+    for batch in progress(loader(batches[rank::world], data, device), desc="evaluate", leave=False):
         ids, lengths, labels = to_device(batch, device)
         logits = model(ids, lengths)
         correct += (logits.argmax(-1) == labels).sum()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         total += len(labels)
     model.train()
-    return correct.item() / total, loss_sum.item() / total
+    counts = torch.stack([correct.double(), loss_sum.double(), torch.tensor(total, dtype=torch.float64, device=device)])
+    correct, loss_sum, total = all_sum(counts, world).tolist()
+    return correct / total, loss_sum / total
 
 
 def load_model(out_dir, device="cpu"):
@@ -573,13 +650,15 @@ def run(settings, given, held):
     check_positive(s, POSITIVE_SETTINGS)
     if s["VOCAB_SIZE"] < 3 or s["GRAD_CLIP"] < 0:
         raise RecipeError("VOCAB_SIZE must be at least 3 and GRAD_CLIP must not be negative")
-    device = resolve_device(s["DEVICE"])
-    held.enter_context(locked(out_dir))  # a second run into OUT_DIR is refused while this one lasts
-    remove_stale(out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
+    device, rank, world = start_processes(s["DEVICE"])
+    if leader():
+        held.enter_context(locked(out_dir))  # a second run into OUT_DIR is refused while this one lasts
+        remove_stale(out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
     print("settings: " + json.dumps(s))
 
     # data: download once, validate, split in file order; vocabulary from the training split only
-    data_path, reviews = load_reviews(s["DATA_URL"], s["DATA_DIR"])
+    with leader_first(world):
+        data_path, reviews = load_reviews(s["DATA_URL"], s["DATA_DIR"])
     data_sha256 = file_sha256(data_path)
     if checkpoint is not None and checkpoint["data_sha256"] != data_sha256:
         raise RecipeError(f"{data_path} is not the file the checkpoint was trained on (its checksum differs)")
@@ -598,6 +677,8 @@ def run(settings, given, held):
     torch.manual_seed(s["SEED"])
     model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=s["LEARNING_RATE"], fused=device.type == "cuda")
+    train_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None)
     batches_per_epoch = math.ceil(n_train / s["BATCH_SIZE"])
     state = {"epoch": 1, "batch": 0, "history": [], "best_valid_accuracy": -1.0, "best_epoch": None,
              "batch_losses": [], "correct": 0, "seconds": 0.0}
@@ -605,18 +686,21 @@ def run(settings, given, held):
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["state"]
+        if rank > 0:  # the checkpoint holds the sums over all processes: rank 0 carries them on
+            state.update(batch_losses=[0.0] * state["batch"], correct=0)
         restore_rng(checkpoint["rng"])
         print(f"resuming {checkpoint_path}: epoch {state['epoch']}, batch {state['batch']}/{batches_per_epoch}")
 
     def save_checkpoint():
         checkpoint = {"settings": s, "data_sha256": data_sha256, "state": state, "rng": rng_state(),
                       "model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
+        if leader():
+            atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
 
     majority = max(train_df["sentiment"].mean(), 1 - train_df["sentiment"].mean())
     print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | vocabulary {len(vocab):,} | "
           f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
-          f"{s['GRAD_ACCUM_STEPS']} | {device} | majority-class accuracy {majority:.4f}")
+          f"{s['GRAD_ACCUM_STEPS']} | {device} x {world} | majority-class accuracy {majority:.4f}")
     try:
         with StopRequest() as stop:
             for epoch in range(state["epoch"], s["EPOCHS"] + 1):
@@ -627,14 +711,18 @@ def run(settings, given, held):
                 batch_losses = torch.zeros(len(batches), device=device)
                 batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
                 correct = torch.tensor(state["correct"], device=device)
-                bar = progress(loader(batches[state["batch"]:], data, device),
+                shares = [share(b, rank, world) for b in batches]  # under torchrun: this process's part
+                bar = progress(loader([part for part, _ in shares[state["batch"]:]], data, device),
                                desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
                 for i, batch in enumerate(bar, start=state["batch"]):
                     first = i - i % s["GRAD_ACCUM_STEPS"]
                     step_examples = sum(len(b) for b in batches[first:first + s["GRAD_ACCUM_STEPS"]])
-                    loss_sum, batch_correct = train_step(model, to_device(batch, device), step_examples)
-                    batch_losses[i], correct = loss_sum, correct + batch_correct
                     step_done = (i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches)
+                    weight = shares[i][1]  # DDP averages the gradients over processes: divide by step_examples / world
+                    with train_model.no_sync() if world > 1 and not step_done else contextlib.nullcontext():
+                        loss_sum, batch_correct = train_step(train_model, to_device(batch, device),
+                                                             step_examples / world if weight else math.inf)
+                    batch_losses[i], correct = loss_sum * weight, correct + batch_correct * weight
                     if step_done:
                         if s["GRAD_CLIP"] > 0:
                             torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
@@ -642,20 +730,22 @@ def run(settings, given, held):
                         optimizer.zero_grad(set_to_none=True)
                     if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
                         seen = batch_losses[:i + 1]
-                        loss = seen.sum().item() / sum(len(b) for b in batches[:i + 1])
+                        loss = seen.sum().item() / sum(len(part) * weight for part, weight in shares[:i + 1])
                         if not math.isfinite(loss):
                             bad = int(torch.nonzero(~torch.isfinite(seen))[0])
                             raise RecipeError(f"the loss became {seen[bad].item()} at epoch {epoch}, batch {bad + 1}; "
                                               f"lower --learning-rate (now {s['LEARNING_RATE']}) or set --grad-clip 1")
                         bar.set_postfix(loss=f"{loss:.4f}")
-                    if stop.requested and step_done:
+                    if step_done and agreed(stop.requested, device, world):  # all processes stop at this step
+                        batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)
                         state.update(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
                                      correct=correct.item(), seconds=time.perf_counter() - epoch_start)
                         save_checkpoint()
                         raise Interrupted(stop.requested)
                 bar.close()
                 train_seconds = time.perf_counter() - epoch_start
-                valid_accuracy, valid_loss = evaluate(model, valid_batches, data, device)
+                valid_accuracy, valid_loss = evaluate(model, valid_batches, data, device, rank, world)
+                batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)  # over all processes
                 record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / n_train,
                           "train_accuracy": correct.item() / n_train, "valid_loss": valid_loss,
                           "valid_accuracy": valid_accuracy, "seconds": train_seconds}
@@ -665,28 +755,34 @@ def run(settings, given, held):
                 if valid_accuracy > state["best_valid_accuracy"]:
                     state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
                     best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab}
-                    atomic_write(out_dir / "model.pt", lambda f: torch.save(best, f), stale=out_dir / "metrics.json")
+                    if leader():
+                        atomic_write(out_dir / "model.pt", lambda f: torch.save(best, f), stale=out_dir / "metrics.json")
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
                 save_checkpoint()
-                if stop.requested and epoch < s["EPOCHS"]:
-                    raise Interrupted(stop.requested)
+                if agreed(stop.requested, device, world) and epoch < s["EPOCHS"]:
+                    raise Interrupted(stop.requested or signal.SIGTERM)
     except torch.OutOfMemoryError as e:
         raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']}: lower --batch-size "
                           f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps "
                           f"(e.g. {s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch") from e
 
     # test the best epoch's model, reloaded from disk exactly as predict() does
+    if world > 1:
+        dist.barrier()  # rank 0 has written it
     best, _ = load_model(out_dir, device)
-    test_accuracy, _ = evaluate(best, test_batches, data, device)
+    test_accuracy, _ = evaluate(best, test_batches, data, device, rank, world)
+    devices = device_names(device, world)
     train_seconds = sum(record["seconds"] for record in state["history"])
     print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
           f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")
     metrics = {"settings": s, "epochs": state["history"], "best_epoch": state["best_epoch"],
                "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
-               "train_seconds": train_seconds, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-               else str(device), "parameters": sum(p.numel() for p in model.parameters())}
-    atomic_write(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
-    checkpoint_path.unlink()  # the run is complete: model.pt and metrics.json are what it leaves
+               "train_seconds": train_seconds, "device": devices[0], "devices": devices,
+               "world_size": world,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    if leader():
+        atomic_write(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+        checkpoint_path.unlink()  # the run is complete: model.pt and metrics.json are what it leaves
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'model.pt'}")
     return metrics
 
