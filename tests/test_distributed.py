@@ -1,0 +1,105 @@
+"""Both scripts under torchrun (2 processes, gloo, CPU) end where one process ends: the same schedule, the same
+batches, the same model to floating-point tolerance, every review evaluated once, and a SIGTERM to torchrun
+resumable to the same result."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+import train_distilbert as td
+import train_lstm_baseline as tl
+from conftest import cli, make_reviews, write_csv
+from test_reliability import comparable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(script, args, cwd=ROOT):
+    """Run script under torchrun with 2 processes on this CPU; returns the finished process."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def close(single, parallel):
+    """The two runs' numbers agree (the accuracies exactly, the losses to float tolerance)."""
+    assert comparable(parallel) == pytest.approx(comparable(single), rel=1e-4, abs=1e-6)
+    assert parallel["world_size"] == 2 and parallel["devices"] == ["cpu", "cpu"] and single["world_size"] == 1
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    return write_csv(make_reviews(1_100, seed=12), tmp_path_factory.mktemp("data") / "reviews.csv").as_uri()
+
+
+INTERRUPT_AT_STEP_5 = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import train_lstm_baseline as script
+real, calls = script.train_step, []
+def train_step(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 5 and os.environ["RANK"] == "0":
+        os.kill(os.getppid(), signal.SIGTERM)  # to torchrun, which forwards it to every process
+    return real(*args, **kwargs)
+script.train_step = train_step
+script.main(sys.argv[1:])
+"""
+
+
+def test_lstm_under_torchrun_matches_one_process_and_resumes(tmp_path, reviews):
+    # 609 training reviews in batches of 32: the last batch holds 1 review for 2 processes; 201 and 199
+    # evaluation reviews do not divide by 2; two batches per optimizer step
+    settings = {"data_url": reviews, "data_dir": tmp_path / "data", "train_size": 609, "valid_size": 201,
+                "test_size": 199, "vocab_size": 60, "embedding_dim": 8, "hidden_dim": 16, "batch_size": 32,
+                "grad_accum_steps": 2, "eval_batch_size": 16, "epochs": 2, "learning_rate": 0.01}
+    single = tl.main(cli(**settings, out_dir=tmp_path / "single"))
+    done = torchrun("train_lstm_baseline.py", cli(**settings, out_dir=tmp_path / "ddp"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    close(single, json.loads((tmp_path / "ddp" / "metrics.json").read_text()))
+    ours, theirs = (torch.load(tmp_path / name / "model.pt", weights_only=True)["model"] for name in ("single", "ddp"))
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
+    assert "error" not in done.stdout and done.stdout.count("best epoch") == 1  # rank 0 alone prints
+
+    (tmp_path / "interrupt.py").write_text(INTERRUPT_AT_STEP_5.format(root=str(ROOT)))
+    stopped = torchrun(tmp_path / "interrupt.py", cli(**settings, out_dir=tmp_path / "resumed"))
+    assert stopped.returncode != 0 and (tmp_path / "resumed" / "checkpoint.pt").exists()
+    assert (f"interrupted (SIGTERM): the run is saved in {tmp_path / 'resumed' / 'checkpoint.pt'}; continue it "
+            f"with: torchrun <its options> train_lstm_baseline.py --out-dir {tmp_path / 'resumed'} --resume"
+            ) in stopped.stderr
+    assert stopped.stderr.count("interrupted (SIGTERM)") == 1  # one line, from rank 0
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]
+    assert state["batch"] % 2 == 0  # both processes stopped after the same optimizer step (2 batches each)
+    resumed = torchrun("train_lstm_baseline.py", [f"--out-dir={tmp_path / 'resumed'}", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    close(single, json.loads((tmp_path / "resumed" / "metrics.json").read_text()))
+
+
+def test_distilbert_under_torchrun_matches_one_process(tmp_path, reviews, tiny_model):
+    model = tmp_path / "no-dropout"  # dropout draws differ per process: off, the runs compare exactly
+    config = AutoConfig.from_pretrained(tiny_model)
+    config.update({"dropout": 0.0, "attention_dropout": 0.0, "seq_classif_dropout": 0.0})
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, config=config).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
+    # 611 training reviews in batches of 16: the last batch holds 3 reviews for 2 processes
+    settings = {"data_url": reviews, "data_dir": tmp_path / "data", "model_name": model, "train_size": 611,
+                "valid_size": 201, "test_size": 199, "max_length": 32, "grad_accum_steps": 3, "eval_batch_size": 16,
+                "epochs": 2, "learning_rate": 3e-3}
+    single = td.main(cli(**settings, out_dir=tmp_path / "single"))
+    done = torchrun("train_distilbert.py", cli(**settings, out_dir=tmp_path / "ddp"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    close(single, json.loads((tmp_path / "ddp" / "metrics.json").read_text()))
+    ours, theirs = (AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "model").state_dict()
+                    for name in ("single", "ddp"))
+    assert set(ours) == set(theirs) and not any(key.startswith("module.") for key in theirs)
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
+
+
+def test_a_batch_smaller_than_the_world_gives_a_weightless_stand_in():
+    assert tl.share([7, 8, 9], 1, 2) == ([8], 1)
+    assert tl.share([7], 1, 2) == ([7], 0) and tl.share([7], 0, 2) == ([7], 1)
