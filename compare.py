@@ -48,7 +48,8 @@ def table(runs):
     for name, m in runs:
         s, epochs = m["settings"], m["epochs"]
         script, model = describe(m)
-        device = m["device"] + (f", {m['precision']}" if "precision" in m else "")
+        device = m["device"] + (f" x {m['world_size']}" if m.get("world_size", 1) > 1 else "") + \
+            (f", {m['precision']}" if "precision" in m else "")
         n = m.get("parameters")
         parameters = "?" if n is None else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
         per_epoch = ", ".join(f"{e['seconds']:.1f}" for e in epochs) if len(epochs) <= 3 else \

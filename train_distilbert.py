@@ -4,6 +4,7 @@
     python train_distilbert.py --epochs 1 --max-length 128 --train-size 2000   # a quick run
     python train_distilbert.py --model-name /path/to/model --data-url file:///path/to/movie_data.csv.gz
     python train_distilbert.py --out-dir runs/distilbert --resume          # continue an interrupted run
+    torchrun --standalone --nproc_per_node=8 train_distilbert.py         # data-parallel on 8 GPUs, same result
 
 Every UPPER_CASE setting below can be overridden from the shell as --lower-case-name VALUE (or =VALUE);
 --help lists them with their defaults. Writes OUT_DIR/metrics.json and OUT_DIR/model/ (the best epoch,

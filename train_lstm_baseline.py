@@ -4,6 +4,7 @@
     python train_lstm_baseline.py --epochs 2 --train-size 5000  # a quick run
     python train_lstm_baseline.py --data-url file:///path/to/movie_data.csv.gz
     python train_lstm_baseline.py --out-dir runs/lstm --resume  # continue an interrupted run
+    torchrun --standalone --nproc_per_node=2 train_lstm_baseline.py  # data-parallel, same result
 
 Same data, download and split as train_distilbert.py. Every UPPER_CASE setting below can be overridden from
 the shell as --lower-case-name VALUE (or =VALUE); --help lists them. Writes OUT_DIR/metrics.json,

@@ -100,6 +100,31 @@ def test_distilbert_under_torchrun_matches_one_process(tmp_path, reviews, tiny_m
     assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
 
 
+DIE_AT_STEP_3 = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import train_lstm_baseline as script
+real, calls = script.train_step, []
+def train_step(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)  # one process dies: out of host memory, a lost node
+    return real(*args, **kwargs)
+script.train_step = train_step
+script.main(sys.argv[1:])
+"""
+
+
+def test_a_process_that_dies_ends_the_run_naming_it_not_a_hang(tmp_path, reviews):
+    (tmp_path / "die.py").write_text(DIE_AT_STEP_3.format(root=str(ROOT)))
+    done = torchrun(tmp_path / "die.py", cli(data_url=reviews, data_dir=tmp_path / "data", train_size=600,
+                                             valid_size=200, test_size=200, vocab_size=60, embedding_dim=8,
+                                             hidden_dim=16, batch_size=16, out_dir=tmp_path / "out"))
+    assert done.returncode != 0
+    cause = done.stderr[done.stderr.index("Root Cause"):]
+    assert "rank      : 1" in cause and "SIGKILL" in cause
+
+
 def test_a_batch_smaller_than_the_world_gives_a_weightless_stand_in():
     assert tl.share([7, 8, 9], 1, 2) == ([8], 1)
     assert tl.share([7], 1, 2) == ([7], 0) and tl.share([7], 0, 2) == ([7], 1)
