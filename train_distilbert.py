@@ -63,6 +63,7 @@ SEED = 123  # model head initialisation, shuffling and dropout
 DEVICE = "auto"  # auto = cuda if available, else cpu
 PRECISION = "auto"  # auto = bf16 autocast on CUDA (fp16 + grad scaler without bf16), fp32 on CPU; or bf16, fp16, fp32
 COMPILE = False  # torch.compile the model; pays off only on long runs
+FUSED_ADAMW = True  # AdamW as one fused kernel (CUDA, CPU): the same update, 10x faster on a CPU, rounded apart
 LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
 EVAL_BATCH_SIZE = 64  # reviews per forward pass in evaluation
 LOG_EVERY = 20  # batches between progress-bar loss updates (each one waits for the GPU)
@@ -711,7 +712,7 @@ def run(settings, given, held):
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s["WEIGHT_DECAY"]},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=s["LEARNING_RATE"], fused=device.type == "cuda")
+                                  lr=s["LEARNING_RATE"], fused=s["FUSED_ADAMW"] and device.type in ("cuda", "cpu"))
     batches_per_epoch = math.ceil(n_train / s["BATCH_SIZE"])
     steps_per_epoch = math.ceil(batches_per_epoch / s["GRAD_ACCUM_STEPS"])
     total_steps = steps_per_epoch * s["EPOCHS"]

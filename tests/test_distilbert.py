@@ -62,6 +62,19 @@ def test_mixed_precision_paths_learn(tmp_path, tiny_model, reviews_csv, precisio
     assert metrics["valid_accuracy"] >= 0.9
 
 
+def test_fused_adamw_is_the_same_update(tmp_path, tiny_model, reviews_csv, monkeypatch):
+    """FUSED_ADAMW (on by default, the CPU included) changes the speed, not the training, beyond float rounding."""
+    real, fused = torch.optim.AdamW, []
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: fused.append(k["fused"]) or real(*a, **k))
+    runs = [td.main(run_args(tmp_path / name, tiny_model, reviews_csv, fused_adamw=name == "fused"))
+            for name in ("fused", "foreach")]
+    assert fused == [True, False]
+    weights = [AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "out" / "model").state_dict()
+               for name in ("fused", "foreach")]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-4  # 75 steps at 3e-3
+    assert runs[0]["epochs"][0]["train_loss"] == pytest.approx(runs[1]["epochs"][0]["train_loss"], rel=1e-5)
+
+
 def test_gradient_accumulation_gives_the_gradient_of_the_full_batch(tiny_model):
     """8 + 8 accumulated examples give the gradient of one batch of 16 (the out-of-memory advice relies on it)."""
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()  # eval: no dropout
