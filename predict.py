@@ -68,7 +68,8 @@ class Run:
         lengths = (offsets[1:] - offsets[:-1]).numpy()
         no_labels = torch.zeros(len(texts), dtype=torch.int64)
         out = torch.empty(len(texts), len(self.labels))
-        for indices in td.make_batches(lengths, batch_size):  # sorted by length, as evaluation batches them
+        batches = td.make_batches(lengths, batch_size)  # sorted by length, as evaluation batches them
+        for indices in td.progress(batches, desc="classify", unit="batch"):
             if self.kind == "distilbert":
                 input_ids, mask, _ = td.to_device(td.collate(indices, ids, offsets, no_labels, self.pad_id), self.device)
                 with self.autocast:
