@@ -37,15 +37,15 @@ def reviews(tmp_path_factory):
     return write_csv(make_reviews(1_100, seed=12), tmp_path_factory.mktemp("data") / "reviews.csv").as_uri()
 
 
-INTERRUPT_AT_STEP_5 = """
+SIGNAL_AT_STEP = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import train_lstm_baseline as script
 real, calls = script.train_step, []
 def train_step(*args, **kwargs):
     calls.append(1)
-    if len(calls) == 5 and os.environ["RANK"] == "0":
-        os.kill(os.getppid(), signal.SIGTERM)  # to torchrun, which forwards it to every process
+    if len(calls) == {step} and os.environ["RANK"] == "{rank}":
+        os.kill({target}, signal.{signal})
     return real(*args, **kwargs)
 script.train_step = train_step
 script.main(sys.argv[1:])
@@ -66,7 +66,9 @@ def test_lstm_under_torchrun_matches_one_process_and_resumes(tmp_path, reviews):
     assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
     assert "error" not in done.stdout and done.stdout.count("best epoch") == 1  # rank 0 alone prints
 
-    (tmp_path / "interrupt.py").write_text(INTERRUPT_AT_STEP_5.format(root=str(ROOT)))
+    # SIGTERM to torchrun, which forwards it to every process
+    (tmp_path / "interrupt.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), step=5, rank=0,
+                                                                 target="os.getppid()", signal="SIGTERM"))
     stopped = torchrun(tmp_path / "interrupt.py", cli(**settings, out_dir=tmp_path / "resumed"))
     assert stopped.returncode != 0 and (tmp_path / "resumed" / "checkpoint.pt").exists()
     assert (f"interrupted (SIGTERM): the run is saved in {tmp_path / 'resumed' / 'checkpoint.pt'}; continue it "
@@ -100,23 +102,10 @@ def test_distilbert_under_torchrun_matches_one_process(tmp_path, reviews, tiny_m
     assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
 
 
-DIE_AT_STEP_3 = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-import train_lstm_baseline as script
-real, calls = script.train_step, []
-def train_step(*args, **kwargs):
-    calls.append(1)
-    if len(calls) == 3 and os.environ["RANK"] == "1":
-        os.kill(os.getpid(), signal.SIGKILL)  # one process dies: out of host memory, a lost node
-    return real(*args, **kwargs)
-script.train_step = train_step
-script.main(sys.argv[1:])
-"""
-
-
 def test_a_process_that_dies_ends_the_run_naming_it_not_a_hang(tmp_path, reviews):
-    (tmp_path / "die.py").write_text(DIE_AT_STEP_3.format(root=str(ROOT)))
+    # one process dies (out of host memory, a lost node)
+    (tmp_path / "die.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), step=3, rank=1, target="os.getpid()",
+                                                           signal="SIGKILL"))
     done = torchrun(tmp_path / "die.py", cli(data_url=reviews, data_dir=tmp_path / "data", train_size=600,
                                              valid_size=200, test_size=200, vocab_size=60, embedding_dim=8,
                                              hidden_dim=16, batch_size=16, out_dir=tmp_path / "out"))

@@ -15,6 +15,7 @@ import predict
 import train_distilbert as td
 import train_lstm_baseline as tl
 from conftest import cli, make_reviews, write_csv
+from test_reliability import fails
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train_size": 600, "valid_size": 200, "test_size": 300}
@@ -101,36 +102,27 @@ def test_large_inputs_stream_in_chunks_with_the_same_results(runs, tmp_path, mon
     pd.testing.assert_series_equal(chunked["score"], whole["score"], rtol=1e-5)
 
 
-def fails(argv, *messages):
-    with pytest.raises(SystemExit) as exit:
-        predict.main(argv)
-    text = str(exit.value.code)
-    assert text.startswith("error: ") and "\n" not in text, text
-    for message in messages:
-        assert message in text, text
-
-
 def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):
     run = str(runs["lstm"])
     output = str(tmp_path / "out.csv")
-    fails([str(tmp_path), "a text"], "holds no finished run (no metrics.json)")
+    fails(predict, [str(tmp_path), "a text"], "holds no finished run (no metrics.json)")
     (tmp_path / "metrics.json").write_text("{}")
-    fails([str(tmp_path), "a text"], "metrics.json is not a training script's metrics.json (KeyError")
+    fails(predict, [str(tmp_path), "a text"], "metrics.json is not a training script's metrics.json (KeyError")
     (tmp_path / "metrics.json").write_text('{"settings": {}}')
-    fails([str(tmp_path), "a text"], "neither model/ (train_distilbert.py) nor model.pt")
-    fails([run], "no input: give texts as arguments, --input FILE, or -")
-    fails([run, "--input", str(tmp_path / "missing.csv")], "missing.csv does not exist")
+    fails(predict, [str(tmp_path), "a text"], "neither model/ (train_distilbert.py) nor model.pt")
+    fails(predict, [run], "no input: give texts as arguments, --input FILE, or -")
+    fails(predict, [run, "--input", str(tmp_path / "missing.csv")], "missing.csv does not exist")
     source = write_csv(pd.DataFrame({"text": ["fine", "good"]}), tmp_path / "in.csv")
-    fails([run, "--input", str(source), "--output", output], "has no column 'review' (it has ['text'])",
+    fails(predict, [run, "--input", str(source), "--output", output], "has no column 'review' (it has ['text'])",
           "--text-column")
     with_empty = write_csv(pd.DataFrame({"id": [1, 2, 3, 4], "review": ["fine", " ", "good", ""]}), tmp_path / "empty.csv")
-    fails([run, "--input", str(with_empty), "--output", output], "empty text in rows 1, 3")
-    fails([run, "a good film", ""], "empty text in row 1")
+    fails(predict, [run, "--input", str(with_empty), "--output", output], "empty text in rows 1, 3")
+    fails(predict, [run, "a good film", ""], "empty text in row 1")
     monkeypatch.setattr(sys, "stdin", io.StringIO("fine\n\n"))
-    fails([run, "-"], "empty text in row 1")
-    fails([run, "--input", str(source), "--output", str(tmp_path / "out.xlsx")], "unknown format '.xlsx'")
+    fails(predict, [run, "-"], "empty text in row 1")
+    fails(predict, [run, "--input", str(source), "--output", str(tmp_path / "out.xlsx")], "unknown format '.xlsx'")
     (tmp_path / "broken.jsonl").write_text('{"review": "fine"}\n{"review": \n')
-    fails([run, "--input", str(tmp_path / "broken.jsonl"), "--output", output], "is not a readable jsonl file")
+    fails(predict, [run, "--input", str(tmp_path / "broken.jsonl"), "--output", output], "is not a readable jsonl file")
     assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob(".*"))  # no output, not even a temp file
 
 
