@@ -85,8 +85,9 @@ def plot(runs, output):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = loss_axes.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
-    figure.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4), 1, 1))
+    columns = min(2, len(runs))  # a column per run: its training and validation lines one above the other
+    figure.legend(handles, labels, loc="lower center", ncol=columns, frameon=False)
+    figure.tight_layout(rect=(0, 0.055 * -(-len(labels) // columns), 1, 1))
     output = Path(output)
     td.atomic_write(output, lambda f: figure.savefig(f, format=output.suffix.lstrip(".") or "png"))
     plt.close(figure)
