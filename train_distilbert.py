@@ -410,7 +410,7 @@ class Interrupted(KeyboardInterrupt):
 def main(argv=None):
     settings, given = parse_settings(sys.argv[1:] if argv is None else argv, DEFAULTS)
     checkpoint_path = Path(settings["OUT_DIR"]) / "checkpoint.pt"
-    previous = signal.signal(signal.SIGTERM, stop_now)
+    previous = {s: signal.signal(s, stop_now) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as held:  # run() holds the lock on OUT_DIR in it
             return run(settings, given, held)
@@ -426,13 +426,15 @@ def main(argv=None):
                   file=sys.stderr)
         raise SystemExit(128 + signum) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def stop_now(signum, frame):
-    """SIGTERM outside the training loop (which saves a checkpoint first) stops the run at once, like Ctrl-C."""
+    """Ctrl-C or SIGTERM outside the training loop (which saves a checkpoint first) stops the run at once, also
+    where the shell started it with SIGINT ignored (a background job)."""
     raise Interrupted(signum)
 
 
