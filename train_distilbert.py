@@ -836,6 +836,8 @@ def run(settings, given, held):
         atomic_write(out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
         checkpoint_path.unlink()  # the run is complete: model/ and metrics.json are what it leaves
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'model'}/")
+    if world > 1:
+        dist.barrier()  # no process tears down its connections while another still uses them
     return metrics
 
 
