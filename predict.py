@@ -80,6 +80,14 @@ class Run:
         return out
 
 
+def file_format(path, option):
+    """.csv, .tsv or .jsonl, from the file's name (data.csv.gz is .csv, gzipped)."""
+    kind = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+    if kind not in (".csv", ".tsv", ".jsonl"):
+        raise RecipeError(f"{option} {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz)")
+    return kind
+
+
 def read_chunks(texts, input_path, text_column):
     """The input as frames of at most CHUNK rows, with the texts in text_column."""
     if input_path is None:
@@ -96,14 +104,12 @@ def read_chunks(texts, input_path, text_column):
     path = Path(input_path)
     if not path.is_file():
         raise RecipeError(f"--input {path} does not exist")
-    kind = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+    kind = file_format(path, "--input")
     if kind == ".jsonl":
         reader = pd.read_json(path, lines=True, chunksize=CHUNK, dtype=False)
-    elif kind in (".csv", ".tsv"):
+    else:
         reader = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: str},
                              keep_default_na=False)
-    else:
-        raise RecipeError(f"--input {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz)")
     try:
         for frame in reader:
             if text_column not in frame.columns:
@@ -163,9 +169,7 @@ def main(argv=None):
             predict(run, chunks, column, batch_size, show)
             return
         output = Path(args.output)
-        kind = output.suffixes[-2] if output.suffix == ".gz" and len(output.suffixes) > 1 else output.suffix
-        if kind not in (".csv", ".tsv", ".jsonl"):
-            raise RecipeError(f"--output {output}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz)")
+        kind = file_format(output, "--output")
 
         def write_all(binary):
             with (gzip.open(binary, "wt", newline="", encoding="utf-8") if output.suffix == ".gz"
