@@ -532,6 +532,14 @@ def all_sum(tensor, world):
     return tensor
 
 
+def means_over_processes(correct, loss_sum, total, world):
+    """Accuracy and mean loss from one process's counts (tensors on its device, and an int), summed over all
+    processes first: each example counts once."""
+    counts = torch.stack([correct.double(), loss_sum.double(), correct.new_tensor(total, dtype=torch.float64)])
+    correct, loss_sum, total = all_sum(counts, world).tolist()
+    return correct / total, loss_sum / total
+
+
 def agreed(flag, device, world):
     """True in every process if flag is true in any: a signal can reach the processes at different steps."""
     if world == 1:
@@ -624,9 +632,7 @@ def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1):
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         total += len(labels)
     model.train()
-    counts = torch.stack([correct.double(), loss_sum.double(), torch.tensor(total, dtype=torch.float64, device=device)])
-    correct, loss_sum, total = all_sum(counts, world).tolist()
-    return correct / total, loss_sum / total
+    return means_over_processes(correct, loss_sum, total, world)
 
 
 def save_model(model, tokenizer, path, stale):

@@ -14,7 +14,8 @@ from conftest import make_reviews, write_csv
 
 SCRIPTS = ["train_distilbert", "train_lstm_baseline"]
 SHARED = ["RecipeError", "parse_settings", "check_positive", "resolve_device", "atomic_write", "file_sha256", "load_reviews",
-          "read_reviews", "split", "clean", "make_batches", "StopRequest", "resolve_run", "main", "progress", "locked", "remove_stale", "temporary", "write_error",
+          "read_reviews", "split", "clean", "make_batches", "StopRequest", "resolve_run", "main",
+          "means_over_processes", "progress", "locked", "remove_stale", "temporary", "write_error",
           "Interrupted", "restore_rng", "rng_state", "flat_token_ids", "pad_batch", "to_device"]
 
 
