@@ -226,11 +226,11 @@ importlib.import_module(sys.argv[1]).main(sys.argv[2:])
 def test_a_kill_while_writing_the_checkpoint_is_cleaned_up_by_the_next_run(script, tmp_path):
     module, args = script
     csv = write_csv(make_reviews(1_000, seed=6), tmp_path / "reviews.csv").as_uri()
-    run = in_subprocess(KILL_IN_CHECKPOINT, module.__name__, *args(tmp_path, csv, epochs=1))
+    run = in_subprocess(KILL_IN_CHECKPOINT, module.__name__, *args(tmp_path, csv))
     run.communicate(timeout=120)
     assert run.returncode == -signal.SIGKILL
     assert [p for p in hidden(tmp_path / "out") if p.startswith(".checkpoint.pt.") and p.endswith(".tmp")]
-    metrics = module.main(args(tmp_path, csv, epochs=1))
+    metrics = module.main(args(tmp_path, csv))
     assert metrics["test_accuracy"] > 0.5 and hidden(tmp_path / "out") == []
 
 
@@ -321,11 +321,11 @@ def test_a_second_run_into_the_same_out_dir_is_refused_until_the_first_ends(scri
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv").as_uri()
     holder = in_subprocess(HOLD_THE_LOCK, tmp_path / "out")
     assert holder.stdout.readline().strip() == "locked"
-    fails(module, args(tmp_path, csv, epochs=1), f"another run is writing to {tmp_path / 'out'} right now",
+    fails(module, args(tmp_path, csv), f"another run is writing to {tmp_path / 'out'} right now",
           "choose another --out-dir")
     holder.kill()  # killed, not finished: the operating system releases its lock all the same
     holder.communicate()
-    assert module.main(args(tmp_path, csv, epochs=1))["test_accuracy"] > 0.5
+    assert module.main(args(tmp_path, csv))["test_accuracy"] > 0.5
 
 
 def test_two_runs_sharing_a_data_dir_download_and_cache_safely(tmp_path, slow_server, tiny_model):
