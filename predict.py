@@ -49,7 +49,9 @@ class Run:
             model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", attn_implementation="sdpa")
             self.model, self.pad_id = model.to(device).eval(), tokenizer.pad_token_id
             self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-            self.encode = lambda texts: td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"])
+            self.encode = lambda texts: td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"],
+                                                    self.settings.get("TRUNCATION", "head"),  # older runs: head
+                                                    self.settings.get("HEAD_TOKENS", 0))
         elif (run_dir / "model.pt").exists():  # train_lstm_baseline.py: weights and vocabulary
             self.kind = "lstm"
             self.model, vocab = tl.load_model(run_dir, device)

@@ -50,12 +50,15 @@ TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
 # model
 MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, weights and tokenizer
 MAX_LENGTH = 512  # tokens per review, longer ones are truncated
+TRUNCATION = "head"  # what a review over MAX_LENGTH keeps: head = its first tokens; head+tail = first HEAD_TOKENS + last ones
+HEAD_TOKENS = 128  # with TRUNCATION head+tail: tokens kept from the start; the rest of MAX_LENGTH comes from the end
 # optimisation
 BATCH_SIZE = 16  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
 EPOCHS = 3  # passes over the training split
 LEARNING_RATE = 5e-5  # AdamW peak learning rate
 WEIGHT_DECAY = 0.01  # AdamW decoupled weight decay, on weight matrices only
+LR_DECAY = 1.0  # layer-wise: head and top layer at LEARNING_RATE, each layer below x LR_DECAY, embeddings last; 1 = off
 WARMUP_RATIO = 0.1  # fraction of optimizer steps with linear warm-up, then linear decay to zero
 GRAD_CLIP = 1.0  # clip the gradient norm to this, 0 = off
 SEED = 123  # model head initialisation, shuffling and dropout
@@ -73,6 +76,7 @@ DEFAULTS = {name: value for name, value in globals().items() if name.isupper() a
 POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "MAX_LENGTH", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
                      "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
 LABELS = ["negative", "positive"]
+LAYER = re.compile(r"\.(?:transformer|encoder)\.layers?\.(\d+)\.")  # a parameter of layer N, for LR_DECAY
 
 
 # ------------------------------------------- shared with train_lstm_baseline.py, kept identical (tests check)
@@ -562,22 +566,31 @@ def to_device(batch, device):
 # ---------------------------------------------------------------------------------- end of the shared part
 
 
-def tokenize(texts, tokenizer, max_length, chunk=2_000):
-    """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]])."""
+def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chunk=2_000):
+    """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]]).
+    A review over max_length keeps its first tokens (head) or, with head+tail (Sun et al. 2019), [CLS], its first
+    head_tokens and its last tokens, [SEP] included, up to max_length."""
     pieces = []
     for start in progress(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
         batch = [clean(text) for text in texts[start:start + chunk]]
-        pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
+        if truncation == "head":
+            pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
+        else:  # verbose=False: the untruncated lengths are expected here, not a mistake to warn about
+            tail = max_length - 1 - head_tokens
+            pieces += [p if len(p) <= max_length else p[:1 + head_tokens] + p[-tail:]
+                       for p in tokenizer(batch, verbose=False)["input_ids"]]
     return flat_token_ids(pieces)
 
 
-def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256):
+def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, truncation="head", head_tokens=0):
     """tokenize() once: the result is cached in data_dir under a key of everything it depends on (data file,
     tokenizer, max length, cleaning, row count) and rebuilt when any of them changes or the file is unreadable."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     spec.pop("truncation"), spec.pop("padding")  # per-call state, set by the last call; max_length is in the key
     key = {"data_sha256": data_sha256, "max_length": max_length, "rows": len(texts), "clean": BR_TAG.pattern,
            "tokenizer_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()}
+    if truncation != "head":  # head-only keys stay as they were, so existing caches stay valid
+        key["truncation"] = f"{truncation} {head_tokens}"
     path = Path(data_dir) / f"tokens-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
     if path.exists():
         try:
@@ -586,7 +599,7 @@ def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256):
                 return cache["ids"], cache["offsets"]
         except Exception as e:  # a damaged cache is rebuilt, never trusted
             print(f"token cache {path} is unreadable ({type(e).__name__}); rebuilding it")
-    ids, offsets = tokenize(texts, tokenizer, max_length)
+    ids, offsets = tokenize(texts, tokenizer, max_length, truncation, head_tokens)
     atomic_write(path, lambda f: torch.save({"key": key, "ids": ids, "offsets": offsets}, f))
     return ids, offsets
 
@@ -656,6 +669,25 @@ def save_model(model, tokenizer, path, stale):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def parameter_groups(model, learning_rate, weight_decay, lr_decay):
+    """AdamW parameter groups: weight decay on matrices only and, with lr_decay < 1, layer-wise learning rates (Sun
+    et al. 2019): the head and the top layer at learning_rate, each layer below x lr_decay, the embeddings last.
+    Layers are found by name: ...transformer.layer.N (DistilBERT) or ...encoder.layer.N (BERT, RoBERTa, MiniLM)."""
+    names = dict(model.named_parameters())
+    layer_of = {name: int(m.group(1)) for name in names if (m := LAYER.search(name))} if lr_decay != 1 else {}
+    if lr_decay != 1 and not layer_of:
+        raise RecipeError(f"LR_DECAY (--lr-decay) needs a model whose layers are named like encoder.layer.N or "
+                          f"transformer.layer.N (BERT, DistilBERT, RoBERTa); {type(model).__name__} has none; "
+                          f"use --lr-decay 1")
+    top = max(layer_of.values(), default=0)
+    groups = {}
+    for name, p in names.items():
+        depth = top + 1 if ".embeddings." in name else top - layer_of[name] if name in layer_of else 0
+        groups.setdefault((lr_decay ** depth if layer_of else 1.0, p.ndim >= 2), []).append(p)
+    return [{"params": params, "lr": learning_rate * scale, "weight_decay": weight_decay if matrix else 0.0}
+            for (scale, matrix), params in sorted(groups.items(), key=lambda g: (-g[0][0], not g[0][1]))]
+
+
 def from_pretrained(load, name, **kwargs):
     """load(name) from a local folder or the hub; a mistyped name, no hub access or a folder that holds no
     model is one line that says so."""
@@ -679,6 +711,13 @@ def run(settings, given, held):
     check_positive(s, POSITIVE_SETTINGS)
     if not 0 <= s["WARMUP_RATIO"] < 1 or s["WEIGHT_DECAY"] < 0 or s["GRAD_CLIP"] < 0:
         raise RecipeError("WARMUP_RATIO must be in [0, 1), WEIGHT_DECAY and GRAD_CLIP must not be negative")
+    if not 0 < s["LR_DECAY"] <= 1:
+        raise RecipeError(f"LR_DECAY (--lr-decay) must be in (0, 1], got {s['LR_DECAY']}; 1 turns it off")
+    if s["TRUNCATION"] not in ("head", "head+tail"):
+        raise RecipeError(f"TRUNCATION (--truncation) must be head or head+tail, got {s['TRUNCATION']!r}")
+    if s["TRUNCATION"] == "head+tail" and not 0 <= s["HEAD_TOKENS"] <= s["MAX_LENGTH"] - 2:
+        raise RecipeError(f"HEAD_TOKENS (--head-tokens) must be between 0 and MAX_LENGTH - 2 = {s['MAX_LENGTH'] - 2} "
+                          f"(room for [CLS] and [SEP]), got {s['HEAD_TOKENS']}")
     device, rank, world = start_processes(s["DEVICE"])
     precision = s["PRECISION"]
     if precision == "auto":
@@ -707,7 +746,8 @@ def run(settings, given, held):
                           f"{model.config.max_position_embeddings} tokens")
     frame = pd.concat([train_df, valid_df, test_df])
     with leader_first(world):
-        ids, offsets = cached_token_ids(frame["review"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"], data_sha256)
+        ids, offsets = cached_token_ids(frame["review"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
+                                        data_sha256, s["TRUNCATION"], s["HEAD_TOKENS"])
     labels = torch.tensor(frame["sentiment"].to_numpy())
     lengths = (offsets[1:] - offsets[:-1]).numpy()
     data = (ids, offsets, labels)
@@ -716,10 +756,7 @@ def run(settings, given, held):
     test_batches = [n_train + n_valid + b for b in make_batches(lengths[n_train + n_valid:], s["EVAL_BATCH_SIZE"])]
 
     # optimizer, schedule, precision
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s["WEIGHT_DECAY"]},
-                                   {"params": no_decay, "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW(parameter_groups(model, s["LEARNING_RATE"], s["WEIGHT_DECAY"], s["LR_DECAY"]),
                                   lr=s["LEARNING_RATE"], fused=s["FUSED_ADAMW"] and device.type in ("cuda", "cpu"))
     batches_per_epoch = math.ceil(n_train / s["BATCH_SIZE"])
     steps_per_epoch = math.ceil(batches_per_epoch / s["GRAD_ACCUM_STEPS"])
