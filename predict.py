@@ -8,7 +8,8 @@ RUN_DIR is the OUT_DIR of a finished run of either script; what it holds tells w
 Texts go through that script's own cleaning, tokenizer and truncation, in length-sorted batches as its
 evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
 per text, or with --output writes the input rows plus `label` and `score` columns (.csv, .tsv or .jsonl,
-optionally .gz), atomically. Large files stream in chunks: memory stays flat.
+optionally .gz), atomically. A multi-label run gives `labels` (those over its THRESHOLD, comma-separated) and a
+`score_NAME` column per label instead. Large files stream in chunks: memory stays flat.
 """
 import argparse
 import gzip
@@ -31,7 +32,8 @@ RecipeError = td.RecipeError
 
 
 class Run:
-    """A finished run's model with its script's own preprocessing: logits(texts) in the input order."""
+    """A finished run's model with its script's own preprocessing: logits(texts) in the input order. .labels
+    names the outputs; .threshold is the run's THRESHOLD for a multi-label model, None for single-label."""
 
     def __init__(self, run_dir, device):
         run_dir = Path(run_dir)
@@ -49,13 +51,15 @@ class Run:
             model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", attn_implementation="sdpa")
             self.model, self.pad_id = model.to(device).eval(), tokenizer.pad_token_id
             self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            multi = model.config.problem_type == "multi_label_classification"
+            self.threshold = self.settings["THRESHOLD"] if multi else None
             self.encode = lambda texts: td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"],
                                                     self.settings.get("TRUNCATION", "head"),  # older runs: head
                                                     self.settings.get("HEAD_TOKENS", 0))
         elif (run_dir / "model.pt").exists():  # train_lstm_baseline.py: weights and vocabulary
             self.kind = "lstm"
             self.model, vocab = tl.load_model(run_dir, device)
-            self.labels = tl.LABELS
+            self.labels, self.threshold = self.model.labels, self.model.threshold
             self.encode = lambda texts: tl.encode(texts, vocab)
         else:
             raise RecipeError(f"{run_dir} has metrics.json but neither model/ (train_distilbert.py) nor model.pt "
@@ -130,7 +134,8 @@ def write_frame(frame, f, kind, first):
 
 
 def predict(run, chunks, text_column, batch_size, write):
-    """Classify each chunk; write(frame, first) receives the rows with their label and score columns."""
+    """Classify each chunk; write(frame, first) receives the rows with their label and score columns (multi-label:
+    `labels`, the names over the threshold joined by commas, and a score_NAME column per label)."""
     done = 0
     for chunk_number, frame in enumerate(chunks):
         texts = frame[text_column]
@@ -139,9 +144,16 @@ def predict(run, chunks, text_column, batch_size, write):
             rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
             raise RecipeError(f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
                               f"(0-based, header not counted); every text needs at least one word")
-        probabilities = run.logits(texts.astype(str).tolist(), batch_size).softmax(-1)
-        scores, best = probabilities.max(-1)
-        write(frame.assign(label=[run.labels[i] for i in best.tolist()], score=scores.numpy()), chunk_number == 0)
+        logits = run.logits(texts.astype(str).tolist(), batch_size)
+        if run.threshold is None:
+            scores, best = logits.softmax(-1).max(-1)
+            frame = frame.assign(label=[run.labels[i] for i in best.tolist()], score=scores.numpy())
+        else:
+            probabilities = logits.sigmoid().numpy()
+            frame = frame.assign(labels=[",".join(name for name, p in zip(run.labels, row) if p > run.threshold)
+                                         for row in probabilities],
+                                 **{f"score_{name}": probabilities[:, k] for k, name in enumerate(run.labels)})
+        write(frame, chunk_number == 0)
         done += len(frame)
     return done
 
@@ -151,7 +163,8 @@ def main(argv=None):
     parser.add_argument("run_dir", help="OUT_DIR of a finished run of either training script")
     parser.add_argument("texts", nargs="*", help="texts to classify, or - for one text per line on standard input")
     parser.add_argument("--input", help="a .csv, .tsv or .jsonl file (optionally .gz) with a text column")
-    parser.add_argument("--text-column", default="review", help="the column of --input that holds the texts")
+    parser.add_argument("--text-column", help="the column of --input that holds the texts (default: the run's "
+                                              "TEXT_COLUMN)")
     parser.add_argument("--output", help="write the input rows plus label and score here (.csv, .tsv, .jsonl)")
     parser.add_argument("--batch-size", type=int, help="texts per forward pass (default: the run's EVAL_BATCH_SIZE)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -161,12 +174,18 @@ def main(argv=None):
             raise RecipeError("give texts as arguments or --input FILE, not both")
         run = Run(args.run_dir, td.resolve_device(args.device))
         batch_size = args.batch_size or run.settings["EVAL_BATCH_SIZE"]
-        column = args.text_column if args.input else "text"
+        column = (args.text_column or run.settings.get("TEXT_COLUMN", "review")) if args.input else "text"
         chunks = read_chunks(args.texts, args.input, column)
         if args.output is None:
             def show(frame, first):
-                for label, score, text in zip(frame["label"], frame["score"], frame[column]):
-                    print(f"{label}\t{score:.4f}\t{' '.join(str(text).split())}")
+                if run.threshold is None:
+                    shown = [f"{label}\t{score:.4f}" for label, score in zip(frame["label"], frame["score"])]
+                else:  # the labels over the threshold (or -), then every label's score
+                    scores = frame[[f"score_{name}" for name in run.labels]].to_numpy()
+                    shown = [f"{labels or '-'}\t" + " ".join(f"{name}={p:.4f}" for name, p in zip(run.labels, row))
+                             for labels, row in zip(frame["labels"], scores)]
+                for line, text in zip(shown, frame[column]):
+                    print(f"{line}\t{' '.join(str(text).split())}")
                 sys.stdout.flush()
             predict(run, chunks, column, batch_size, show)
             return

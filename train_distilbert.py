@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import sys
+import tarfile
 import time
 import urllib.parse
 import urllib.request
@@ -37,14 +38,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 # ----------------------------------------------------------------------------------------------- settings
 # data
-DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # any URL urllib opens, file:// too
+DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # URL or local path: .csv .tsv .jsonl (.gz), aclImdb .tar.gz
 DATA_DIR = "data"  # download cache and token-id cache
-TRAIN_SIZE = 35_000  # the first rows of the CSV
+TEXT_COLUMN = "review"  # the column that holds the texts
+LABEL_COLUMNS = "sentiment"  # one column: single-label, 2 or more classes; several, comma-separated: multi-label, 0/1 each
+LABEL_NAMES = "negative,positive"  # names of integer labels 0, 1, ...; word labels name themselves
+THRESHOLD = 0.5  # multi-label: a label is predicted where its sigmoid probability is over this
+SHUFFLE = False  # False = split in file order (the recipe); True = permute the rows with SEED first
+TRAIN_SIZE = 35_000  # the first rows of the file (or a fraction of them, e.g. 0.8)
 VALID_SIZE = 5_000  # the next rows: choose the best epoch
 TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
 # model
@@ -75,7 +82,6 @@ RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
 POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "MAX_LENGTH", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
                      "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
-LABELS = ["negative", "positive"]
 LAYER = re.compile(r"\.(?:transformer|encoder)\.layers?\.(\d+)\.")  # a parameter of layer N, for LR_DECAY
 
 
@@ -97,6 +103,8 @@ def parse_settings(argv, defaults):
                 if text.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(text)
+            if name in SPLIT_SIZES and not text.strip().isdigit():
+                return float(text)  # a fraction of the rows
             return type(default)(text)
         convert.__name__ = type(default).__name__  # argparse names the type in its error message
         return convert
@@ -117,6 +125,30 @@ def parse_settings(argv, defaults):
         valid = " ".join("--" + name.lower().replace("_", "-") for name in defaults)
         parser.error(f"unknown setting {unknown[0]!r}; the settings are: {valid}")
     return {**defaults, **vars(given)}, vars(given)
+
+
+SPLIT_SIZES = ("TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE")
+
+
+def check_data_settings(s):
+    """Split sizes are row counts or fractions of the rows (at most 1 together); THRESHOLD is a probability."""
+    for name in SPLIT_SIZES:
+        if isinstance(s[name], float) and not 0 < s[name] <= 1:
+            raise RecipeError(f"{name} (--{name.lower().replace('_', '-')}) is {s[name]}: a split size is a row "
+                              f"count (a whole number) or a fraction of the rows in (0, 1]")
+    if sum(s[name] for name in SPLIT_SIZES if isinstance(s[name], float)) > 1 + 1e-9:
+        raise RecipeError(f"the split fractions add up to more than 1 (TRAIN_SIZE {s['TRAIN_SIZE']}, VALID_SIZE "
+                          f"{s['VALID_SIZE']}, TEST_SIZE {s['TEST_SIZE']}); e.g. --train-size 0.8 --valid-size 0.1 "
+                          f"--test-size 0.1")
+    if not 0 < s["THRESHOLD"] < 1:
+        raise RecipeError(f"THRESHOLD (--threshold) must be between 0 and 1, got {s['THRESHOLD']}")
+    if not s["TEXT_COLUMN"].strip() or not label_columns(s):
+        raise RecipeError("TEXT_COLUMN (--text-column) and LABEL_COLUMNS (--label-columns) must name columns")
+
+
+def label_columns(s):
+    """LABEL_COLUMNS as a list: one name is single-label, several are multi-label."""
+    return [name.strip() for name in s["LABEL_COLUMNS"].split(",") if name.strip()]
 
 
 def check_positive(settings, names):
@@ -229,26 +261,41 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def load_reviews(url, data_dir):
-    """The reviews CSV at url, downloaded into data_dir once and validated: (local path, frame). The local file
-    appears only when the download finished and passed read_reviews(); a failed one leaves nothing behind.
-    .NAME.source.json records the URL and checksum: another URL with the same file name is downloaded anew,
-    while a file saved there by hand (no record, or not the recorded checksum) is used as it is."""
+def load_reviews(url, data_dir, settings=None):
+    """The data at url, validated: (local path, frame, label names), as read_reviews() returns them. A local path
+    is read where it is; a URL is downloaded into data_dir once, and the local file appears only when the download
+    finished and passed the checks (a failed one leaves nothing behind). .NAME.source.json records the URL and
+    checksum: another URL with the same file name is downloaded anew, while a file saved there by hand (no record,
+    or not the recorded checksum) is used as it is. The Stanford archive (.tar.gz) becomes data_dir/NAME.csv.gz
+    once (read_aclimdb) and is read from there."""
+    settings = settings or DEFAULTS
+    read = read_aclimdb if is_archive(url) else lambda path, name=None: read_reviews(path, name, settings)
+
+    def finish(path, checked=None):  # checked: what read() gave for the download just made
+        data = (lambda: read(path)) if checked is None else (lambda: checked)
+        return (path, *data()) if not is_archive(url) else from_archive(path, data, data_dir, settings)
+
+    if not re.match(r"[a-z][a-z0-9+.-]+://", url, re.IGNORECASE):  # a local path, read in place
+        path = Path(url).expanduser()
+        if not path.is_file():
+            raise RecipeError(f"DATA_URL (--data-url) {url} is not a file here; give the path of an existing file, "
+                              f"or a URL (https://, file://)")
+        return finish(path)
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
     source = path.with_name(f".{path.name}.source.json")
     record = json.loads(source.read_text()) if source.exists() else {}
     if path.exists() and (record.get("url", url) == url or record.get("sha256") != file_sha256(path)):
         try:
-            return path, read_reviews(path)
+            return finish(path)
         except RecipeError as e:
             raise RecipeError(f"{e}; delete {path} to download it again") from None
     if path.exists():
         print(f"{path} was downloaded from {record['url']}, not from {url}: replacing it")
     print(f"downloading {url} -> {path}")
-    reviews = None
+    data = None
 
     def fetch(f):
-        nonlocal reviews
+        nonlocal data
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
                 size = int(response.headers.get("Content-Length") or 0) or None
@@ -267,64 +314,196 @@ def load_reviews(url, data_dir):
             if hasattr(e, "needed"):
                 raise
             raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
-                              f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
+                              f"or pass --data-url /path/to/{path.name}") from e
         f.flush()
         try:
-            reviews = read_reviews(Path(f.name), name=url)
+            data = read(Path(f.name), name=url)
         except RecipeError as e:
             raise RecipeError(f"{e}; nothing was saved") from None
 
     atomic_write(path, fetch)
     atomic_write(source, lambda f: f.write(json.dumps({"url": url, "sha256": file_sha256(path)}).encode()))
-    return path, reviews
+    return finish(path, data)
 
 
-def read_reviews(path, name=None):
-    """Read the reviews CSV (plain or gzip) and check it: a text column `review` with no empty entries,
-    a label column `sentiment` with 1/0 or positive/negative. Returns a frame with int labels. Errors call
-    the file `name` (default: its path)."""
+def is_archive(name):
+    return str(name).lower().endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def from_archive(archive, reviews, data_dir, settings):
+    """The archive's reviews (the frame reviews() returns) written once as data_dir/NAME.csv.gz, with columns
+    review and sentiment, and read back as any data file: a newer archive is converted again."""
+    path = Path(data_dir) / (Path(archive).name.split(".")[0] + ".csv.gz")
+    if not path.exists() or path.stat().st_mtime < Path(archive).stat().st_mtime:
+        print(f"writing {path} from {archive}")
+        frame = reviews()
+        atomic_write(path, lambda f: frame.to_csv(f, index=False, compression={"method": "gzip", "mtime": 0}))
+    return path, *read_reviews(path, None, settings)
+
+
+ACLIMDB = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_\d+\.txt$")
+
+
+def read_aclimdb(path, name=None):
+    """The Stanford archive (aclImdb/{train,test}/{pos,neg}/ID_RATING.txt) as one frame of review and sentiment:
+    the rows of train/pos and train/neg, then test/pos and test/neg, each half shuffled with seed 0."""
     name = name or path
+    parts = {(half, folder): [] for half in ("train", "test") for folder in ("pos", "neg")}
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                if member.isfile() and (match := ACLIMDB.search(member.name)):
+                    text = archive.extractfile(member).read().decode("utf-8")
+                    parts[match[1], match[2]].append((int(match[3]), text))
+    except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise RecipeError(f"{name} is not a readable tar archive ({type(e).__name__}: {e})") from None
+    empty = [f"aclImdb/{half}/{folder}/" for (half, folder), rows in parts.items() if not rows]
+    if empty:
+        raise RecipeError(f"{name} is not the Stanford aclImdb archive: no reviews in {', '.join(empty)} (it needs "
+                          f"aclImdb/train/pos/ID_RATING.txt and the like, for train and test, pos and neg)")
+    rows = []
+    for half in ("train", "test"):
+        part = [(text, label) for label, folder in ((1, "pos"), (0, "neg")) for _, text in sorted(parts[half, folder])]
+        rows += [part[i] for i in np.random.default_rng(0).permutation(len(part))]
+    return pd.DataFrame(rows, columns=["review", "sentiment"])
+
+
+def read_reviews(path, name=None, settings=None):
+    """Read and check a data file: .tsv or .jsonl (one JSON object a line) by its name, anything else as CSV,
+    each plain or gzip. Returns (frame, label names): the frame has a `text` column with no empty entries, and
+    a `label` column (single-label: an index into the names) or one 0/1 column per label (multi-label). Integer
+    labels are named by LABEL_NAMES, word labels name themselves (sorted). Errors call the file `name`."""
+    settings, name = settings or DEFAULTS, name or path
+    text_column, columns = settings["TEXT_COLUMN"], label_columns(settings)
     with open(path, "rb") as f:
         head = f.read(512)
     gzipped = head[:2] == b"\x1f\x8b"
+    kind = next((kind for kind in ("tsv", "jsonl") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.I)), "csv")
     if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
-        raise RecipeError(f"{name} is an HTML page (an error or login page?), not the reviews CSV")
+        raise RecipeError(f"{name} is an HTML page (an error or login page?), not the data file")
     try:
-        df = pd.read_csv(path, compression="gzip" if gzipped else None)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        kind = "gzip file" if gzipped else "file"
-        raise RecipeError(f"{name} is not a readable CSV {kind} ({type(e).__name__}: {e})") from None
+        compression = "gzip" if gzipped else None
+        df = (pd.read_json(path, lines=True, dtype=False, compression=compression) if kind == "jsonl" else
+              pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as e:  # ParserError is a ValueError
+        raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
+                          f"({type(e).__name__}: {str(e)[:200]})") from None
 
     def rows(mask):
         where = np.flatnonzero(mask)
         more = f" and {len(where) - 5} more" if len(where) > 5 else ""
         return f"row{'s' if len(where) > 1 else ''} {', '.join(map(str, where[:5]))}{more} (0-based, header not counted)"
 
-    missing = [column for column in ("review", "sentiment") if column not in df.columns]
+    missing = [column for column in [text_column] + columns if column not in df.columns]
     if missing:
-        raise RecipeError(f"{name} has no {' or '.join(missing)} column; "
-                          f"found columns {[str(c)[:40] for c in df.columns[:6]]}")
-    names = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "negative": 0, "positive": 1}
-    labels = df["sentiment"].astype(str).str.strip().str.lower().map(names)
-    if labels.isna().any():
-        raise RecipeError(f"{name}: sentiment must be 1/0 or positive/negative, but {rows(labels.isna())} "
-                          f"hold{'s' if labels.isna().sum() == 1 else ''} "
-                          f"{df['sentiment'][labels.isna()].tolist()[0]!r}")
-    empty = df["review"].isna() | df["review"].astype(str).str.strip().eq("")
+        raise RecipeError(f"{name} has no {' or '.join(missing)} column; found columns "
+                          f"{[str(c)[:40] for c in df.columns[:8]]}; name yours with --text-column and --label-columns")
+    empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
     if empty.any():
-        raise RecipeError(f"{name}: empty or missing review in {rows(empty)}")
-    return pd.DataFrame({"review": df["review"].astype(str), "sentiment": labels.astype(int)})
+        raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
+    frame = pd.DataFrame({"text": df[text_column].astype(str)})
+    if len(columns) > 1:  # multi-label: 0/1 in each column
+        for column in columns:
+            values = pd.to_numeric(df[column], errors="coerce")
+            bad = ~values.isin([0, 1])
+            if bad.any():
+                raise RecipeError(f"{name}: with several LABEL_COLUMNS each is a 0/1 column, but {column} holds "
+                                  f"{str(df[column][bad].iloc[0])!r} in {rows(bad)}")
+            frame[column] = values.astype(int)
+        return frame, columns
+    raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
+    if raw.eq("").any():
+        raise RecipeError(f"{name}: missing {columns[0]} label in {rows(raw.eq(''))}")
+    numbers = pd.to_numeric(raw, errors="coerce")
+    integers = numbers.notna() & (numbers % 1 == 0)
+    if integers.all():  # 0..K-1, named by LABEL_NAMES
+        names = [label.strip() for label in settings["LABEL_NAMES"].split(",")]
+        bad = ~numbers.between(0, len(names) - 1)
+        if bad.any():
+            raise RecipeError(f"{name}: {columns[0]} holds integer labels, named by LABEL_NAMES ({','.join(names)}) "
+                              f"as 0..{len(names) - 1}, but {rows(bad)} hold{'s' if bad.sum() == 1 else ''} "
+                              f"{raw[bad].iloc[0]!r}; give one name per class with --label-names a,b,c")
+        frame["label"] = numbers.astype(int)
+        return frame, names
+    if numbers.notna().any():
+        raise RecipeError(f"{name}: {columns[0]} mixes numbers and words: {rows(numbers.notna())} "
+                          f"hold{'s' if numbers.notna().sum() == 1 else ''} {raw[numbers.notna()].iloc[0]!r} while "
+                          f"others hold {raw[numbers.isna()].iloc[0]!r}; "
+                          f"use one kind of label")
+    names = sorted(raw.unique())
+    frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
+    return frame, names
 
 
-def split(df, train_size, valid_size, test_size):
-    """Split in file order: the first train_size rows, the next valid_size, the next test_size."""
-    needed = train_size + valid_size + test_size
+def split(df, train_size, valid_size, test_size, shuffle=False, seed=0):
+    """Split in file order (with shuffle: in an order permuted with seed): the first train_size rows, the next
+    valid_size, the next test_size. A size is a row count, or (a float) a fraction of the rows."""
+    if shuffle:
+        df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
+    sizes = [int(size * len(df)) if isinstance(size, float) else size for size in (train_size, valid_size, test_size)]
+    if 0 in sizes:
+        raise RecipeError(f"the split fractions ({train_size}, {valid_size}, {test_size}) of {len(df):,} rows leave a "
+                          f"split empty; give larger fractions or row counts")
+    needed = sum(sizes)
     if needed > len(df):
-        raise RecipeError(f"the split needs {needed:,} rows (TRAIN_SIZE {train_size:,} + VALID_SIZE "
-                          f"{valid_size:,} + TEST_SIZE {test_size:,}) but the CSV has {len(df):,}; "
+        raise RecipeError(f"the split needs {needed:,} rows (TRAIN_SIZE {sizes[0]:,} + VALID_SIZE "
+                          f"{sizes[1]:,} + TEST_SIZE {sizes[2]:,}) but the file has {len(df):,}; "
                           f"lower --train-size, --valid-size or --test-size")
-    a, b = train_size, train_size + valid_size
+    a, b = sizes[0], sizes[0] + sizes[1]
     return df.iloc[:a], df.iloc[a:b], df.iloc[b:needed]
+
+
+def check_labels(train, valid, test, names):
+    """Single-label: the training split has two classes or more, and every class of the others."""
+    if "label" not in train:
+        return
+    seen = set(train["label"])
+    if len(seen) < 2:
+        raise RecipeError(f"the training split holds only the class {names[seen.pop()]!r}; if the file is sorted "
+                          f"by label, pass --shuffle true")
+    for part, frame in (("validation", valid), ("test", test)):
+        unseen = sorted(set(frame["label"]) - seen)
+        if unseen:
+            raise RecipeError(f"the {part} split holds the class {names[unseen[0]]!r}, which the training split never "
+                              f"has; pass --shuffle true or a larger --train-size")
+
+
+def targets(frame, names):
+    """Training targets: class indices (single-label) or a 0/1 float matrix (multi-label)."""
+    if "label" in frame:
+        return torch.tensor(frame["label"].to_numpy())
+    return torch.tensor(frame[names].to_numpy(), dtype=torch.float32)
+
+
+def batch_loss(logits, targets, threshold):
+    """Summed loss and correct count of a batch: cross-entropy and accuracy (single-label), or binary cross-entropy
+    averaged over labels and exact match at threshold (multi-label)."""
+    logits = logits.float()
+    if targets.ndim == 1:
+        return F.cross_entropy(logits, targets, reduction="sum"), (logits.argmax(-1) == targets).sum()
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / targets.shape[1]
+    return loss, ((logits.sigmoid() > threshold) == (targets > 0.5)).all(-1).sum()
+
+
+def scores(logits, targets, names, threshold):
+    """What a practitioner reads about a split, from all its logits: accuracy (multi-label: exact match) and mean
+    loss; single-label macro-F1 and the confusion matrix (rows: true class, columns: predicted, in the order of
+    names); multi-label ROC AUC per label (None where the split holds one value of it), their macro mean, and
+    micro- and macro-F1 at threshold."""
+    loss, correct = batch_loss(logits, targets, threshold)
+    result = {"accuracy": correct.item() / len(targets), "loss": loss.item() / len(targets)}
+    y = targets.numpy()
+    if targets.ndim == 1:
+        predicted = logits.argmax(-1).numpy()
+        return {**result, "macro_f1": float(f1_score(y, predicted, labels=range(len(names)), average="macro",
+                                                     zero_division=0)),
+                "confusion_matrix": confusion_matrix(y, predicted, labels=range(len(names))).tolist()}
+    probabilities, decided = logits.sigmoid().numpy(), (logits.sigmoid() > threshold).numpy()
+    auc = {name: float(roc_auc_score(y[:, k], probabilities[:, k])) if 0 < y[:, k].sum() < len(y) else None
+           for k, name in enumerate(names)}
+    defined = [value for value in auc.values() if value is not None]
+    return {**result, "roc_auc": auc, "macro_roc_auc": float(np.mean(defined)) if defined else None,
+            **{f"{kind}_f1": float(f1_score(y, decided, average=kind, zero_division=0)) for kind in ("micro", "macro")}}
 
 
 BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -536,12 +715,20 @@ def all_sum(tensor, world):
     return tensor
 
 
-def means_over_processes(correct, loss_sum, total, world):
-    """Accuracy and mean loss from one process's counts (tensors on its device, and an int), summed over all
-    processes first: each example counts once."""
-    counts = torch.stack([correct.double(), loss_sum.double(), correct.new_tensor(total, dtype=torch.float64)])
-    correct, loss_sum, total = all_sum(counts, world).tolist()
-    return correct / total, loss_sum / total
+def better(result, best):
+    """Whether an epoch's validation scores beat the best so far (None at first): by accuracy, or for multi-label
+    by macro ROC AUC (where it is undefined, it counts lowest)."""
+    key = "macro_roc_auc" if "roc_auc" in result else "accuracy"
+    value = lambda r: -1.0 if r[key] is None else r[key]  # noqa: E731
+    return best is None or value(result) > value(best)
+
+
+def shown(result):
+    """A split's headline numbers for the log: accuracy, and for multi-label the macro ROC AUC."""
+    if "roc_auc" not in result:
+        return f"accuracy {result['accuracy']:.4f}"
+    auc = "undefined" if result["macro_roc_auc"] is None else f"{result['macro_roc_auc']:.4f}"
+    return f"exact-match accuracy {result['accuracy']:.4f} | macro ROC AUC {auc}"
 
 
 def agreed(flag, device, world):
@@ -584,10 +771,12 @@ def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chu
 
 def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, truncation="head", head_tokens=0):
     """tokenize() once: the result is cached in data_dir under a key of everything it depends on (data file,
-    tokenizer, max length, cleaning, row count) and rebuilt when any of them changes or the file is unreadable."""
+    the texts in their order, tokenizer, max length, truncation, cleaning) and rebuilt when any of them changes or
+    the file is unreadable."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     spec.pop("truncation"), spec.pop("padding")  # per-call state, set by the last call; max_length is in the key
     key = {"data_sha256": data_sha256, "max_length": max_length, "rows": len(texts), "clean": BR_TAG.pattern,
+           "texts_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(),  # columns, order (SHUFFLE)
            "tokenizer_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()}
     if truncation != "head":  # head-only keys stay as they were, so existing caches stay valid
         key["truncation"] = f"{truncation} {head_tokens}"
@@ -619,33 +808,34 @@ def loader(batches, data, pad_id, device):
                                        generator=torch.Generator())  # keep the global RNG for dropout alone
 
 
-def train_step(model, batch, step_examples, autocast, scaler):
+def train_step(model, batch, step_examples, autocast, scaler, threshold=0.5):
     """Forward and backward of one batch. The loss is summed over the batch and divided by step_examples (the
     examples of the whole optimizer step, over the number of processes under torchrun, whose all-reduce averages):
     gradient accumulation and data-parallel training give exactly the gradient of the full batch."""
     input_ids, attention_mask, labels = batch
     with autocast:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+    loss_sum, correct = batch_loss(logits, labels, threshold)
     scaler.scale(loss_sum / step_examples).backward()
-    return loss_sum.detach(), (logits.argmax(-1) == labels).sum()
+    return loss_sum.detach(), correct
 
 
 @torch.inference_mode()
 def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1):
-    """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode. Under
-    torchrun each process takes every world-th batch and the counts are summed: each example counts once."""
+    """The logits of all examples in batches (a contiguous range of data), in order, as float32 on the CPU;
+    without gradients, and leaves the model in training mode. Under torchrun each process takes every world-th
+    batch and the logits are summed over processes, each example coming from one."""
     model.eval()
-    correct, loss_sum, total = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), device=device), 0
-    for batch in progress(loader(batches[rank::world], data, pad_id, device), desc="evaluate", leave=False):
-        input_ids, attention_mask, labels = to_device(batch, device)
+    first = min(int(b.min()) for b in batches)
+    logits = torch.zeros(sum(map(len, batches)), model.config.num_labels, device=device)
+    for batch, indices in zip(progress(loader(batches[rank::world], data, pad_id, device), desc="evaluate", leave=False),
+                              batches[rank::world]):  # the bar first: zip() ends it, at 100%
+        input_ids, attention_mask, _ = to_device(batch, device)
         with autocast:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        correct += (logits.argmax(-1) == labels).sum()
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        total += len(labels)
+            logits[torch.as_tensor(indices - first, device=device)] = model(
+                input_ids=input_ids, attention_mask=attention_mask).logits.float()
     model.train()
-    return means_over_processes(correct, loss_sum, total, world)
+    return all_sum(logits, world).cpu()
 
 
 def save_model(model, tokenizer, path, stale):
@@ -709,6 +899,7 @@ def run(settings, given, held):
     checkpoint_path = out_dir / "checkpoint.pt"
     s, checkpoint = resolve_run(settings, given, checkpoint_path)
     check_positive(s, POSITIVE_SETTINGS)
+    check_data_settings(s)
     if not 0 <= s["WARMUP_RATIO"] < 1 or s["WEIGHT_DECAY"] < 0 or s["GRAD_CLIP"] < 0:
         raise RecipeError("WARMUP_RATIO must be in [0, 1), WEIGHT_DECAY and GRAD_CLIP must not be negative")
     if not 0 < s["LR_DECAY"] <= 1:
@@ -731,24 +922,28 @@ def run(settings, given, held):
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
     with leader_first(world):
-        data_path, reviews = load_reviews(s["DATA_URL"], s["DATA_DIR"])
+        data_path, reviews, names = load_reviews(s["DATA_URL"], s["DATA_DIR"], s)
     data_sha256 = file_sha256(data_path)
     if checkpoint is not None and checkpoint["data_sha256"] != data_sha256:
         raise RecipeError(f"{data_path} is not the file the checkpoint was trained on (its checksum differs)")
-    train_df, valid_df, test_df = split(reviews, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"])
+    train_df, valid_df, test_df = split(reviews, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"], s["SHUFFLE"], s["SEED"])
+    check_labels(train_df, valid_df, test_df, names)
+    multi = len(label_columns(s)) > 1
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
     torch.manual_seed(s["SEED"])
-    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"], num_labels=2,
-                            id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"], num_labels=len(names),
+                            id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
+                            problem_type="multi_label_classification" if multi else "single_label_classification",
+                            ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
                             attn_implementation="sdpa").to(device)
     if s["MAX_LENGTH"] > model.config.max_position_embeddings:
         raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
                           f"{model.config.max_position_embeddings} tokens")
     frame = pd.concat([train_df, valid_df, test_df])
     with leader_first(world):
-        ids, offsets = cached_token_ids(frame["review"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
+        ids, offsets = cached_token_ids(frame["text"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
                                         data_sha256, s["TRUNCATION"], s["HEAD_TOKENS"])
-    labels = torch.tensor(frame["sentiment"].to_numpy())
+    labels = targets(frame, names)
     lengths = (offsets[1:] - offsets[:-1]).numpy()
     data = (ids, offsets, labels)
     n_train, n_valid = len(train_df), len(valid_df)
@@ -768,7 +963,7 @@ def run(settings, given, held):
     forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
     train_model = forward_model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         forward_model, device_ids=[device] if device.type == "cuda" else None)
-    state = {"epoch": 1, "batch": 0, "history": [], "best_valid_accuracy": -1.0, "best_epoch": None,
+    state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
              "batch_losses": [], "correct": 0, "seconds": 0.0}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -812,7 +1007,7 @@ def run(settings, given, held):
                     with train_model.no_sync() if world > 1 and not step_done else contextlib.nullcontext():
                         loss_sum, batch_correct = train_step(train_model, to_device(batch, device),
                                                              step_examples / world if weight else math.inf,
-                                                             autocast, scaler)
+                                                             autocast, scaler, s["THRESHOLD"])
                     batch_losses[i], correct = loss_sum * weight, correct + batch_correct * weight
                     if step_done:
                         scaler.unscale_(optimizer)
@@ -838,17 +1033,18 @@ def run(settings, given, held):
                         raise Interrupted(stop.requested)
                 bar.close()
                 train_seconds = time.perf_counter() - epoch_start
-                valid_accuracy, valid_loss = evaluate(forward_model, valid_batches, data, tokenizer.pad_token_id,
-                                                      device, autocast, rank, world)
+                valid = scores(evaluate(forward_model, valid_batches, data, tokenizer.pad_token_id, device, autocast,
+                                        rank, world), labels[n_train:n_train + n_valid], names, s["THRESHOLD"])
                 batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)  # over all processes
                 record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / n_train,
-                          "train_accuracy": correct.item() / n_train, "valid_loss": valid_loss,
-                          "valid_accuracy": valid_accuracy, "seconds": train_seconds}
+                          "train_accuracy": correct.item() / n_train, "valid_loss": valid["loss"],
+                          "valid_accuracy": valid["accuracy"], "seconds": train_seconds,
+                          **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if multi else {})}
                 print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
-                      f"{record['train_accuracy']:.4f} | valid accuracy {valid_accuracy:.4f} | {train_seconds:.1f} s")
+                      f"{record['train_accuracy']:.4f} | valid {shown(valid)} | {train_seconds:.1f} s")
                 state["history"].append(record)
-                if valid_accuracy > state["best_valid_accuracy"]:
-                    state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
+                if better(valid, state["best_valid"]):
+                    state.update(best_valid=valid, best_epoch=epoch)
                     if leader():
                         save_model(model, tokenizer, out_dir / "model", stale=out_dir / "metrics.json")
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
@@ -866,12 +1062,14 @@ def run(settings, given, held):
     if world > 1:
         dist.barrier()  # rank 0 has written it
     best = AutoModelForSequenceClassification.from_pretrained(out_dir / "model", attn_implementation="sdpa").to(device)
-    test_accuracy, _ = evaluate(best, test_batches, data, tokenizer.pad_token_id, device, autocast, rank, world)
+    test = scores(evaluate(best, test_batches, data, tokenizer.pad_token_id, device, autocast, rank, world),
+                  labels[n_train + n_valid:], names, s["THRESHOLD"])
     devices = device_names(device, world)
-    print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
-          f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")
-    metrics = {"settings": s, "epochs": state["history"], "best_epoch": state["best_epoch"],
-               "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
+    print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
+          f"trained {train_seconds:.1f} s")
+    metrics = {"settings": s, "labels": names, "multi_label": multi, "epochs": state["history"],
+               "best_epoch": state["best_epoch"], "valid_accuracy": state["best_valid"]["accuracy"],
+               "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
                "train_seconds": train_seconds, "device": devices[0], "devices": devices,
                "world_size": world, "precision": precision,
                "parameters": best.num_parameters()}

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import sys
+import tarfile
 import time
 import urllib.parse
 import urllib.request
@@ -37,14 +38,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------- settings
 # data
-DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # any URL urllib opens, file:// too
+DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # URL or local path: .csv .tsv .jsonl (.gz), aclImdb .tar.gz
 DATA_DIR = "data"  # download cache
-TRAIN_SIZE = 35_000  # the first rows of the CSV; the vocabulary comes from these alone
+TEXT_COLUMN = "review"  # the column that holds the texts
+LABEL_COLUMNS = "sentiment"  # one column: single-label, 2 or more classes; several, comma-separated: multi-label, 0/1 each
+LABEL_NAMES = "negative,positive"  # names of integer labels 0, 1, ...; word labels name themselves
+THRESHOLD = 0.5  # multi-label: a label is predicted where its sigmoid probability is over this
+SHUFFLE = False  # False = split in file order (the recipe); True = permute the rows with SEED first
+TRAIN_SIZE = 35_000  # the first rows of the file (or a fraction, e.g. 0.8); the vocabulary comes from these alone
 VALID_SIZE = 5_000  # the next rows: choose the best epoch
 TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
 # model
@@ -68,7 +75,6 @@ RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
 POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "VOCAB_SIZE", "EMBEDDING_DIM", "HIDDEN_DIM", "BATCH_SIZE",
                      "GRAD_ACCUM_STEPS", "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
-LABELS = ["negative", "positive"]
 TOKEN_PATTERN = r"(?u)\b\w+\b|[!?]"  # words, and the punctuation that carries sentiment
 
 
@@ -90,6 +96,8 @@ def parse_settings(argv, defaults):
                 if text.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(text)
+            if name in SPLIT_SIZES and not text.strip().isdigit():
+                return float(text)  # a fraction of the rows
             return type(default)(text)
         convert.__name__ = type(default).__name__  # argparse names the type in its error message
         return convert
@@ -110,6 +118,30 @@ def parse_settings(argv, defaults):
         valid = " ".join("--" + name.lower().replace("_", "-") for name in defaults)
         parser.error(f"unknown setting {unknown[0]!r}; the settings are: {valid}")
     return {**defaults, **vars(given)}, vars(given)
+
+
+SPLIT_SIZES = ("TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE")
+
+
+def check_data_settings(s):
+    """Split sizes are row counts or fractions of the rows (at most 1 together); THRESHOLD is a probability."""
+    for name in SPLIT_SIZES:
+        if isinstance(s[name], float) and not 0 < s[name] <= 1:
+            raise RecipeError(f"{name} (--{name.lower().replace('_', '-')}) is {s[name]}: a split size is a row "
+                              f"count (a whole number) or a fraction of the rows in (0, 1]")
+    if sum(s[name] for name in SPLIT_SIZES if isinstance(s[name], float)) > 1 + 1e-9:
+        raise RecipeError(f"the split fractions add up to more than 1 (TRAIN_SIZE {s['TRAIN_SIZE']}, VALID_SIZE "
+                          f"{s['VALID_SIZE']}, TEST_SIZE {s['TEST_SIZE']}); e.g. --train-size 0.8 --valid-size 0.1 "
+                          f"--test-size 0.1")
+    if not 0 < s["THRESHOLD"] < 1:
+        raise RecipeError(f"THRESHOLD (--threshold) must be between 0 and 1, got {s['THRESHOLD']}")
+    if not s["TEXT_COLUMN"].strip() or not label_columns(s):
+        raise RecipeError("TEXT_COLUMN (--text-column) and LABEL_COLUMNS (--label-columns) must name columns")
+
+
+def label_columns(s):
+    """LABEL_COLUMNS as a list: one name is single-label, several are multi-label."""
+    return [name.strip() for name in s["LABEL_COLUMNS"].split(",") if name.strip()]
 
 
 def check_positive(settings, names):
@@ -222,26 +254,41 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def load_reviews(url, data_dir):
-    """The reviews CSV at url, downloaded into data_dir once and validated: (local path, frame). The local file
-    appears only when the download finished and passed read_reviews(); a failed one leaves nothing behind.
-    .NAME.source.json records the URL and checksum: another URL with the same file name is downloaded anew,
-    while a file saved there by hand (no record, or not the recorded checksum) is used as it is."""
+def load_reviews(url, data_dir, settings=None):
+    """The data at url, validated: (local path, frame, label names), as read_reviews() returns them. A local path
+    is read where it is; a URL is downloaded into data_dir once, and the local file appears only when the download
+    finished and passed the checks (a failed one leaves nothing behind). .NAME.source.json records the URL and
+    checksum: another URL with the same file name is downloaded anew, while a file saved there by hand (no record,
+    or not the recorded checksum) is used as it is. The Stanford archive (.tar.gz) becomes data_dir/NAME.csv.gz
+    once (read_aclimdb) and is read from there."""
+    settings = settings or DEFAULTS
+    read = read_aclimdb if is_archive(url) else lambda path, name=None: read_reviews(path, name, settings)
+
+    def finish(path, checked=None):  # checked: what read() gave for the download just made
+        data = (lambda: read(path)) if checked is None else (lambda: checked)
+        return (path, *data()) if not is_archive(url) else from_archive(path, data, data_dir, settings)
+
+    if not re.match(r"[a-z][a-z0-9+.-]+://", url, re.IGNORECASE):  # a local path, read in place
+        path = Path(url).expanduser()
+        if not path.is_file():
+            raise RecipeError(f"DATA_URL (--data-url) {url} is not a file here; give the path of an existing file, "
+                              f"or a URL (https://, file://)")
+        return finish(path)
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
     source = path.with_name(f".{path.name}.source.json")
     record = json.loads(source.read_text()) if source.exists() else {}
     if path.exists() and (record.get("url", url) == url or record.get("sha256") != file_sha256(path)):
         try:
-            return path, read_reviews(path)
+            return finish(path)
         except RecipeError as e:
             raise RecipeError(f"{e}; delete {path} to download it again") from None
     if path.exists():
         print(f"{path} was downloaded from {record['url']}, not from {url}: replacing it")
     print(f"downloading {url} -> {path}")
-    reviews = None
+    data = None
 
     def fetch(f):
-        nonlocal reviews
+        nonlocal data
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
                 size = int(response.headers.get("Content-Length") or 0) or None
@@ -260,64 +307,196 @@ def load_reviews(url, data_dir):
             if hasattr(e, "needed"):
                 raise
             raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
-                              f"or pass --data-url file:///path/to/movie_data.csv.gz") from e
+                              f"or pass --data-url /path/to/{path.name}") from e
         f.flush()
         try:
-            reviews = read_reviews(Path(f.name), name=url)
+            data = read(Path(f.name), name=url)
         except RecipeError as e:
             raise RecipeError(f"{e}; nothing was saved") from None
 
     atomic_write(path, fetch)
     atomic_write(source, lambda f: f.write(json.dumps({"url": url, "sha256": file_sha256(path)}).encode()))
-    return path, reviews
+    return finish(path, data)
 
 
-def read_reviews(path, name=None):
-    """Read the reviews CSV (plain or gzip) and check it: a text column `review` with no empty entries,
-    a label column `sentiment` with 1/0 or positive/negative. Returns a frame with int labels. Errors call
-    the file `name` (default: its path)."""
+def is_archive(name):
+    return str(name).lower().endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def from_archive(archive, reviews, data_dir, settings):
+    """The archive's reviews (the frame reviews() returns) written once as data_dir/NAME.csv.gz, with columns
+    review and sentiment, and read back as any data file: a newer archive is converted again."""
+    path = Path(data_dir) / (Path(archive).name.split(".")[0] + ".csv.gz")
+    if not path.exists() or path.stat().st_mtime < Path(archive).stat().st_mtime:
+        print(f"writing {path} from {archive}")
+        frame = reviews()
+        atomic_write(path, lambda f: frame.to_csv(f, index=False, compression={"method": "gzip", "mtime": 0}))
+    return path, *read_reviews(path, None, settings)
+
+
+ACLIMDB = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_\d+\.txt$")
+
+
+def read_aclimdb(path, name=None):
+    """The Stanford archive (aclImdb/{train,test}/{pos,neg}/ID_RATING.txt) as one frame of review and sentiment:
+    the rows of train/pos and train/neg, then test/pos and test/neg, each half shuffled with seed 0."""
     name = name or path
+    parts = {(half, folder): [] for half in ("train", "test") for folder in ("pos", "neg")}
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                if member.isfile() and (match := ACLIMDB.search(member.name)):
+                    text = archive.extractfile(member).read().decode("utf-8")
+                    parts[match[1], match[2]].append((int(match[3]), text))
+    except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise RecipeError(f"{name} is not a readable tar archive ({type(e).__name__}: {e})") from None
+    empty = [f"aclImdb/{half}/{folder}/" for (half, folder), rows in parts.items() if not rows]
+    if empty:
+        raise RecipeError(f"{name} is not the Stanford aclImdb archive: no reviews in {', '.join(empty)} (it needs "
+                          f"aclImdb/train/pos/ID_RATING.txt and the like, for train and test, pos and neg)")
+    rows = []
+    for half in ("train", "test"):
+        part = [(text, label) for label, folder in ((1, "pos"), (0, "neg")) for _, text in sorted(parts[half, folder])]
+        rows += [part[i] for i in np.random.default_rng(0).permutation(len(part))]
+    return pd.DataFrame(rows, columns=["review", "sentiment"])
+
+
+def read_reviews(path, name=None, settings=None):
+    """Read and check a data file: .tsv or .jsonl (one JSON object a line) by its name, anything else as CSV,
+    each plain or gzip. Returns (frame, label names): the frame has a `text` column with no empty entries, and
+    a `label` column (single-label: an index into the names) or one 0/1 column per label (multi-label). Integer
+    labels are named by LABEL_NAMES, word labels name themselves (sorted). Errors call the file `name`."""
+    settings, name = settings or DEFAULTS, name or path
+    text_column, columns = settings["TEXT_COLUMN"], label_columns(settings)
     with open(path, "rb") as f:
         head = f.read(512)
     gzipped = head[:2] == b"\x1f\x8b"
+    kind = next((kind for kind in ("tsv", "jsonl") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.I)), "csv")
     if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
-        raise RecipeError(f"{name} is an HTML page (an error or login page?), not the reviews CSV")
+        raise RecipeError(f"{name} is an HTML page (an error or login page?), not the data file")
     try:
-        df = pd.read_csv(path, compression="gzip" if gzipped else None)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        kind = "gzip file" if gzipped else "file"
-        raise RecipeError(f"{name} is not a readable CSV {kind} ({type(e).__name__}: {e})") from None
+        compression = "gzip" if gzipped else None
+        df = (pd.read_json(path, lines=True, dtype=False, compression=compression) if kind == "jsonl" else
+              pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as e:  # ParserError is a ValueError
+        raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
+                          f"({type(e).__name__}: {str(e)[:200]})") from None
 
     def rows(mask):
         where = np.flatnonzero(mask)
         more = f" and {len(where) - 5} more" if len(where) > 5 else ""
         return f"row{'s' if len(where) > 1 else ''} {', '.join(map(str, where[:5]))}{more} (0-based, header not counted)"
 
-    missing = [column for column in ("review", "sentiment") if column not in df.columns]
+    missing = [column for column in [text_column] + columns if column not in df.columns]
     if missing:
-        raise RecipeError(f"{name} has no {' or '.join(missing)} column; "
-                          f"found columns {[str(c)[:40] for c in df.columns[:6]]}")
-    names = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "negative": 0, "positive": 1}
-    labels = df["sentiment"].astype(str).str.strip().str.lower().map(names)
-    if labels.isna().any():
-        raise RecipeError(f"{name}: sentiment must be 1/0 or positive/negative, but {rows(labels.isna())} "
-                          f"hold{'s' if labels.isna().sum() == 1 else ''} "
-                          f"{df['sentiment'][labels.isna()].tolist()[0]!r}")
-    empty = df["review"].isna() | df["review"].astype(str).str.strip().eq("")
+        raise RecipeError(f"{name} has no {' or '.join(missing)} column; found columns "
+                          f"{[str(c)[:40] for c in df.columns[:8]]}; name yours with --text-column and --label-columns")
+    empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
     if empty.any():
-        raise RecipeError(f"{name}: empty or missing review in {rows(empty)}")
-    return pd.DataFrame({"review": df["review"].astype(str), "sentiment": labels.astype(int)})
+        raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
+    frame = pd.DataFrame({"text": df[text_column].astype(str)})
+    if len(columns) > 1:  # multi-label: 0/1 in each column
+        for column in columns:
+            values = pd.to_numeric(df[column], errors="coerce")
+            bad = ~values.isin([0, 1])
+            if bad.any():
+                raise RecipeError(f"{name}: with several LABEL_COLUMNS each is a 0/1 column, but {column} holds "
+                                  f"{str(df[column][bad].iloc[0])!r} in {rows(bad)}")
+            frame[column] = values.astype(int)
+        return frame, columns
+    raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
+    if raw.eq("").any():
+        raise RecipeError(f"{name}: missing {columns[0]} label in {rows(raw.eq(''))}")
+    numbers = pd.to_numeric(raw, errors="coerce")
+    integers = numbers.notna() & (numbers % 1 == 0)
+    if integers.all():  # 0..K-1, named by LABEL_NAMES
+        names = [label.strip() for label in settings["LABEL_NAMES"].split(",")]
+        bad = ~numbers.between(0, len(names) - 1)
+        if bad.any():
+            raise RecipeError(f"{name}: {columns[0]} holds integer labels, named by LABEL_NAMES ({','.join(names)}) "
+                              f"as 0..{len(names) - 1}, but {rows(bad)} hold{'s' if bad.sum() == 1 else ''} "
+                              f"{raw[bad].iloc[0]!r}; give one name per class with --label-names a,b,c")
+        frame["label"] = numbers.astype(int)
+        return frame, names
+    if numbers.notna().any():
+        raise RecipeError(f"{name}: {columns[0]} mixes numbers and words: {rows(numbers.notna())} "
+                          f"hold{'s' if numbers.notna().sum() == 1 else ''} {raw[numbers.notna()].iloc[0]!r} while "
+                          f"others hold {raw[numbers.isna()].iloc[0]!r}; "
+                          f"use one kind of label")
+    names = sorted(raw.unique())
+    frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
+    return frame, names
 
 
-def split(df, train_size, valid_size, test_size):
-    """Split in file order: the first train_size rows, the next valid_size, the next test_size."""
-    needed = train_size + valid_size + test_size
+def split(df, train_size, valid_size, test_size, shuffle=False, seed=0):
+    """Split in file order (with shuffle: in an order permuted with seed): the first train_size rows, the next
+    valid_size, the next test_size. A size is a row count, or (a float) a fraction of the rows."""
+    if shuffle:
+        df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
+    sizes = [int(size * len(df)) if isinstance(size, float) else size for size in (train_size, valid_size, test_size)]
+    if 0 in sizes:
+        raise RecipeError(f"the split fractions ({train_size}, {valid_size}, {test_size}) of {len(df):,} rows leave a "
+                          f"split empty; give larger fractions or row counts")
+    needed = sum(sizes)
     if needed > len(df):
-        raise RecipeError(f"the split needs {needed:,} rows (TRAIN_SIZE {train_size:,} + VALID_SIZE "
-                          f"{valid_size:,} + TEST_SIZE {test_size:,}) but the CSV has {len(df):,}; "
+        raise RecipeError(f"the split needs {needed:,} rows (TRAIN_SIZE {sizes[0]:,} + VALID_SIZE "
+                          f"{sizes[1]:,} + TEST_SIZE {sizes[2]:,}) but the file has {len(df):,}; "
                           f"lower --train-size, --valid-size or --test-size")
-    a, b = train_size, train_size + valid_size
+    a, b = sizes[0], sizes[0] + sizes[1]
     return df.iloc[:a], df.iloc[a:b], df.iloc[b:needed]
+
+
+def check_labels(train, valid, test, names):
+    """Single-label: the training split has two classes or more, and every class of the others."""
+    if "label" not in train:
+        return
+    seen = set(train["label"])
+    if len(seen) < 2:
+        raise RecipeError(f"the training split holds only the class {names[seen.pop()]!r}; if the file is sorted "
+                          f"by label, pass --shuffle true")
+    for part, frame in (("validation", valid), ("test", test)):
+        unseen = sorted(set(frame["label"]) - seen)
+        if unseen:
+            raise RecipeError(f"the {part} split holds the class {names[unseen[0]]!r}, which the training split never "
+                              f"has; pass --shuffle true or a larger --train-size")
+
+
+def targets(frame, names):
+    """Training targets: class indices (single-label) or a 0/1 float matrix (multi-label)."""
+    if "label" in frame:
+        return torch.tensor(frame["label"].to_numpy())
+    return torch.tensor(frame[names].to_numpy(), dtype=torch.float32)
+
+
+def batch_loss(logits, targets, threshold):
+    """Summed loss and correct count of a batch: cross-entropy and accuracy (single-label), or binary cross-entropy
+    averaged over labels and exact match at threshold (multi-label)."""
+    logits = logits.float()
+    if targets.ndim == 1:
+        return F.cross_entropy(logits, targets, reduction="sum"), (logits.argmax(-1) == targets).sum()
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / targets.shape[1]
+    return loss, ((logits.sigmoid() > threshold) == (targets > 0.5)).all(-1).sum()
+
+
+def scores(logits, targets, names, threshold):
+    """What a practitioner reads about a split, from all its logits: accuracy (multi-label: exact match) and mean
+    loss; single-label macro-F1 and the confusion matrix (rows: true class, columns: predicted, in the order of
+    names); multi-label ROC AUC per label (None where the split holds one value of it), their macro mean, and
+    micro- and macro-F1 at threshold."""
+    loss, correct = batch_loss(logits, targets, threshold)
+    result = {"accuracy": correct.item() / len(targets), "loss": loss.item() / len(targets)}
+    y = targets.numpy()
+    if targets.ndim == 1:
+        predicted = logits.argmax(-1).numpy()
+        return {**result, "macro_f1": float(f1_score(y, predicted, labels=range(len(names)), average="macro",
+                                                     zero_division=0)),
+                "confusion_matrix": confusion_matrix(y, predicted, labels=range(len(names))).tolist()}
+    probabilities, decided = logits.sigmoid().numpy(), (logits.sigmoid() > threshold).numpy()
+    auc = {name: float(roc_auc_score(y[:, k], probabilities[:, k])) if 0 < y[:, k].sum() < len(y) else None
+           for k, name in enumerate(names)}
+    defined = [value for value in auc.values() if value is not None]
+    return {**result, "roc_auc": auc, "macro_roc_auc": float(np.mean(defined)) if defined else None,
+            **{f"{kind}_f1": float(f1_score(y, decided, average=kind, zero_division=0)) for kind in ("micro", "macro")}}
 
 
 BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -529,12 +708,20 @@ def all_sum(tensor, world):
     return tensor
 
 
-def means_over_processes(correct, loss_sum, total, world):
-    """Accuracy and mean loss from one process's counts (tensors on its device, and an int), summed over all
-    processes first: each example counts once."""
-    counts = torch.stack([correct.double(), loss_sum.double(), correct.new_tensor(total, dtype=torch.float64)])
-    correct, loss_sum, total = all_sum(counts, world).tolist()
-    return correct / total, loss_sum / total
+def better(result, best):
+    """Whether an epoch's validation scores beat the best so far (None at first): by accuracy, or for multi-label
+    by macro ROC AUC (where it is undefined, it counts lowest)."""
+    key = "macro_roc_auc" if "roc_auc" in result else "accuracy"
+    value = lambda r: -1.0 if r[key] is None else r[key]  # noqa: E731
+    return best is None or value(result) > value(best)
+
+
+def shown(result):
+    """A split's headline numbers for the log: accuracy, and for multi-label the macro ROC AUC."""
+    if "roc_auc" not in result:
+        return f"accuracy {result['accuracy']:.4f}"
+    auc = "undefined" if result["macro_roc_auc"] is None else f"{result['macro_roc_auc']:.4f}"
+    return f"exact-match accuracy {result['accuracy']:.4f} | macro ROC AUC {auc}"
 
 
 def agreed(flag, device, world):
@@ -583,11 +770,11 @@ def collate(indices, ids, offsets, labels):
 class LSTMClassifier(nn.Module):
     """Embedding -> one-layer LSTM -> linear layer on the state after each review's last real token."""
 
-    def __init__(self, vocab_size, embedding_dim, hidden_dim):
+    def __init__(self, vocab_size, embedding_dim, hidden_dim, num_labels=2):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.lstm = nn.LSTM(embedding_dim, hidden_dim, batch_first=True)
-        self.head = nn.Linear(hidden_dim, len(LABELS))
+        self.head = nn.Linear(hidden_dim, num_labels)
 
     def forward(self, ids, lengths):
         # A unidirectional LSTM's output at position length - 1 has not seen the right padding: it is the final
@@ -604,51 +791,57 @@ def loader(batches, data, device):
                                        generator=torch.Generator())  # keep the global RNG for the model alone
 
 
-def train_step(model, batch, step_examples):
+def train_step(model, batch, step_examples, threshold=0.5):
     """Forward and backward of one batch. The loss is summed over the batch and divided by step_examples (the
     examples of the whole optimizer step, over the number of processes under torchrun, whose all-reduce averages):
     gradient accumulation and data-parallel training give exactly the gradient of the full batch."""
     ids, lengths, labels = batch
-    logits = model(ids, lengths)
-    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    loss_sum, correct = batch_loss(model(ids, lengths), labels, threshold)
     (loss_sum / step_examples).backward()
-    return loss_sum.detach(), (logits.argmax(-1) == labels).sum()
+    return loss_sum.detach(), correct
 
 
 @torch.inference_mode()
 def evaluate(model, batches, data, device, rank=0, world=1):
-    """Accuracy and mean loss over all examples, without gradients; leaves the model in training mode. Under
-    torchrun each process takes every world-th batch and the counts are summed: each example counts once."""
+    """The logits of all examples in batches (a contiguous range of data), in order, as float32 on the CPU;
+    without gradients, and leaves the model in training mode. Under torchrun each process takes every world-th
+    batch and the logits are summed over processes, each example coming from one."""
     model.eval()
-    correct, loss_sum, total = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), device=device), 0
-    for batch in progress(loader(batches[rank::world], data, device), desc="evaluate", leave=False):
-        ids, lengths, labels = to_device(batch, device)
-        logits = model(ids, lengths)
-        correct += (logits.argmax(-1) == labels).sum()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        total += len(labels)
+    first = min(int(b.min()) for b in batches)
+    logits = torch.zeros(sum(map(len, batches)), model.head.out_features, device=device)
+    for batch, indices in zip(progress(loader(batches[rank::world], data, device), desc="evaluate", leave=False),
+                              batches[rank::world]):  # the bar first: zip() ends it, at 100%
+        ids, lengths, _ = to_device(batch, device)
+        logits[torch.as_tensor(indices - first, device=device)] = model(ids, lengths).float()
     model.train()
-    return means_over_processes(correct, loss_sum, total, world)
+    return all_sum(logits, world).cpu()
 
 
 def load_model(out_dir, device="cpu"):
     """The best epoch's model saved in out_dir, in eval mode, and the vocabulary it was trained with (both in
-    model.pt: they are replaced together)."""
+    model.pt: they are replaced together). The model knows its label names (.labels) and whether it is
+    multi-label (.threshold: the run's THRESHOLD, or None for single-label)."""
     saved = torch.load(Path(out_dir) / "model.pt", map_location=device, weights_only=True)
     vocab, s = saved["vocab"], saved["settings"]
-    model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"]).to(device)
+    labels = saved.get("labels", ["negative", "positive"])  # model.pt files from before LABEL_COLUMNS
+    model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"], len(labels)).to(device)
     model.load_state_dict(saved["model"])
+    model.labels = labels
+    model.threshold = s["THRESHOLD"] if len(label_columns({"LABEL_COLUMNS": "", **s})) > 1 else None
     return model.eval(), vocab
 
 
 def predict(texts, out_dir="runs/lstm"):
-    """Classify new reviews with the model saved in out_dir: [(label, probability of that label), ...]."""
+    """Classify new texts with the model saved in out_dir. Single-label: [(label, its probability), ...];
+    multi-label: [[(label, probability) for each label over the threshold], ...]."""
     model, vocab = load_model(out_dir)
     ids, offsets = encode(list(texts), vocab)
     batch = collate(range(len(texts)), ids, offsets, torch.zeros(len(texts), dtype=torch.int64))
     with torch.inference_mode():
-        probabilities = model(batch[0], batch[1]).softmax(-1)
-    return [(LABELS[int(p.argmax())], float(p.max())) for p in probabilities]
+        logits = model(batch[0], batch[1])
+    if model.threshold is None:
+        return [(model.labels[int(p.argmax())], float(p.max())) for p in logits.softmax(-1)]
+    return [[(label, float(q)) for label, q in zip(model.labels, p) if q > model.threshold] for p in logits.sigmoid()]
 
 
 
@@ -657,6 +850,7 @@ def run(settings, given, held):
     checkpoint_path = out_dir / "checkpoint.pt"
     s, checkpoint = resolve_run(settings, given, checkpoint_path)
     check_positive(s, POSITIVE_SETTINGS)
+    check_data_settings(s)
     if s["VOCAB_SIZE"] < 3 or s["GRAD_CLIP"] < 0:
         raise RecipeError("VOCAB_SIZE must be at least 3 and GRAD_CLIP must not be negative")
     device, rank, world = start_processes(s["DEVICE"])
@@ -667,15 +861,17 @@ def run(settings, given, held):
 
     # data: download once, validate, split in file order; vocabulary from the training split only
     with leader_first(world):
-        data_path, reviews = load_reviews(s["DATA_URL"], s["DATA_DIR"])
+        data_path, reviews, names = load_reviews(s["DATA_URL"], s["DATA_DIR"], s)
     data_sha256 = file_sha256(data_path)
     if checkpoint is not None and checkpoint["data_sha256"] != data_sha256:
         raise RecipeError(f"{data_path} is not the file the checkpoint was trained on (its checksum differs)")
-    train_df, valid_df, test_df = split(reviews, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"])
-    vocab = build_vocab(train_df["review"], s["VOCAB_SIZE"])
+    train_df, valid_df, test_df = split(reviews, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"], s["SHUFFLE"], s["SEED"])
+    check_labels(train_df, valid_df, test_df, names)
+    multi = len(label_columns(s)) > 1
+    vocab = build_vocab(train_df["text"], s["VOCAB_SIZE"])
     frame = pd.concat([train_df, valid_df, test_df])
-    ids, offsets = encode(frame["review"].tolist(), vocab)
-    labels = torch.tensor(frame["sentiment"].to_numpy())
+    ids, offsets = encode(frame["text"].tolist(), vocab)
+    labels = targets(frame, names)
     lengths = (offsets[1:] - offsets[:-1]).numpy()
     data = (ids, offsets, labels)
     n_train, n_valid = len(train_df), len(valid_df)
@@ -684,12 +880,12 @@ def run(settings, given, held):
 
     # model and optimizer
     torch.manual_seed(s["SEED"])
-    model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"]).to(device)
+    model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"], len(names)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=s["LEARNING_RATE"], fused=device.type == "cuda")
     train_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None)
     batches_per_epoch = math.ceil(n_train / s["BATCH_SIZE"])
-    state = {"epoch": 1, "batch": 0, "history": [], "best_valid_accuracy": -1.0, "best_epoch": None,
+    state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
              "batch_losses": [], "correct": 0, "seconds": 0.0}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -706,7 +902,7 @@ def run(settings, given, held):
         if leader():
             atomic_write(checkpoint_path, lambda f: torch.save(checkpoint, f))
 
-    majority = max(train_df["sentiment"].mean(), 1 - train_df["sentiment"].mean())
+    majority = pd.DataFrame(labels[:n_train].numpy().reshape(n_train, -1)).value_counts(normalize=True).iloc[0]
     print(f"train {n_train:,} / valid {n_valid:,} / test {len(test_df):,} reviews | vocabulary {len(vocab):,} | "
           f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
           f"{s['GRAD_ACCUM_STEPS']} | {device} x {world} | majority-class accuracy {majority:.4f}")
@@ -730,7 +926,8 @@ def run(settings, given, held):
                     weight = shares[i][1]  # DDP averages the gradients over processes: divide by step_examples / world
                     with train_model.no_sync() if world > 1 and not step_done else contextlib.nullcontext():
                         loss_sum, batch_correct = train_step(train_model, to_device(batch, device),
-                                                             step_examples / world if weight else math.inf)
+                                                             step_examples / world if weight else math.inf,
+                                                             s["THRESHOLD"])
                     batch_losses[i], correct = loss_sum * weight, correct + batch_correct * weight
                     if step_done:
                         if s["GRAD_CLIP"] > 0:
@@ -753,17 +950,19 @@ def run(settings, given, held):
                         raise Interrupted(stop.requested)
                 bar.close()
                 train_seconds = time.perf_counter() - epoch_start
-                valid_accuracy, valid_loss = evaluate(model, valid_batches, data, device, rank, world)
+                valid = scores(evaluate(model, valid_batches, data, device, rank, world),
+                               labels[n_train:n_train + n_valid], names, s["THRESHOLD"])
                 batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)  # over all processes
                 record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / n_train,
-                          "train_accuracy": correct.item() / n_train, "valid_loss": valid_loss,
-                          "valid_accuracy": valid_accuracy, "seconds": train_seconds}
+                          "train_accuracy": correct.item() / n_train, "valid_loss": valid["loss"],
+                          "valid_accuracy": valid["accuracy"], "seconds": train_seconds,
+                          **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if multi else {})}
                 print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
-                      f"{record['train_accuracy']:.4f} | valid accuracy {valid_accuracy:.4f} | {train_seconds:.1f} s")
+                      f"{record['train_accuracy']:.4f} | valid {shown(valid)} | {train_seconds:.1f} s")
                 state["history"].append(record)
-                if valid_accuracy > state["best_valid_accuracy"]:
-                    state.update(best_valid_accuracy=valid_accuracy, best_epoch=epoch)
-                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab}
+                if better(valid, state["best_valid"]):
+                    state.update(best_valid=valid, best_epoch=epoch)
+                    best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab, "labels": names}
                     if leader():
                         atomic_write(out_dir / "model.pt", lambda f: torch.save(best, f), stale=out_dir / "metrics.json")
                 state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
@@ -779,13 +978,15 @@ def run(settings, given, held):
     if world > 1:
         dist.barrier()  # rank 0 has written it
     best, _ = load_model(out_dir, device)
-    test_accuracy, _ = evaluate(best, test_batches, data, device, rank, world)
+    test = scores(evaluate(best, test_batches, data, device, rank, world), labels[n_train + n_valid:], names,
+                  s["THRESHOLD"])
     devices = device_names(device, world)
     train_seconds = sum(record["seconds"] for record in state["history"])
-    print(f"best epoch {state['best_epoch']}: valid accuracy {state['best_valid_accuracy']:.4f} | "
-          f"test accuracy {test_accuracy:.4f} | trained {train_seconds:.1f} s")
-    metrics = {"settings": s, "epochs": state["history"], "best_epoch": state["best_epoch"],
-               "valid_accuracy": state["best_valid_accuracy"], "test_accuracy": test_accuracy,
+    print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
+          f"trained {train_seconds:.1f} s")
+    metrics = {"settings": s, "labels": names, "multi_label": multi, "epochs": state["history"],
+               "best_epoch": state["best_epoch"], "valid_accuracy": state["best_valid"]["accuracy"],
+               "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
                "train_seconds": train_seconds, "device": devices[0], "devices": devices,
                "world_size": world,
                "parameters": sum(p.numel() for p in model.parameters())}

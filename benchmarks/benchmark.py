@@ -90,7 +90,7 @@ def review_token_ids(data, n, max_length):
     except ImportError:
         pass
     if data and Path(data).exists() and tokenizer is not None:
-        texts = td.read_reviews(data)["review"][:n].tolist()
+        texts = td.read_reviews(data)[0]["text"][:n].tolist()
         ids, offsets = td.tokenize(texts, tokenizer, max_length)
         return ids, offsets, texts, f"{n:,} real reviews from {Path(data).name}"
     rng = np.random.default_rng(0)

@@ -45,8 +45,8 @@ def ours(args, seed, work):
 
 def encoded(frame, tokenizer, max_length):
     """The reviews as the Trainer takes them: token ids (cleaned and truncated as ours) and labels."""
-    ids = tokenizer([td.clean(text) for text in frame["review"]], truncation=True, max_length=max_length)["input_ids"]
-    return [{"input_ids": i, "labels": int(label)} for i, label in zip(ids, frame["sentiment"])]
+    ids = tokenizer([td.clean(text) for text in frame["text"]], truncation=True, max_length=max_length)["input_ids"]
+    return [{"input_ids": i, "labels": int(label)} for i, label in zip(ids, frame["label"])]
 
 
 def trainer(args, seed, work, train, test):
@@ -77,9 +77,9 @@ def reference(args, seed, train, test):
     tokenizer = AutoTokenizer.from_pretrained(args.model_name)
 
     def tensors(frame):
-        encoding = tokenizer([td.clean(text) for text in frame["review"]], truncation=True, padding="max_length",
+        encoding = tokenizer([td.clean(text) for text in frame["text"]], truncation=True, padding="max_length",
                              max_length=args.max_length, return_tensors="pt")
-        return list(zip(encoding["input_ids"], encoding["attention_mask"], torch.tensor(frame["sentiment"].to_numpy())))
+        return list(zip(encoding["input_ids"], encoding["attention_mask"], torch.tensor(frame["label"].to_numpy())))
 
     train_items, test_items = tensors(train), tensors(test)
     torch.manual_seed(seed)
@@ -123,10 +123,10 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     args = parser.parse_args()
-    reviews = td.read_reviews(args.data)
+    reviews, _ = td.read_reviews(args.data)
     train, _, test = td.split(reviews, args.train_size, args.valid_size, args.test_size)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name)
-    real_tokens = sum(len(ids) for ids in tokenizer([td.clean(t) for t in train["review"]], truncation=True,
+    real_tokens = sum(len(ids) for ids in tokenizer([td.clean(t) for t in train["text"]], truncation=True,
                                                      max_length=args.max_length)["input_ids"])
     hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

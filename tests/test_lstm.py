@@ -84,7 +84,7 @@ def test_both_scripts_split_the_same_csv_into_the_same_rows(tmp_path):
     csv = write_csv(make_reviews(300, seed=6), tmp_path / "reviews.csv.gz")
     splits = []
     for script in (train_distilbert, tl):
-        _, reviews = script.load_reviews(csv.as_uri(), tmp_path / script.__name__)
+        _, reviews, _ = script.load_reviews(csv.as_uri(), tmp_path / script.__name__)
         splits.append(script.split(reviews, 200, 50, 40))
     for ours, theirs in zip(*splits):
         assert ours.equals(theirs)

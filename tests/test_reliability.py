@@ -61,7 +61,7 @@ def test_http_error_names_the_url_and_the_way_out(script, tmp_path, serve):
     module, args = script
     url = serve({}) + "/movie_data.csv.gz"
     fails(module, args(tmp_path, url), f"could not download {url}", "HTTP Error 404",
-          "save it as " + str(tmp_path / "data" / "movie_data.csv.gz"), "--data-url file://")
+          "save it as " + str(tmp_path / "data" / "movie_data.csv.gz"), "--data-url /path/to/movie_data.csv.gz")
     assert files_under(tmp_path / "data") == []
 
 
@@ -109,7 +109,7 @@ def test_empty_download_is_refused(script, tmp_path, serve):
 def test_interrupted_download_leaves_nothing(script, tmp_path, serve, monkeypatch):
     module, _ = script
     url = serve({"movie_data.csv.gz": gzip.compress(make_reviews(500).to_csv(index=False).encode())})
-    monkeypatch.setattr(module, "read_reviews", lambda path, name: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(module, "read_reviews", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         module.load_reviews(url + "/movie_data.csv.gz", tmp_path / "data")
     assert files_under(tmp_path / "data") == []
@@ -120,11 +120,12 @@ BAD_CSVS = {
     "no sentiment column": (pd.DataFrame({"review": ["a", "b"], "label": [0, 1]}),
                             ["has no sentiment column", "found columns ['review', 'label']"]),
     "labels not 0/1": (pd.DataFrame({"review": ["a", "b", "c", "d"], "sentiment": [0, 1, 2, 5]}),
-                       ["sentiment must be 1/0 or positive/negative", "rows 2, 3 (0-based", "hold 2"]),
-    "label words": (pd.DataFrame({"review": ["a", "b"], "sentiment": ["positive", "neutral"]}),
-                    ["row 1 (0-based", "holds 'neutral'"]),
+                       ["sentiment holds integer labels, named by LABEL_NAMES (negative,positive) as 0..1",
+                        "rows 2, 3 (0-based", "hold '2'", "--label-names a,b,c"]),
+    "numbers and words": (pd.DataFrame({"review": ["a", "b", "c"], "sentiment": ["positive", "1", "negative"]}),
+                          ["sentiment mixes numbers and words: row 1 (0-based", "holds '1' while others hold 'positive'"]),
     "missing label": (pd.DataFrame({"review": ["a", "b", "c"], "sentiment": [1, None, 0]}),
-                      ["sentiment must be 1/0", "row 1 (0-based"]),
+                      ["missing sentiment label in row 1 (0-based"]),
     "empty review": (pd.DataFrame({"review": ["fine", "  ", None, "ok"], "sentiment": [1, 0, 1, 0]}),
                      ["empty or missing review in rows 1, 2 (0-based"]),
 }
@@ -152,7 +153,7 @@ def test_a_damaged_file_already_in_the_data_dir_says_to_delete_it(script, tmp_pa
 def test_too_few_rows_for_the_split(script, tmp_path):
     module, args = script
     csv = write_csv(make_reviews(900), tmp_path / "reviews.csv")
-    fails(module, args(tmp_path, csv.as_uri()), "the split needs 1,000 rows", "the CSV has 900",
+    fails(module, args(tmp_path, csv.as_uri()), "the split needs 1,000 rows", "the file has 900",
           "lower --train-size, --valid-size or --test-size")
     assert files_under(tmp_path / "out") == []
 

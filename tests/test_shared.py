@@ -15,7 +15,9 @@ from conftest import make_reviews, write_csv
 SCRIPTS = ["train_distilbert", "train_lstm_baseline"]
 SHARED = ["RecipeError", "parse_settings", "check_positive", "resolve_device", "atomic_write", "file_sha256", "load_reviews",
           "read_reviews", "split", "clean", "make_batches", "StopRequest", "resolve_run", "main",
-          "means_over_processes", "progress", "locked", "remove_stale", "temporary", "write_error",
+          "progress", "locked", "remove_stale", "temporary", "write_error", "check_data_settings", "label_columns",
+          "is_archive", "from_archive", "read_aclimdb", "check_labels", "targets", "batch_loss", "scores", "better",
+          "shown",
           "Interrupted", "restore_rng", "rng_state", "flat_token_ids", "pad_batch", "to_device"]
 
 
@@ -50,17 +52,17 @@ def test_split_takes_rows_in_file_order(script):
 
 def test_split_asking_for_too_many_rows_is_a_clear_error(script):
     df = make_reviews(100)
-    with pytest.raises(script.RecipeError, match=r"needs 101 rows .* the CSV has 100; lower --train-size"):
+    with pytest.raises(script.RecipeError, match=r"needs 101 rows .* the file has 100; lower --train-size"):
         script.split(df, 60, 20, 21)
 
 
 def test_download_over_http_once(script, serve, tmp_path):
     payload = gzip.compress(make_reviews(50).to_csv(index=False).encode())
     base = serve({"movie_data.csv.gz": payload})
-    path, reviews = script.load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data")
+    path, reviews, _ = script.load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data")
     assert path == tmp_path / "data" / "movie_data.csv.gz" and path.read_bytes() == payload
     assert len(serve.requests) == 1 and len(reviews) == 50
-    again, reviews_again = script.load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data")
+    again, reviews_again, _ = script.load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data")
     assert again == path and reviews_again.equals(reviews)
     assert len(serve.requests) == 1  # the second call reuses the file
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".movie_data.csv.gz.source.json",
@@ -71,15 +73,16 @@ def test_download_over_http_once(script, serve, tmp_path):
 
 def test_download_from_a_file_url(script, tmp_path):
     source = write_csv(make_reviews(20), tmp_path / "mine.csv")
-    path, reviews = script.load_reviews(source.as_uri(), tmp_path / "data")
+    path, reviews, _ = script.load_reviews(source.as_uri(), tmp_path / "data")
     assert path.name == "mine.csv" and len(reviews) == 20
 
 
 def test_read_reviews_accepts_word_labels(script, tmp_path):
     df = pd.DataFrame({"review": ["good", "bad", "fine"], "sentiment": ["positive", "Negative", "positive"],
                        "extra": [1, 2, 3]})
-    read = script.read_reviews(write_csv(df, tmp_path / "words.csv"))
-    assert list(read.columns) == ["review", "sentiment"] and list(read["sentiment"]) == [1, 0, 1]
+    read, names = script.read_reviews(write_csv(df, tmp_path / "words.csv"))
+    assert list(read.columns) == ["text", "label"] and list(read["label"]) == [1, 0, 1]
+    assert names == ["Negative", "positive"]  # word labels name themselves, sorted
 
 
 def test_clean_removes_line_break_tags(script):
