@@ -1,8 +1,10 @@
-"""Fine-tune DistilBERT on the 50,000 IMDb movie reviews with a plain PyTorch training loop.
+"""Fine-tune DistilBERT on the 50,000 IMDb movie reviews (or your own texts) with a plain PyTorch training loop.
 
     python train_distilbert.py                                   # the full recipe: 3 epochs, 512 tokens
     python train_distilbert.py --epochs 1 --max-length 128 --train-size 2000   # a quick run
-    python train_distilbert.py --model-name /path/to/model --data-url file:///path/to/movie_data.csv.gz
+    python train_distilbert.py --model-name /path/to/model --data-url /path/to/movie_data.csv.gz
+    python train_distilbert.py --data-url tickets.csv --text-column body --label-columns queue --shuffle true
+                               --train-size 0.8 --valid-size 0.1 --test-size 0.1   # your own data, e.g. 12 classes
     python train_distilbert.py --out-dir runs/distilbert --resume          # continue an interrupted run
     torchrun --standalone --nproc_per_node=8 train_distilbert.py         # data-parallel on 8 GPUs, same result
 

@@ -2,7 +2,9 @@
 
     python train_lstm_baseline.py                                # the full recipe: 15 epochs
     python train_lstm_baseline.py --epochs 2 --train-size 5000  # a quick run
-    python train_lstm_baseline.py --data-url file:///path/to/movie_data.csv.gz
+    python train_lstm_baseline.py --data-url /path/to/movie_data.csv.gz
+    python train_lstm_baseline.py --data-url comments.jsonl --text-column comment_text --label-columns toxic,insult
+                                  --shuffle true --train-size 0.8 --valid-size 0.1 --test-size 0.1  # multi-label
     python train_lstm_baseline.py --out-dir runs/lstm --resume  # continue an interrupted run
     torchrun --standalone --nproc_per_node=2 train_lstm_baseline.py  # data-parallel, same result
 

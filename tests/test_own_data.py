@@ -240,3 +240,30 @@ def test_bad_own_data_is_one_line_and_writes_nothing(tmp_path, script_name, case
     fails(module, args(tmp_path, str(data), **{"train_size": 40, "valid_size": 10, "test_size": 10, **overrides}),
           *messages)
     assert files_under(tmp_path / "data") == [] and files_under(tmp_path / "out") == []
+
+
+def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
+    import compare
+    import predict
+    data = write_table(make_tags(1_000, seed=3), tmp_path / "comments.csv")
+    metrics = tl.main(lstm_args(tmp_path, str(data), text_column="comment_text", label_columns="good,bad,plot",
+                                learning_rate=0.02, epochs=6, train_size=600, valid_size=200, test_size=200))
+    assert metrics["test"]["macro_roc_auc"] > 0.9
+    capsys.readouterr()
+    predict.main([str(tmp_path / "out"), "--input", str(data), "--output", str(tmp_path / "predicted.jsonl")])
+    predicted = pd.read_json(tmp_path / "predicted.jsonl", lines=True, dtype=False)
+    assert list(predicted.columns)[-4:] == ["labels", "score_good", "score_bad", "score_plot"]
+    over = predicted[["score_good", "score_bad", "score_plot"]].to_numpy() > 0.5
+    assert predicted["labels"].fillna("").tolist() == [",".join(n for n, o in zip(["good", "bad", "plot"], row) if o)
+                                                       for row in over]
+    truth = predicted[["good", "bad", "plot"]].to_numpy().astype(bool)
+    test_accuracy = json.loads((tmp_path / "out" / "metrics.json").read_text())["test_accuracy"]
+    assert (over[800:] == truth[800:]).all(1).mean() == test_accuracy  # exact match, as training scored it
+
+    predict.main([str(tmp_path / "out"), "a superb and wonderful plot", "it was dull and awful"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("\t")[0] == "good,plot" and lines[1].split("\t")[0] == "bad", lines
+    assert lines[0].split("\t")[1].startswith("good=") and lines[0].split("\t")[2] == "a superb and wonderful plot"
+
+    compare.main([str(tmp_path / "out")])
+    assert "train_lstm_baseline" in capsys.readouterr().out
