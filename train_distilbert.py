@@ -60,7 +60,7 @@ TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
 MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, weights and tokenizer
 MAX_LENGTH = 512  # tokens per review, longer ones are truncated
 TRUNCATION = "head"  # what a review over MAX_LENGTH keeps: head = its first tokens; head+tail = first HEAD_TOKENS + last ones
-HEAD_TOKENS = 128  # with TRUNCATION head+tail: tokens kept from the start; the rest of MAX_LENGTH comes from the end
+HEAD_TOKENS = 128  # with head+tail: tokens kept from the start, the rest from the end; MAX_LENGTH // 4 if it leaves no room
 # optimisation
 BATCH_SIZE = 16  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
@@ -908,6 +908,8 @@ def run(settings, given, held):
         raise RecipeError(f"LR_DECAY (--lr-decay) must be in (0, 1], got {s['LR_DECAY']}; 1 turns it off")
     if s["TRUNCATION"] not in ("head", "head+tail"):
         raise RecipeError(f"TRUNCATION (--truncation) must be head or head+tail, got {s['TRUNCATION']!r}")
+    if s["TRUNCATION"] == "head+tail" and s["HEAD_TOKENS"] > s["MAX_LENGTH"] - 2 and "HEAD_TOKENS" not in given:
+        s = {**s, "HEAD_TOKENS": s["MAX_LENGTH"] // 4}  # no room for a tail: Sun et al.'s share (128 of 512)
     if s["TRUNCATION"] == "head+tail" and not 0 <= s["HEAD_TOKENS"] <= s["MAX_LENGTH"] - 2:
         raise RecipeError(f"HEAD_TOKENS (--head-tokens) must be between 0 and MAX_LENGTH - 2 = {s['MAX_LENGTH'] - 2} "
                           f"(room for [CLS] and [SEP]), got {s['HEAD_TOKENS']}")
