@@ -45,20 +45,31 @@ def write_csv(df, path):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A 2-layer, 32-wide DistilBERT with a WordPiece vocabulary of the synthetic words, saved like a hub model."""
+def save_tiny_distilbert(path, dim=32, heads=2):
+    """A 2-layer DistilBERT with a WordPiece vocabulary of the synthetic words, saved like a hub model."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizer
 
     words = sorted(set(POSITIVE + NEGATIVE + NEUTRAL + list("abcdefghijklmnopqrstuvwxyz") + ["<", ">", "/", "br"]))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
     tokenizer = DistilBertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
-    config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+    config = DistilBertConfig(vocab_size=len(vocab), dim=dim, n_layers=2, n_heads=heads, hidden_dim=2 * dim,
                               max_position_embeddings=128, seq_classif_dropout=0.1)
-    path = tmp_path_factory.mktemp("tiny-distilbert")
     DistilBertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A 2-layer, 32-wide DistilBERT: enough for one decision (sentiment, a topic)."""
+    return save_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A 2-layer, 64-wide DistilBERT with 4 heads: several labels at once (the 32-wide one stalls on some
+    initialisations)."""
+    return save_tiny_distilbert(tmp_path_factory.mktemp("small-distilbert"), dim=64, heads=4)
 
 
 @pytest.fixture

@@ -79,13 +79,13 @@ def test_three_classes_from_a_tsv_at_a_plain_path(tmp_path, tiny_model, name):
 
 
 @pytest.mark.parametrize("name", ["td", "tl"])
-def test_multi_label_from_jsonl_with_shuffle_and_fractions(tmp_path, tiny_model, name):
+def test_multi_label_from_jsonl_with_shuffle_and_fractions(tmp_path, small_model, name):
     module = {"td": td, "tl": tl}[name]
     data = write_table(make_tags(1_500, seed=2), tmp_path / "comments.jsonl.gz")
     common = {"text_column": "comment_text", "label_columns": "good,bad,plot", "shuffle": "true",
               "train_size": 0.8, "valid_size": 0.1, "test_size": 0.1, "epochs": 3 if module is tl else 6}
     if module is td:
-        metrics = td.main(distilbert_args(tmp_path, data.as_uri(), tiny_model, max_length=32, **common))
+        metrics = td.main(distilbert_args(tmp_path, data.as_uri(), small_model, max_length=32, **common))
     else:
         metrics = tl.main(lstm_args(tmp_path, data.as_uri(), learning_rate=0.02, **common))
     assert metrics["labels"] == ["good", "bad", "plot"] and metrics["multi_label"] is True
