@@ -59,7 +59,7 @@ TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
 # model
 MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, weights and tokenizer
 MAX_LENGTH = 512  # tokens per review, longer ones are truncated
-TRUNCATION = "head"  # what a review over MAX_LENGTH keeps: head = its first tokens; head+tail = first HEAD_TOKENS + last ones
+TRUNCATION = "head+tail"  # what a review over MAX_LENGTH keeps: head+tail = first HEAD_TOKENS + last ones; head = first
 HEAD_TOKENS = 128  # with head+tail: tokens kept from the start, the rest from the end; MAX_LENGTH // 4 if it leaves no room
 # optimisation
 BATCH_SIZE = 16  # reviews per forward pass

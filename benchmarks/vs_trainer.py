@@ -36,7 +36,8 @@ def ours(args, seed, work):
     """train_distilbert.py itself, through its main(): (training seconds, test accuracy)."""
     settings = {"data_url": Path(args.data).resolve().as_uri(), "data_dir": work / "data", "model_name": args.model_name,
                 "train_size": args.train_size, "valid_size": args.valid_size, "test_size": args.test_size,
-                "max_length": args.max_length, "epochs": 1, "seed": seed, "device": args.device,
+                "max_length": args.max_length, "truncation": "head",  # as the Trainer and the reference truncate
+                "epochs": 1, "seed": seed, "device": args.device,
                 "out_dir": work / f"ours-{seed}", **{k: v for k, v in HYPER.items() if k != "batch_size"}}
     with contextlib.redirect_stdout(io.StringIO()):
         metrics = td.main([f"--{k.replace('_', '-')}={v}" for k, v in settings.items()])

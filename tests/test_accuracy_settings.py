@@ -115,13 +115,13 @@ def test_head_tail_learns_what_only_the_end_of_a_review_says(tmp_path, tiny_mode
     csv = write_csv(verdict_at_the_end(1_400, seed=3), tmp_path / "reviews.csv")
     common = {"data_url": csv.as_uri(), "data_dir": tmp_path / "data", "model_name": tiny_model, "train_size": 1_000,
               "valid_size": 200, "test_size": 200, "max_length": 24, "epochs": 2, "learning_rate": 3e-3}
-    head = td.main(cli(**common, out_dir=tmp_path / "head"))
+    head = td.main(cli(**common, truncation="head", out_dir=tmp_path / "head"))
     both = td.main(cli(**common, truncation="head+tail", head_tokens=8, out_dir=tmp_path / "both"))
     assert head["test_accuracy"] < 0.65  # it never sees the verdict
     assert both["test_accuracy"] > 0.9
     # the default HEAD_TOKENS (128) leaves no room at MAX_LENGTH 24: a quarter of it, recorded as the run's setting
-    default = td.main(cli(**{**common, "epochs": 1}, truncation="head+tail", out_dir=tmp_path / "default"))
-    assert default["settings"]["HEAD_TOKENS"] == 6
+    default = td.main(cli(**{**common, "epochs": 1}, out_dir=tmp_path / "default"))  # the default: head+tail
+    assert default["settings"]["TRUNCATION"] == "head+tail" and default["settings"]["HEAD_TOKENS"] == 6
 
     test = pd.read_csv(csv).iloc[1_200:]  # predict.py truncates as the run trained
     predict.main([str(tmp_path / "both"), "--input", str(csv), "--output", str(tmp_path / "predicted.csv")])
