@@ -366,7 +366,8 @@ def read_aclimdb(path, name=None):
 def read_reviews(path, name=None, settings=None):
     """Read and check a data file: .tsv or .jsonl (one JSON object a line) by its name, anything else as CSV,
     each plain or gzip. Returns (frame, label names): the frame has a `text` column with no empty entries, and
-    a `label` column (single-label: an index into the names) or one 0/1 column per label (multi-label). Integer
+    a `label` column (single-label: an index into the names) or one 0/1 column per label, numbered 0..K-1 in the
+    order of the names (multi-label: a label column may be called `label` or `text` too). Integer
     labels are named by LABEL_NAMES, word labels name themselves (sorted). Errors call the file `name`."""
     settings, name = settings or DEFAULTS, name or path
     text_column, columns = settings["TEXT_COLUMN"], label_columns(settings)
@@ -398,13 +399,13 @@ def read_reviews(path, name=None, settings=None):
         raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
     frame = pd.DataFrame({"text": df[text_column].astype(str)})
     if len(columns) > 1:  # multi-label: 0/1 in each column
-        for column in columns:
+        for k, column in enumerate(columns):
             values = pd.to_numeric(df[column], errors="coerce")
             bad = ~values.isin([0, 1])
             if bad.any():
                 raise RecipeError(f"{name}: with several LABEL_COLUMNS each is a 0/1 column, but {column} holds "
                                   f"{str(df[column][bad].iloc[0])!r} in {rows(bad)}")
-            frame[column] = values.astype(int)
+            frame[k] = values.astype(int)
         return frame, columns
     raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
     if raw.eq("").any():
@@ -467,7 +468,7 @@ def targets(frame, names):
     """Training targets: class indices (single-label) or a 0/1 float matrix (multi-label)."""
     if "label" in frame:
         return torch.tensor(frame["label"].to_numpy())
-    return torch.tensor(frame[names].to_numpy(), dtype=torch.float32)
+    return torch.tensor(frame[list(range(len(names)))].to_numpy(), dtype=torch.float32)
 
 
 def batch_loss(logits, targets, threshold):
@@ -710,6 +711,19 @@ def all_sum(tensor, world):
     return tensor
 
 
+def all_logits(forward, batches, batch_loader, width, device, rank, world):
+    """forward(batch)'s logits for all examples in batches (a contiguous range of the data), in order, as float32
+    on the CPU; batch_loader(part) collates a list of batches. Under torchrun each process takes every world-th
+    batch and the logits are summed over processes, each example coming from one."""
+    first = min(int(b.min()) for b in batches)
+    logits = torch.zeros(sum(map(len, batches)), width, device=device)
+    mine = batches[rank::world]
+    bar = progress(batch_loader(mine), desc="evaluate", leave=False)
+    for batch, indices in zip(bar, mine):  # the bar first: zip() exhausts it, so it ends at 100%
+        logits[torch.as_tensor(indices - first, device=device)] = forward(to_device(batch, device)).float()
+    return all_sum(logits, world).cpu()
+
+
 def better(result, best):
     """Whether an epoch's validation scores beat the best so far (None at first): by accuracy, or for multi-label
     by macro ROC AUC (where it is undefined, it counts lowest)."""
@@ -805,18 +819,12 @@ def train_step(model, batch, step_examples, threshold=0.5):
 
 @torch.inference_mode()
 def evaluate(model, batches, data, device, rank=0, world=1):
-    """The logits of all examples in batches (a contiguous range of data), in order, as float32 on the CPU;
-    without gradients, and leaves the model in training mode. Under torchrun each process takes every world-th
-    batch and the logits are summed over processes, each example coming from one."""
+    """all_logits() of the model over batches, without gradients; leaves the model in training mode."""
     model.eval()
-    first = min(int(b.min()) for b in batches)
-    logits = torch.zeros(sum(map(len, batches)), model.head.out_features, device=device)
-    for batch, indices in zip(progress(loader(batches[rank::world], data, device), desc="evaluate", leave=False),
-                              batches[rank::world]):  # the bar first: zip() ends it, at 100%
-        ids, lengths, _ = to_device(batch, device)
-        logits[torch.as_tensor(indices - first, device=device)] = model(ids, lengths).float()
+    logits = all_logits(lambda batch: model(batch[0], batch[1]), batches, lambda part: loader(part, data, device),
+                        model.head.out_features, device, rank, world)
     model.train()
-    return all_sum(logits, world).cpu()
+    return logits
 
 
 def load_model(out_dir, device="cpu"):
@@ -829,7 +837,7 @@ def load_model(out_dir, device="cpu"):
     model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"], len(labels)).to(device)
     model.load_state_dict(saved["model"])
     model.labels = labels
-    model.threshold = s["THRESHOLD"] if len(label_columns({"LABEL_COLUMNS": "", **s})) > 1 else None
+    model.threshold = s["THRESHOLD"] if len(label_columns({"LABEL_COLUMNS": s.get("LABEL_COLUMNS", "")})) > 1 else None
     return model.eval(), vocab
 
 

@@ -267,3 +267,11 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
 
     compare.main([str(tmp_path / "out")])
     assert "train_lstm_baseline" in capsys.readouterr().out
+
+
+def test_multi_label_columns_may_be_called_label_or_text(tmp_path):
+    df = pd.DataFrame({"body": ["a", "b", "c"], "label": [1, 0, 1], "text": [0, 0, 1]})
+    settings = {**td.DEFAULTS, "TEXT_COLUMN": "body", "LABEL_COLUMNS": "label,text"}
+    frame, names = td.read_reviews(write_csv(df, tmp_path / "d.csv"), settings=settings)
+    assert names == ["label", "text"] and frame["text"].tolist() == ["a", "b", "c"]
+    assert td.targets(frame, names).tolist() == [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]

@@ -16,8 +16,8 @@ SCRIPTS = ["train_distilbert", "train_lstm_baseline"]
 SHARED = ["RecipeError", "parse_settings", "check_positive", "resolve_device", "atomic_write", "file_sha256", "load_reviews",
           "read_reviews", "split", "clean", "make_batches", "StopRequest", "resolve_run", "main",
           "progress", "locked", "remove_stale", "temporary", "write_error", "check_data_settings", "label_columns",
-          "is_archive", "from_archive", "read_aclimdb", "check_labels", "targets", "batch_loss", "scores", "better",
-          "shown",
+          "is_archive", "from_archive", "read_aclimdb", "check_labels", "targets", "batch_loss", "scores",
+          "all_logits", "better", "shown",
           "Interrupted", "restore_rng", "rng_state", "flat_token_ids", "pad_batch", "to_device"]
 
 
