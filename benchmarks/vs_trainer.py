@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
@@ -107,6 +108,24 @@ def reference(args, seed, train, test):
     return seconds, correct / len(test_items)
 
 
+def padding(lengths, seeds=range(5)):
+    """The share of padding in batches of 16 from ours (make_batches) and from the Trainer's group_by_length
+    (transformers' LengthGroupedSampler), each the mean over seeds."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    lengths = np.asarray(lengths)
+    size = HYPER["batch_size"]
+
+    def share(batches):
+        return 1 - lengths.sum() / sum(len(b) * lengths[b].max() for b in batches)
+
+    ours = [share(td.make_batches(lengths, size, torch.Generator().manual_seed(seed))) for seed in seeds]
+    theirs = []
+    for seed in seeds:
+        order = list(LengthGroupedSampler(size, lengths=lengths.tolist(), generator=torch.Generator().manual_seed(seed)))
+        theirs.append(share([np.array(order[i:i + size]) for i in range(0, len(order), size)]))
+    return statistics.mean(ours), statistics.mean(theirs)
+
+
 def summary(values, digits):
     mean = statistics.mean(values)
     return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
@@ -123,12 +142,19 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[123, 1, 2])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
+    parser.add_argument("--padding", action="store_true", help="only print the padding of ours and the Trainer's batches")
     args = parser.parse_args()
     reviews, _ = td.read_reviews(args.data)
     train, _, test = td.split(reviews, args.train_size, args.valid_size, args.test_size)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name)
-    real_tokens = sum(len(ids) for ids in tokenizer([td.clean(t) for t in train["text"]], truncation=True,
-                                                     max_length=args.max_length)["input_ids"])
+    lengths = [len(ids) for ids in tokenizer([td.clean(t) for t in train["text"]], truncation=True,
+                                             max_length=args.max_length)["input_ids"]]
+    real_tokens = sum(lengths)
+    if args.padding:
+        ours, theirs = padding(lengths)
+        print(f"{args.train_size:,} reviews at max length {args.max_length}, batches of {HYPER['batch_size']}, mean "
+              f"of 5 seeds: padding {ours:.1%} ours (make_batches), {theirs:.1%} the Trainer (LengthGroupedSampler)")
+        return
     hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device: {args.device} ({hardware}) | torch {torch.__version__} | transformers {transformers.__version__} | "
