@@ -6,9 +6,12 @@ instead) and the reference-style loop, on the same model, reviews, split, hyperp
 
 Each seed trains one epoch with each tool: batch 16, AdamW at 5e-5 with weight decay 0.01 on weight matrices,
 10% linear warm-up then linear decay, gradient clipping at 1.0; length-grouped batches for ours and the Trainer
-(`train_sampling_strategy="group_by_length"`); bf16 autocast on CUDA, fp32 on the CPU. The reference (as in the
-lecture notebook) pads every review to MAX_LENGTH, keeps one tensor per review, draws plain shuffled batches,
-uses eager attention and the default AdamW; it runs once, for speed. All test on the same held-out reviews.
+(`train_sampling_strategy="group_by_length"`); `--precision` (bf16 autocast on CUDA, fp32 on the CPU unless
+`--precision bf16`). The reference (as in the lecture notebook) pads every review to MAX_LENGTH, keeps one tensor
+per review, draws plain shuffled batches, uses eager attention, fp32 and the default AdamW; it runs once, for
+speed. The bare step runs once too: our batches, collated beforehand, through nothing but forward, backward,
+clipping, the fused AdamW step and the schedule, the floor that any tool's loop adds its own time to. All but the
+bare step test on the same held-out reviews.
 Training seconds leave out model loading, tokenization and evaluation for every tool. Needs `accelerate`
 (requirements-dev.txt) for the Trainer. A benchmark, not a test: the numbers depend on the machine.
 """
@@ -38,7 +41,7 @@ def ours(args, seed, work):
     settings = {"data_url": Path(args.data).resolve().as_uri(), "data_dir": work / "data", "model_name": args.model_name,
                 "train_size": args.train_size, "valid_size": args.valid_size, "test_size": args.test_size,
                 "max_length": args.max_length, "truncation": "head",  # as the Trainer and the reference truncate
-                "epochs": 1, "seed": seed, "device": args.device,
+                "epochs": 1, "seed": seed, "device": args.device, "precision": args.precision,
                 "out_dir": work / f"ours-{seed}", **{k: v for k, v in HYPER.items() if k != "batch_size"}}
     with contextlib.redirect_stdout(io.StringIO()):
         metrics = td.main([f"--{k.replace('_', '-')}={v}" for k, v in settings.items()])
@@ -62,7 +65,8 @@ def trainer(args, seed, work, train, test):
         per_device_eval_batch_size=64, learning_rate=HYPER["learning_rate"], weight_decay=HYPER["weight_decay"],
         warmup_steps=HYPER["warmup_ratio"], lr_scheduler_type="linear", max_grad_norm=HYPER["grad_clip"],
         num_train_epochs=1, train_sampling_strategy="group_by_length", seed=seed, save_strategy="no",
-        eval_strategy="no", logging_strategy="no", report_to="none", use_cpu=not cuda, bf16=cuda,
+        eval_strategy="no", logging_strategy="no", report_to="none", use_cpu=not cuda,
+        bf16=args.precision == "bf16",
         disable_tqdm=True)
     run = transformers.Trainer(model=model, args=training, train_dataset=encoded(train, tokenizer, args.max_length),
                                data_collator=transformers.DataCollatorWithPadding(tokenizer))
@@ -108,6 +112,36 @@ def reference(args, seed, train, test):
     return seconds, correct / len(test_items)
 
 
+def bare(args, seed, train, tokenizer):
+    """The floor: our batches of the training reviews, collated beforehand, through the model step alone (forward
+    under autocast, loss, backward, clipping, fused AdamW, schedule): (training seconds, None)."""
+    device = torch.device(args.device)
+    ids, offsets = td.tokenize(train["text"].tolist(), tokenizer, args.max_length)
+    labels = torch.tensor(train["label"].to_numpy())
+    batches = td.make_batches((offsets[1:] - offsets[:-1]).numpy(), HYPER["batch_size"],
+                              torch.Generator().manual_seed(seed))
+    batches = [td.to_device(td.collate(b, ids, offsets, labels, tokenizer.pad_token_id), device) for b in batches]
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2,
+                                                               attn_implementation="sdpa").to(device).train()
+    optimizer = torch.optim.AdamW(td.parameter_groups(model, HYPER["learning_rate"], HYPER["weight_decay"], 1.0),
+                                  lr=HYPER["learning_rate"], fused=True)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(HYPER["warmup_ratio"] * len(batches)), len(batches))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    start = time.perf_counter()
+    for input_ids, mask, y in batches:
+        with autocast:
+            logits = model(input_ids=input_ids, attention_mask=mask).logits
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), HYPER["grad_clip"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, None
+
+
 def padding(lengths, seeds=range(5)):
     """The share of padding in batches of 16 from ours (make_batches) and from the Trainer's group_by_length
     (transformers' LengthGroupedSampler), each the mean over seeds."""
@@ -141,9 +175,12 @@ def main():
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[123, 1, 2])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], help="ours, the Trainer and the bare step "
+                        "(the reference stays fp32): bf16 autocast, default on CUDA, or fp32, default on the CPU")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--padding", action="store_true", help="only print the padding of ours and the Trainer's batches")
     args = parser.parse_args()
+    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     reviews, _ = td.read_reviews(args.data)
     train, _, test = td.split(reviews, args.train_size, args.valid_size, args.test_size)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name)
@@ -151,21 +188,23 @@ def main():
                                              max_length=args.max_length)["input_ids"]]
     real_tokens = sum(lengths)
     if args.padding:
-        ours, theirs = padding(lengths)
+        our_share, their_share = padding(lengths)
         print(f"{args.train_size:,} reviews at max length {args.max_length}, batches of {HYPER['batch_size']}, mean "
-              f"of 5 seeds: padding {ours:.1%} ours (make_batches), {theirs:.1%} the Trainer (LengthGroupedSampler)")
+              f"of 5 seeds: padding {our_share:.1%} ours (make_batches), {their_share:.1%} the Trainer (LengthGroupedSampler)")
         return
     hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device: {args.device} ({hardware}) | torch {torch.__version__} | transformers {transformers.__version__} | "
           f"{args.train_size:,} training reviews ({real_tokens:,} real tokens), {args.test_size:,} test reviews, "
-          f"max length {args.max_length}, 1 epoch | seeds {args.seeds} | {time.strftime('%Y-%m-%d')}")
+          f"max length {args.max_length}, 1 epoch, {args.precision} | seeds {args.seeds} | {time.strftime('%Y-%m-%d')}")
     results = {"ours: train_distilbert.py": [], "HF Trainer": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.no_reference:
             results["reference-style loop"] = [reference(args, args.seeds[0], train, test)]
             print(f"reference: {results['reference-style loop'][0]}", file=sys.stderr)
+        results["bare step (the floor)"] = [bare(args, args.seeds[0], train, tokenizer)]
+        print(f"bare step: {results['bare step (the floor)'][0]}", file=sys.stderr)
         for seed in args.seeds:  # alternate the tools, so that drifts of the machine hit both alike
             results["ours: train_distilbert.py"].append(ours(args, seed, work))
             results["HF Trainer"].append(trainer(args, seed, work, train, test))
@@ -177,7 +216,8 @@ def main():
     for name, runs in results.items():
         seconds = [s for s, _ in runs]
         print(f"| {name} | {len(runs)} | {summary(seconds, 1)} | {real_tokens / statistics.mean(seconds):,.0f} | "
-              f"{trainer_seconds / statistics.mean(seconds):.2f}x | {summary([a for _, a in runs], 3)} |")
+              f"{trainer_seconds / statistics.mean(seconds):.2f}x | "
+              f"{summary([a for _, a in runs if a is not None], 3) if runs[0][1] is not None else '–'} |")
 
 
 if __name__ == "__main__":

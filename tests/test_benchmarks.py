@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end on a tiny model and tiny data and print their tables. Their timings are
+not checked here (that is what the scripts are for); only that every variant runs and reports sane numbers."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_reviews, write_csv
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(*args, cwd=None):
+    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def table(stdout):
+    """The rows of the printed Markdown tables, as lists of cells (headers and rules left out)."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines() if line.startswith("| ")]
+    return [row for row in rows if row[0] not in ("tool", "variant")]
+
+
+def test_vs_trainer_prints_all_tools_with_their_accuracy(tiny_model, tmp_path):
+    data = write_csv(make_reviews(160, seed=4), tmp_path / "reviews.csv")
+    common = ["--model-name", tiny_model, "--data", data, "--train-size", 96, "--valid-size", 16, "--test-size", 48,
+              "--max-length", 32]
+    rows = {row[0]: row[1:] for row in table(run(BENCHMARKS / "vs_trainer.py", *common, "--seeds", 1, 2,
+                                                  "--precision", "bf16", cwd=tmp_path))}
+    assert set(rows) == {"ours: train_distilbert.py", "HF Trainer", "reference-style loop", "bare step (the floor)"}
+    for name, (runs, seconds, tokens_per_second, speed, accuracy) in rows.items():
+        assert runs == ("1" if name in ("reference-style loop", "bare step (the floor)") else "2")
+        assert float(seconds.split()[0]) >= 0 and float(tokens_per_second.replace(",", "")) > 0
+        assert re.fullmatch(r"\d+\.\d\dx", speed)
+        if name == "bare step (the floor)":
+            assert accuracy == "–"
+        else:
+            assert 0 <= float(accuracy.split()[0]) <= 1
+    assert rows["HF Trainer"][3] == "1.00x"
+
+    padding = run(BENCHMARKS / "vs_trainer.py", *common, "--padding", cwd=tmp_path)
+    ours, theirs = map(float, re.search(r"padding ([\d.]+)% ours .* ([\d.]+)% the Trainer", padding).groups())
+    assert 0 <= ours <= theirs < 100  # 96 reviews: ours sorts all of them, LengthGroupedSampler 16 at a time
+
+
+def test_benchmark_prints_both_tables(tmp_path):
+    stdout = run(BENCHMARKS / "benchmark.py", "--data", tmp_path / "absent.csv.gz", "--steps", 1, "--lstm-steps", 1,
+                 "--warmup", 0, cwd=tmp_path)
+    assert "synthetic" in stdout
+    rows = table(stdout)
+    assert len(rows) >= 4 and all(re.search(r"\d+\.\d\dx", " ".join(cells)) for cells in rows)
