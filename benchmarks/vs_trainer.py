@@ -217,7 +217,7 @@ def main():
         seconds = [s for s, _ in runs]
         print(f"| {name} | {len(runs)} | {summary(seconds, 1)} | {real_tokens / statistics.mean(seconds):,.0f} | "
               f"{trainer_seconds / statistics.mean(seconds):.2f}x | "
-              f"{summary([a for _, a in runs if a is not None], 3) if runs[0][1] is not None else '–'} |")
+              f"{'–' if runs[0][1] is None else summary([a for _, a in runs], 3)} |")
 
 
 if __name__ == "__main__":
