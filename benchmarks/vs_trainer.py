@@ -112,15 +112,16 @@ def reference(args, seed, train, test):
     return seconds, correct / len(test_items)
 
 
-def bare(args, seed, train, tokenizer):
-    """The floor: our batches of the training reviews, collated beforehand, through the model step alone (forward
-    under autocast, loss, backward, clipping, fused AdamW, schedule): (training seconds, None)."""
+def bare(args, seed, train, tokens, pad_id):
+    """The floor: our batches of the training reviews (tokens: their ids and offsets), collated beforehand, through
+    the model step alone (forward under autocast, loss, backward, clipping, fused AdamW, schedule):
+    (training seconds, None)."""
     device = torch.device(args.device)
-    ids, offsets = td.tokenize(train["text"].tolist(), tokenizer, args.max_length)
+    ids, offsets = tokens
     labels = torch.tensor(train["label"].to_numpy())
     batches = td.make_batches((offsets[1:] - offsets[:-1]).numpy(), HYPER["batch_size"],
                               torch.Generator().manual_seed(seed))
-    batches = [td.to_device(td.collate(b, ids, offsets, labels, tokenizer.pad_token_id), device) for b in batches]
+    batches = [td.to_device(td.collate(b, ids, offsets, labels, pad_id), device) for b in batches]
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2,
                                                                attn_implementation="sdpa").to(device).train()
@@ -146,7 +147,6 @@ def padding(lengths, seeds=range(5)):
     """The share of padding in batches of 16 from ours (make_batches) and from the Trainer's group_by_length
     (transformers' LengthGroupedSampler), each the mean over seeds."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
-    lengths = np.asarray(lengths)
     size = HYPER["batch_size"]
 
     def share(batches):
@@ -184,9 +184,9 @@ def main():
     reviews, _ = td.read_reviews(args.data)
     train, _, test = td.split(reviews, args.train_size, args.valid_size, args.test_size)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name)
-    lengths = [len(ids) for ids in tokenizer([td.clean(t) for t in train["text"]], truncation=True,
-                                             max_length=args.max_length)["input_ids"]]
-    real_tokens = sum(lengths)
+    tokens = td.tokenize(train["text"].tolist(), tokenizer, args.max_length)  # ids and offsets, head-truncated
+    lengths = (tokens[1][1:] - tokens[1][:-1]).numpy()
+    real_tokens = int(lengths.sum())
     if args.padding:
         our_share, their_share = padding(lengths)
         print(f"{args.train_size:,} reviews at max length {args.max_length}, batches of {HYPER['batch_size']}, mean "
@@ -203,7 +203,7 @@ def main():
         if not args.no_reference:
             results["reference-style loop"] = [reference(args, args.seeds[0], train, test)]
             print(f"reference: {results['reference-style loop'][0]}", file=sys.stderr)
-        results["bare step (the floor)"] = [bare(args, args.seeds[0], train, tokenizer)]
+        results["bare step (the floor)"] = [bare(args, args.seeds[0], train, tokens, tokenizer.pad_token_id)]
         print(f"bare step: {results['bare step (the floor)'][0]}", file=sys.stderr)
         for seed in args.seeds:  # alternate the tools, so that drifts of the machine hit both alike
             results["ours: train_distilbert.py"].append(ours(args, seed, work))
