@@ -10,9 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-import train_distilbert as td
-
-RecipeError = td.RecipeError
+from textclf.runfolder import atomic_write
+from textclf.settings import RecipeError
 
 
 def load(path):
@@ -89,7 +88,7 @@ def plot(runs, output):
     figure.legend(handles, labels, loc="lower center", ncol=columns, frameon=False)
     figure.tight_layout(rect=(0, 0.055 * -(-len(labels) // columns), 1, 1))
     output = Path(output)
-    td.atomic_write(output, lambda f: figure.savefig(f, format=output.suffix.lstrip(".") or "png"))
+    atomic_write(output, lambda f: figure.savefig(f, format=output.suffix.lstrip(".") or "png"))
     plt.close(figure)
 
 

@@ -26,9 +26,13 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import train_distilbert as td
 import train_lstm_baseline as tl
+from textclf.batches import make_batches, to_device
+from textclf.parallel import resolve_device
+from textclf.progress import progress
+from textclf.runfolder import atomic_write
+from textclf.settings import RecipeError
 
 CHUNK = 10_000  # texts read, sorted, classified and written at a time
-RecipeError = td.RecipeError
 
 
 class Run:
@@ -74,14 +78,14 @@ class Run:
         lengths = (offsets[1:] - offsets[:-1]).numpy()
         no_labels = torch.zeros(len(texts), dtype=torch.int64)
         out = torch.empty(len(texts), len(self.labels))
-        batches = td.make_batches(lengths, batch_size)  # sorted by length, as evaluation batches them
-        for indices in td.progress(batches, desc="classify", unit="batch"):
+        batches = make_batches(lengths, batch_size)  # sorted by length, as evaluation batches them
+        for indices in progress(batches, desc="classify", unit="batch"):
             if self.kind == "distilbert":
-                input_ids, mask, _ = td.to_device(td.collate(indices, ids, offsets, no_labels, self.pad_id), self.device)
+                input_ids, mask, _ = to_device(td.collate(indices, ids, offsets, no_labels, self.pad_id), self.device)
                 with self.autocast:
                     logits = self.model(input_ids=input_ids, attention_mask=mask).logits
             else:
-                logits = self.model(*td.to_device(tl.collate(indices, ids, offsets, no_labels)[:2], self.device))
+                logits = self.model(*to_device(tl.collate(indices, ids, offsets, no_labels)[:2], self.device))
             out[torch.as_tensor(indices)] = logits.float().cpu()
         return out
 
@@ -172,7 +176,7 @@ def main(argv=None):
     try:
         if args.texts and args.input:
             raise RecipeError("give texts as arguments or --input FILE, not both")
-        run = Run(args.run_dir, td.resolve_device(args.device))
+        run = Run(args.run_dir, resolve_device(args.device))
         batch_size = args.batch_size or run.settings["EVAL_BATCH_SIZE"]
         column = (args.text_column or run.settings.get("TEXT_COLUMN", "review")) if args.input else "text"
         chunks = read_chunks(args.texts, args.input, column)
@@ -198,7 +202,7 @@ def main(argv=None):
                 count = predict(run, chunks, column, batch_size, lambda frame, first: write_frame(frame, f, kind, first))
             print(f"wrote {count:,} predictions to {output}", file=sys.stderr)
 
-        td.atomic_write(output, write_all)
+        atomic_write(output, write_all)
     except RecipeError as e:
         raise SystemExit(f"error: {e}") from None
 

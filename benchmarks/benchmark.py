@@ -26,6 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_distilbert as td  # noqa: E402
 import train_lstm_baseline as tl  # noqa: E402
+from textclf.batches import loader, make_batches, to_device  # noqa: E402
+from textclf.data import read_reviews  # noqa: E402
 
 SMALL_CPU_CONFIG = dict(dim=256, n_layers=4, n_heads=4, hidden_dim=1024)  # so the CPU run takes minutes
 BASE_CONFIG = dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072)  # distilbert-base-uncased
@@ -90,7 +92,7 @@ def review_token_ids(data, n, max_length):
     except ImportError:
         pass
     if data and Path(data).exists() and tokenizer is not None:
-        texts = td.read_reviews(data)[0]["text"][:n].tolist()
+        texts = read_reviews(data, None, td.DEFAULTS)[0]["text"][:n].tolist()
         ids, offsets = td.tokenize(texts, tokenizer, max_length)
         return ids, offsets, texts, f"{n:,} real reviews from {Path(data).name}"
     rng = np.random.default_rng(0)
@@ -158,12 +160,12 @@ def distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=F
             scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
             optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=device.type == "cuda")
             forward_model = torch.compile(model, dynamic=True) if compile_model else model
-            grouped = td.make_batches(lengths, 16, torch.Generator().manual_seed(0), grouped=True)
+            grouped = make_batches(lengths, 16, torch.Generator().manual_seed(0), grouped=True)
             batches = grouped[:n_batches]
-            collated = iter(td.loader(batches, (ids, offsets, labels), 0, device))
+            collated = iter(loader(batches, lambda b: td.collate(b, ids, offsets, labels, 0), device))
 
             def step(batch):
-                batch = td.to_device(next(collated), device)
+                batch = to_device(next(collated), device)
                 td.train_step(forward_model, batch, len(batch[2]), autocast, scaler)
                 scaler.step(optimizer)
                 scaler.update()
@@ -202,7 +204,7 @@ def lstm_rows(texts, device, steps, warmup, hidden_dim):
             batches = [order[i * 128:(i + 1) * 128] for i in range(n_batches)]
 
             def step(batch):
-                padded, lens, target = tl.to_device(tl.collate(batch, ids, offsets, labels), device)
+                padded, lens, target = to_device(tl.collate(batch, ids, offsets, labels), device)
                 packed = pack_padded_sequence(model.embedding(padded), lens.cpu(), batch_first=True,
                                               enforce_sorted=False)
                 _, (hidden, _) = model.lstm(packed)
@@ -210,11 +212,11 @@ def lstm_rows(texts, device, steps, warmup, hidden_dim):
                 optimizer.step()
                 optimizer.zero_grad()
         else:
-            batches = tl.make_batches(lengths, 128, torch.Generator().manual_seed(0), grouped=True)[:n_batches]
-            collated = iter(tl.loader(batches, (ids, offsets, labels), device))
+            batches = make_batches(lengths, 128, torch.Generator().manual_seed(0), grouped=True)[:n_batches]
+            collated = iter(loader(batches, lambda b: tl.collate(b, ids, offsets, labels), device))
 
             def step(batch):
-                batch = tl.to_device(next(collated), device)
+                batch = to_device(next(collated), device)
                 tl.train_step(model, batch, len(batch[2]))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

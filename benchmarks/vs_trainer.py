@@ -32,6 +32,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_distilbert as td  # noqa: E402
+from textclf.batches import make_batches, to_device  # noqa: E402
+from textclf.data import clean, read_reviews, split  # noqa: E402
 
 HYPER = {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "grad_clip": 1.0}
 
@@ -50,7 +52,7 @@ def ours(args, seed, work):
 
 def encoded(frame, tokenizer, max_length):
     """The reviews as the Trainer takes them: token ids (cleaned and truncated as ours) and labels."""
-    ids = tokenizer([td.clean(text) for text in frame["text"]], truncation=True, max_length=max_length)["input_ids"]
+    ids = tokenizer([clean(text) for text in frame["text"]], truncation=True, max_length=max_length)["input_ids"]
     return [{"input_ids": i, "labels": int(label)} for i, label in zip(ids, frame["label"])]
 
 
@@ -83,7 +85,7 @@ def reference(args, seed, train, test):
     tokenizer = AutoTokenizer.from_pretrained(args.model_name)
 
     def tensors(frame):
-        encoding = tokenizer([td.clean(text) for text in frame["text"]], truncation=True, padding="max_length",
+        encoding = tokenizer([clean(text) for text in frame["text"]], truncation=True, padding="max_length",
                              max_length=args.max_length, return_tensors="pt")
         return list(zip(encoding["input_ids"], encoding["attention_mask"], torch.tensor(frame["label"].to_numpy())))
 
@@ -119,9 +121,9 @@ def bare(args, seed, train, tokens, pad_id):
     device = torch.device(args.device)
     ids, offsets = tokens
     labels = torch.tensor(train["label"].to_numpy())
-    batches = td.make_batches((offsets[1:] - offsets[:-1]).numpy(), HYPER["batch_size"],
+    batches = make_batches((offsets[1:] - offsets[:-1]).numpy(), HYPER["batch_size"],
                               torch.Generator().manual_seed(seed))
-    batches = [td.to_device(td.collate(b, ids, offsets, labels, pad_id), device) for b in batches]
+    batches = [to_device(td.collate(b, ids, offsets, labels, pad_id), device) for b in batches]
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2,
                                                                attn_implementation="sdpa").to(device).train()
@@ -152,7 +154,7 @@ def padding(lengths, seeds=range(5)):
     def share(batches):
         return 1 - lengths.sum() / sum(len(b) * lengths[b].max() for b in batches)
 
-    ours = [share(td.make_batches(lengths, size, torch.Generator().manual_seed(seed))) for seed in seeds]
+    ours = [share(make_batches(lengths, size, torch.Generator().manual_seed(seed))) for seed in seeds]
     theirs = []
     for seed in seeds:
         order = list(LengthGroupedSampler(size, lengths=lengths.tolist(), generator=torch.Generator().manual_seed(seed)))
@@ -181,8 +183,8 @@ def main():
     parser.add_argument("--padding", action="store_true", help="only print the padding of ours and the Trainer's batches")
     args = parser.parse_args()
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
-    reviews, _ = td.read_reviews(args.data)
-    train, _, test = td.split(reviews, args.train_size, args.valid_size, args.test_size)
+    reviews, _ = read_reviews(args.data, None, td.DEFAULTS)
+    train, _, test = split(reviews, args.train_size, args.valid_size, args.test_size)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name)
     tokens = td.tokenize(train["text"].tolist(), tokenizer, args.max_length)  # ids and offsets, head-truncated
     lengths = (tokens[1][1:] - tokens[1][:-1]).numpy()

@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification, pipeline
 
 import train_distilbert as td
 from conftest import cli, make_reviews, write_csv
+from textclf.batches import make_batches
 
 
 def run_args(tmp_path, model, csv, **overrides):
@@ -118,7 +119,7 @@ def test_dynamic_padding_gives_the_logits_of_padding_to_max(tiny_model):
     lengths = (offsets[1:] - offsets[:-1]).numpy()
     assert lengths.max() == 64 and lengths.min() < 20  # truncation happened, and lengths vary
 
-    batches = td.make_batches(lengths, 16, torch.Generator().manual_seed(0), grouped=True)
+    batches = make_batches(lengths, 16, torch.Generator().manual_seed(0), grouped=True)
     assert sorted(i for batch in batches for i in batch) == list(range(200))
     assert len(batches) == 13
     padded_total = sum(len(b) * lengths[b].max() for b in batches)
@@ -137,7 +138,7 @@ def test_dynamic_padding_gives_the_logits_of_padding_to_max(tiny_model):
 
 def test_evaluation_batches_are_sorted_and_complete():
     lengths = [5, 50, 7, 30, 30, 1]
-    batches = td.make_batches(lengths, 4)
+    batches = make_batches(lengths, 4)
     assert [list(b) for b in batches] == [[1, 3, 4, 2], [0, 5]]
 
 

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 import train_distilbert as td
 import train_lstm_baseline as tl
 from conftest import cli, make_reviews, write_csv
-from test_reliability import comparable
+from test_training import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,8 +112,3 @@ def test_a_process_that_dies_ends_the_run_naming_it_not_a_hang(tmp_path, reviews
     assert done.returncode != 0
     cause = done.stderr[done.stderr.index("Root Cause"):]
     assert "rank      : 1" in cause and "SIGKILL" in cause
-
-
-def test_a_batch_smaller_than_the_world_gives_a_weightless_stand_in():
-    assert tl.share([7, 8, 9], 1, 2) == ([8], 1)
-    assert tl.share([7], 1, 2) == ([7], 0) and tl.share([7], 0, 2) == ([7], 1)

@@ -18,10 +18,12 @@ import pytest
 import torch
 import transformers
 
+import textclf.runfolder
 import train_distilbert as td
 import train_lstm_baseline as tl
 from conftest import make_reviews, write_csv
-from test_reliability import SCRIPTS, comparable, distilbert_args, fails, files_under, lstm_args
+from test_reliability import SCRIPTS, distilbert_args, fails, files_under, lstm_args
+from test_training import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +185,7 @@ def test_a_download_write_that_fails_with_enospc_is_not_blamed_on_the_network(sc
     def opens_full(path, mode="r", *a, **k):
         return Full(real_open(path, mode, buffering=0)) if "movie_data" in str(path) else real_open(path, mode, *a, **k)
 
-    monkeypatch.setattr(module, "open", opens_full, raising=False)
+    monkeypatch.setattr(textclf.runfolder, "open", opens_full, raising=False)  # where atomic_write() opens files
     text = fails(module, args(tmp_path, url + "/movie_data.csv.gz"), "could not write", "No space left on device",
                  "the file needs")
     assert "could not download" not in text and files_under(tmp_path / "data") == []
@@ -308,8 +310,9 @@ def test_sigterm_during_the_final_evaluation_can_be_resumed(script, tmp_path, mo
 
 # ------------------------------------------------------------------------------------- two runs at once
 HOLD_THE_LOCK = """
-import sys, time, train_lstm_baseline
-held = train_lstm_baseline.locked(sys.argv[1])
+import sys, time
+from textclf.runfolder import locked
+held = locked(sys.argv[1])
 held.__enter__()
 print("locked", flush=True)
 time.sleep(120)
@@ -341,29 +344,6 @@ def test_two_runs_sharing_a_data_dir_download_and_cache_safely(tmp_path, slow_se
     assert first["test_accuracy"] == second["test_accuracy"]
     assert sorted(files_under(tmp_path / "data"))[:2] == [".movie_data.csv.gz.source.json", "movie_data.csv.gz"]
     assert [p for p in files_under(tmp_path / "data") if p.endswith(".tmp")] == []
-
-
-# ------------------------------------------------------------------------------------- the download cache
-def test_another_url_with_the_same_file_name_is_downloaded_anew(script, tmp_path, serve, capsys):
-    module, _ = script
-    a, b = make_reviews(40, seed=1), make_reviews(60, seed=2)
-    base = serve({"a/movie_data.csv.gz": gzip.compress(a.to_csv(index=False).encode()),
-                  "b/movie_data.csv.gz": gzip.compress(b.to_csv(index=False).encode())})
-    assert len(module.load_reviews(f"{base}/a/movie_data.csv.gz", tmp_path)[1]) == 40
-    assert len(module.load_reviews(f"{base}/b/movie_data.csv.gz", tmp_path)[1]) == 60
-    assert f"was downloaded from {base}/a/movie_data.csv.gz, not from {base}/b" in capsys.readouterr().out
-    assert len(module.load_reviews(f"{base}/b/movie_data.csv.gz", tmp_path)[1]) == 60
-    assert serve.requests == ["/a/movie_data.csv.gz", "/b/movie_data.csv.gz"]
-
-
-def test_a_file_saved_by_hand_is_used_as_it_is(script, tmp_path):
-    """The download error says: fetch it by hand and save it as data/NAME. Such a file has no source record (or
-    not the recorded checksum), and is used without trying the URL again."""
-    module, _ = script
-    write_csv(make_reviews(30), tmp_path / "movie_data.csv.gz")
-    assert len(module.load_reviews("http://127.0.0.1:9/movie_data.csv.gz", tmp_path)[1]) == 30
-    (tmp_path / ".movie_data.csv.gz.source.json").write_text(json.dumps({"url": "http://elsewhere/x", "sha256": "0"}))
-    assert len(module.load_reviews("http://127.0.0.1:9/movie_data.csv.gz", tmp_path)[1]) == 30
 
 
 # ------------------------------------------------------------------------------------- the model name and settings
@@ -401,14 +381,3 @@ def test_progress_in_a_log_is_a_plain_line_every_ten_percent(tmp_path, capsys):
     epoch = [line for line in err.splitlines() if line.startswith("epoch 1/2:")]
     assert 10 <= len(epoch) <= 12 and "75/75 (100%)" in epoch[-1] and "loss=" in epoch[-1]
     assert any(line.startswith("evaluate: ") and "(100%)" in line for line in err.splitlines())
-
-
-def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    monkeypatch.setattr(sys, "stderr", Terminal())
-    for _ in td.progress(range(50), desc="work", mininterval=0):
-        pass
-    assert sys.stderr.getvalue().count("\r") >= 10

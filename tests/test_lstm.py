@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import train_distilbert
 import train_lstm_baseline as tl
 from conftest import cli, make_reviews, write_csv
 
@@ -78,17 +77,6 @@ def test_main_learns_and_predict_reloads_the_model(tmp_path):
     predictions = tl.predict(["a wonderful superb film", "the plot was awful and boring"], tmp_path / "out")
     assert [label for label, _ in predictions] == ["positive", "negative"]
     assert all(0.5 <= probability <= 1 for _, probability in predictions)
-
-
-def test_both_scripts_split_the_same_csv_into_the_same_rows(tmp_path):
-    csv = write_csv(make_reviews(300, seed=6), tmp_path / "reviews.csv.gz")
-    splits = []
-    for script in (train_distilbert, tl):
-        _, reviews, _ = script.load_reviews(csv.as_uri(), tmp_path / script.__name__)
-        splits.append(script.split(reviews, 200, 50, 40))
-    for ours, theirs in zip(*splits):
-        assert ours.equals(theirs)
-    assert [len(part) for part in splits[0]] == [200, 50, 40]
 
 
 def test_a_new_run_never_pairs_its_vocabulary_or_metrics_with_an_old_model(tmp_path, monkeypatch):

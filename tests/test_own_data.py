@@ -12,6 +12,9 @@ from transformers import pipeline
 
 import train_distilbert as td
 import train_lstm_baseline as tl
+from textclf.data import load_reviews, read_reviews, split, targets
+from textclf.metrics import scores
+from textclf.settings import parse_settings
 from conftest import NEGATIVE, POSITIVE, make_reviews, write_csv
 from test_reliability import SCRIPTS, distilbert_args, fails, files_under, lstm_args
 
@@ -114,23 +117,23 @@ def test_multi_label_from_jsonl_with_shuffle_and_fractions(tmp_path, small_model
 
 
 def test_fractions_shuffle_and_the_command_line(tmp_path):
-    settings, _ = td.parse_settings(["--train-size", "0.8", "--valid-size=0.1", "--test-size", "10"], td.DEFAULTS)
+    settings, _ = parse_settings(["--train-size", "0.8", "--valid-size=0.1", "--test-size", "10"], td.DEFAULTS)
     assert (settings["TRAIN_SIZE"], settings["VALID_SIZE"], settings["TEST_SIZE"]) == (0.8, 0.1, 10)
     assert isinstance(settings["TEST_SIZE"], int)
     df = pd.DataFrame({"text": [str(i) for i in range(100)], "label": [i % 2 for i in range(100)]})
-    train, valid, test = td.split(df, 0.8, 0.1, 0.1)
+    train, valid, test = split(df, 0.8, 0.1, 0.1)
     assert (len(train), len(valid), len(test)) == (80, 10, 10) and train["text"].tolist() == df["text"][:80].tolist()
-    shuffled = td.split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4)
+    shuffled = split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4)
     assert shuffled[0]["text"].tolist() != train["text"].tolist()
     assert sorted(pd.concat(shuffled)["text"], key=int) == df["text"].tolist()  # a permutation of all rows
-    assert all(a.equals(b) for a, b in zip(shuffled, td.split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4)))
-    assert [len(part) for part in td.split(df, 0.5, 20, 0.3)] == [50, 20, 30]
+    assert all(a.equals(b) for a, b in zip(shuffled, split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4)))
+    assert [len(part) for part in split(df, 0.5, 20, 0.3)] == [50, 20, 30]
 
 
 def test_integer_labels_take_their_names_from_label_names(tmp_path):
     df = pd.DataFrame({"t": ["a", "b", "c", "d"], "y": [2, 0, 1, 2]})
     settings = {**td.DEFAULTS, "TEXT_COLUMN": "t", "LABEL_COLUMNS": "y", "LABEL_NAMES": "low, mid, high"}
-    frame, names = td.read_reviews(write_csv(df, tmp_path / "d.csv"), settings=settings)
+    frame, names = read_reviews(write_csv(df, tmp_path / "d.csv"), None, settings)
     assert names == ["low", "mid", "high"] and frame["label"].tolist() == [2, 0, 1, 2]
 
 
@@ -138,7 +141,7 @@ def test_scores_give_null_never_nan_for_a_label_without_both_values():
     import torch
     targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
     logits = torch.tensor([[2.0, -1.0], [-2.0, 1.0], [1.0, -3.0]])
-    result = td.scores(logits, targets, ["a", "b"], 0.5)
+    result = scores(logits, targets, ["a", "b"], 0.5)
     assert result["roc_auc"] == {"a": 1.0, "b": None} and result["macro_roc_auc"] == 1.0
     assert "NaN" not in json.dumps(result) and result["accuracy"] == pytest.approx(2 / 3)
     assert result["loss"] == pytest.approx(
@@ -182,16 +185,16 @@ def aclimdb_archive(path, per_folder=3, layout="aclImdb"):
 
 def test_the_stanford_archive_becomes_a_csv_once(tmp_path, capsys):
     archive = aclimdb_archive(tmp_path / "aclImdb_v1.tar.gz")
-    path, frame, names = td.load_reviews(str(archive), tmp_path / "data")
+    path, frame, names = load_reviews(str(archive), tmp_path / "data", td.DEFAULTS)
     assert path == tmp_path / "data" / "aclImdb_v1.csv.gz" and names == ["negative", "positive"]
     texts = frame["text"].tolist()
     assert len(texts) == 12 and all(t.startswith("train") for t in texts[:6]) and all(t.startswith("test") for t in texts[6:])
     assert sorted(texts[:6]) == sorted(f"train {w} review {i}<br />" for w in ("awful", "great") for i in range(3))
     assert all((label == 1) == ("great" in text) for text, label in zip(texts, frame["label"]))
     assert "unlabelled" not in texts and "writing" in capsys.readouterr().out
-    again = td.load_reviews(str(archive), tmp_path / "data")  # the CSV is reused, not written again
+    again = load_reviews(str(archive), tmp_path / "data", td.DEFAULTS)  # the CSV is reused, not written again
     assert again[1].equals(frame) and "writing" not in capsys.readouterr().out
-    by_url = tl.load_reviews(archive.as_uri(), tmp_path / "other")  # downloaded, then converted; the same rows
+    by_url = load_reviews(archive.as_uri(), tmp_path / "other", td.DEFAULTS)  # downloaded, then converted; the same rows
     assert by_url[1].equals(frame) and by_url[0].read_bytes() == path.read_bytes()
 
 
@@ -272,6 +275,6 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
 def test_multi_label_columns_may_be_called_label_or_text(tmp_path):
     df = pd.DataFrame({"body": ["a", "b", "c"], "label": [1, 0, 1], "text": [0, 0, 1]})
     settings = {**td.DEFAULTS, "TEXT_COLUMN": "body", "LABEL_COLUMNS": "label,text"}
-    frame, names = td.read_reviews(write_csv(df, tmp_path / "d.csv"), settings=settings)
+    frame, names = read_reviews(write_csv(df, tmp_path / "d.csv"), None, settings)
     assert names == ["label", "text"] and frame["text"].tolist() == ["a", "b", "c"]
-    assert td.targets(frame, names).tolist() == [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
+    assert targets(frame, names).tolist() == [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]

@@ -1,0 +1,86 @@
+"""textclf.data: reading, downloading once, validating and splitting the data, whichever script asks."""
+import gzip
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import train_distilbert
+from conftest import make_reviews, write_csv
+from textclf.data import clean, load_reviews, read_reviews, split
+from textclf.settings import RecipeError
+
+IMDB = train_distilbert.DEFAULTS  # TEXT_COLUMN review, LABEL_COLUMNS sentiment, LABEL_NAMES negative,positive
+
+def test_split_takes_rows_in_file_order():
+    df = pd.DataFrame({"review": [f"review {i}" for i in range(50_000)], "sentiment": np.arange(50_000) % 2})
+    train, valid, test = split(df, 35_000, 5_000, 10_000)
+    assert list(train.index) == list(range(0, 35_000))
+    assert list(valid.index) == list(range(35_000, 40_000))
+    assert list(test.index) == list(range(40_000, 50_000))
+    train, valid, test = split(df, 2_000, 500, 300)
+    assert (train.index[0], train.index[-1], len(train)) == (0, 1_999, 2_000)
+    assert (valid.index[0], valid.index[-1], len(valid)) == (2_000, 2_499, 500)
+    assert (test.index[0], test.index[-1], len(test)) == (2_500, 2_799, 300)
+
+
+def test_split_asking_for_too_many_rows_is_a_clear_error():
+    df = make_reviews(100)
+    with pytest.raises(RecipeError, match=r"needs 101 rows .* the file has 100; lower --train-size"):
+        split(df, 60, 20, 21)
+
+
+def test_download_over_http_once(serve, tmp_path):
+    payload = gzip.compress(make_reviews(50).to_csv(index=False).encode())
+    base = serve({"movie_data.csv.gz": payload})
+    path, reviews, _ = load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data", IMDB)
+    assert path == tmp_path / "data" / "movie_data.csv.gz" and path.read_bytes() == payload
+    assert len(serve.requests) == 1 and len(reviews) == 50
+    again, reviews_again, _ = load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data", IMDB)
+    assert again == path and reviews_again.equals(reviews)
+    assert len(serve.requests) == 1  # the second call reuses the file
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".movie_data.csv.gz.source.json",
+                                                                       "movie_data.csv.gz"]
+    record = json.loads((tmp_path / "data" / ".movie_data.csv.gz.source.json").read_text())
+    assert record == {"url": f"{base}/movie_data.csv.gz", "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def test_download_from_a_file_url(tmp_path):
+    source = write_csv(make_reviews(20), tmp_path / "mine.csv")
+    path, reviews, _ = load_reviews(source.as_uri(), tmp_path / "data", IMDB)
+    assert path.name == "mine.csv" and len(reviews) == 20
+
+
+def test_read_reviews_accepts_word_labels(tmp_path):
+    df = pd.DataFrame({"review": ["good", "bad", "fine"], "sentiment": ["positive", "Negative", "positive"],
+                       "extra": [1, 2, 3]})
+    read, names = read_reviews(write_csv(df, tmp_path / "words.csv"), None, IMDB)
+    assert list(read.columns) == ["text", "label"] and list(read["label"]) == [1, 0, 1]
+    assert names == ["Negative", "positive"]  # word labels name themselves, sorted
+
+
+def test_clean_removes_line_break_tags():
+    assert clean("Great.<br /><br />Really.<BR>ok<br/>") == "Great.  Really. ok "
+
+
+# ------------------------------------------------------------------------------------- the download cache
+def test_another_url_with_the_same_file_name_is_downloaded_anew(tmp_path, serve, capsys):
+    a, b = make_reviews(40, seed=1), make_reviews(60, seed=2)
+    base = serve({"a/movie_data.csv.gz": gzip.compress(a.to_csv(index=False).encode()),
+                  "b/movie_data.csv.gz": gzip.compress(b.to_csv(index=False).encode())})
+    assert len(load_reviews(f"{base}/a/movie_data.csv.gz", tmp_path, IMDB)[1]) == 40
+    assert len(load_reviews(f"{base}/b/movie_data.csv.gz", tmp_path, IMDB)[1]) == 60
+    assert f"was downloaded from {base}/a/movie_data.csv.gz, not from {base}/b" in capsys.readouterr().out
+    assert len(load_reviews(f"{base}/b/movie_data.csv.gz", tmp_path, IMDB)[1]) == 60
+    assert serve.requests == ["/a/movie_data.csv.gz", "/b/movie_data.csv.gz"]
+
+
+def test_a_file_saved_by_hand_is_used_as_it_is(tmp_path):
+    """The download error says: fetch it by hand and save it as data/NAME. Such a file has no source record (or
+    not the recorded checksum), and is used without trying the URL again."""
+    write_csv(make_reviews(30), tmp_path / "movie_data.csv.gz")
+    assert len(load_reviews("http://127.0.0.1:9/movie_data.csv.gz", tmp_path, IMDB)[1]) == 30
+    (tmp_path / ".movie_data.csv.gz.source.json").write_text(json.dumps({"url": "http://elsewhere/x", "sha256": "0"}))
+    assert len(load_reviews("http://127.0.0.1:9/movie_data.csv.gz", tmp_path, IMDB)[1]) == 30

@@ -1,0 +1,53 @@
+"""textclf.runfolder: files replaced whole or not at all, and what killed runs left behind (kills of real runs are
+in test_faults.py)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from textclf.runfolder import atomic_write, remove_stale, swap_folder, temporary
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+
+    def broken(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, broken)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_swap_folder_keeps_the_old_folder_until_the_new_one_is_whole(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w").write_text("old")
+    (tmp_path / "metrics.json").write_text("{}")
+
+    def fails(folder):
+        folder.mkdir()
+        (folder / "w").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(Exception, match="could not write .*model: No space left on device"):
+        swap_folder(tmp_path / "model", fails, stale=tmp_path / "metrics.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model"]
+    swap_folder(tmp_path / "model", lambda folder: folder.mkdir() or (folder / "w").write_text("new"),
+                stale=tmp_path / "metrics.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (tmp_path / "model" / "w").read_text() == "new"
+
+
+def test_remove_stale_clears_dead_processes_files_and_restores_a_parked_folder(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / f".checkpoint.pt.{pid}.tmp").write_text("half")
+    (tmp_path / f".model.{pid}.old").mkdir()
+    (tmp_path / f".model.{pid}.tmp").mkdir()
+    mine = temporary(tmp_path / "metrics.json")  # a live process's file stays
+    mine.write_text("{}")
+    remove_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "model"]
+    assert mine.name == f".metrics.json.{os.getpid()}.tmp"

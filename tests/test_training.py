@@ -1,0 +1,114 @@
+"""textclf.training through both scripts: an interrupted run resumes to the uninterrupted result, --resume keeps
+the run's own settings and data, and a diverging loss or an out-of-memory error stops with advice. CPU, offline."""
+import os
+import signal
+
+import pytest
+import torch
+
+import train_distilbert as td
+import train_lstm_baseline as tl
+from conftest import make_reviews, write_csv
+from test_reliability import SCRIPTS, fails, files_under, lstm_args
+
+
+@pytest.fixture(params=SCRIPTS)
+def script(request):
+    return SCRIPTS[request.param]
+
+
+# ------------------------------------------------------------------------------------- interruption and resume
+def comparable(metrics):
+    """Every number of a run but its wall-clock seconds, in order."""
+    return [value for record in metrics["epochs"] for key, value in record.items() if key != "seconds"] + [
+        metrics[key] for key in ("best_epoch", "valid_accuracy", "test_accuracy")]
+
+
+def interrupt_at(module, monkeypatch, function, call):
+    """Make the call-th call of module.function deliver a real SIGINT (Ctrl-C) to this process."""
+    real, calls = getattr(module, function), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, function, wrapped)
+
+
+@pytest.mark.parametrize("stop_at", ["mid-epoch", "end of epoch 1"])
+def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(script, tmp_path, tiny_model,
+                                                                             monkeypatch, capsys, stop_at):
+    module, args = script
+    csv = write_csv(make_reviews(1_000, seed=7), tmp_path / "reviews.csv")
+    extra = {"model": tiny_model} if module is td else {}
+    straight = module.main(args(tmp_path / "straight", csv.as_uri(), **extra))
+
+    if stop_at == "mid-epoch":
+        interrupt_at(module, monkeypatch, "train_step", 5)
+    else:  # Ctrl-C while epoch 1 is being validated
+        interrupt_at(module, monkeypatch, "evaluate", 1)
+    with pytest.raises(SystemExit) as exit:
+        module.main(args(tmp_path / "resumed", csv.as_uri(), **extra))
+    assert exit.value.code == 130
+    err = capsys.readouterr().err
+    out_dir = tmp_path / "resumed" / "out"
+    assert f"the run is saved in {out_dir / 'checkpoint.pt'}" in err
+    assert f"--out-dir {out_dir} --resume" in err
+    assert (out_dir / "checkpoint.pt").exists() and not (out_dir / "metrics.json").exists()
+    assert not [p for p in files_under(out_dir) if p.endswith(".tmp") or p.startswith(".")]
+
+    # a fresh run into the same folder would destroy the checkpoint: refused
+    fails(module, args(tmp_path / "resumed", csv.as_uri(), **extra), "holds an unfinished run",
+          "continue it with --resume")
+    monkeypatch.undo()
+    resumed = module.main([f"--out-dir={out_dir}", "--resume"])
+    assert comparable(resumed) == pytest.approx(comparable(straight), rel=1e-5)
+    assert not (out_dir / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_other_settings_other_data_or_no_checkpoint(tmp_path, monkeypatch):
+    csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
+    fails(tl, lstm_args(tmp_path, csv.as_uri(), resume=True), "nothing to resume",
+          str(tmp_path / "out" / "checkpoint.pt"))
+    interrupt_at(tl, monkeypatch, "train_step", 3)
+    with pytest.raises(SystemExit):
+        tl.main(lstm_args(tmp_path, csv.as_uri()))
+    monkeypatch.undo()
+    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume", "--epochs=5", "--hidden-dim=16"],
+          "these differ: EPOCHS (5, the run has 2)")
+    write_csv(make_reviews(1_000, seed=9), tmp_path / "data" / "reviews.csv")  # the data changed underneath
+    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"], "is not the file the checkpoint was trained on")
+
+
+# ------------------------------------------------------------------------------------- failures during training
+def test_non_finite_loss_stops_with_the_step_and_the_setting_to_change(script, tmp_path, tiny_model, monkeypatch):
+    module, args = script
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    real_train_step, calls = module.train_step, []
+
+    def poisoned(*a, **k):  # the 7th batch's loss overflows
+        calls.append(1)
+        loss_sum, correct = real_train_step(*a, **k)
+        return (loss_sum * float("inf") if len(calls) == 7 else loss_sum), correct
+
+    monkeypatch.setattr(module, "train_step", poisoned)
+    extra = {"model": tiny_model} if module is td else {}
+    fails(module, args(tmp_path, csv.as_uri(), log_every=5, **extra), "the loss became inf at epoch 1, batch 7",
+          "lower --learning-rate")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_out_of_memory_gives_the_batch_size_advice(script, tmp_path, tiny_model, monkeypatch):
+    module, args = script
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(module, "train_step", out_of_memory)
+    extra = {"model": tiny_model} if module is td else {}
+    text = fails(module, args(tmp_path, csv.as_uri(), batch_size=16, **extra), "out of GPU memory",
+                 "lower --batch-size (e.g. 8) and raise --grad-accum-steps (e.g. 2) for the same effective batch")
+    assert "--batch-size 16" in text

@@ -1,0 +1,251 @@
+"""The data: read (or download once) any text-label file or the aclImdb archive, validate it, split it, and turn its
+labels into training targets."""
+import hashlib
+import http.client
+import json
+import re
+import tarfile
+import urllib.parse
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .progress import progress
+from .runfolder import atomic_write
+from .settings import RecipeError, label_columns
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_reviews(url, data_dir, settings):
+    """The data at url, validated: (local path, frame, label names), as read_reviews() returns them. A local path
+    is read where it is; a URL is downloaded into data_dir once, and the local file appears only when the download
+    finished and passed the checks (a failed one leaves nothing behind). .NAME.source.json records the URL and
+    checksum: another URL with the same file name is downloaded anew, while a file saved there by hand (no record,
+    or not the recorded checksum) is used as it is. The Stanford archive (.tar.gz) becomes data_dir/NAME.csv.gz
+    once (read_aclimdb) and is read from there. settings: TEXT_COLUMN, LABEL_COLUMNS and LABEL_NAMES."""
+    read = read_aclimdb if is_archive(url) else lambda path, name=None: read_reviews(path, name, settings)
+
+    def finish(path, checked=None):  # checked: what read() gave for the download just made
+        data = (lambda: read(path)) if checked is None else (lambda: checked)
+        return (path, *data()) if not is_archive(url) else from_archive(path, data, data_dir, settings)
+
+    if not re.match(r"[a-z][a-z0-9+.-]+://", url, re.IGNORECASE):  # a local path, read in place
+        path = Path(url).expanduser()
+        if not path.is_file():
+            raise RecipeError(f"DATA_URL (--data-url) {url} is not a file here; give the path of an existing file, "
+                              f"or a URL (https://, file://)")
+        return finish(path)
+    path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
+    source = path.with_name(f".{path.name}.source.json")
+    record = json.loads(source.read_text()) if source.exists() else {}
+    if path.exists() and (record.get("url", url) == url or record.get("sha256") != file_sha256(path)):
+        try:
+            return finish(path)
+        except RecipeError as e:
+            raise RecipeError(f"{e}; delete {path} to download it again") from None
+    if path.exists():
+        print(f"{path} was downloaded from {record['url']}, not from {url}: replacing it")
+    print(f"downloading {url} -> {path}")
+    data = None
+
+    def fetch(f):
+        nonlocal data
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                size = int(response.headers.get("Content-Length") or 0) or None
+                received = 0
+                with progress(total=size, unit="B", unit_scale=True, desc="download") as bar:
+                    while chunk := response.read(1 << 20):
+                        try:
+                            received += f.write(chunk)
+                        except OSError as e:  # a full disk: atomic_write() reports it, not as the network's fault
+                            e.needed = size
+                            raise
+                        bar.update(len(chunk))
+                if size and received < size:
+                    raise ConnectionError(f"the connection closed after {received:,} of {size:,} bytes")
+        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
+            if hasattr(e, "needed"):
+                raise
+            raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
+                              f"or pass --data-url /path/to/{path.name}") from e
+        f.flush()
+        try:
+            data = read(Path(f.name), name=url)
+        except RecipeError as e:
+            raise RecipeError(f"{e}; nothing was saved") from None
+
+    atomic_write(path, fetch)
+    atomic_write(source, lambda f: f.write(json.dumps({"url": url, "sha256": file_sha256(path)}).encode()))
+    return finish(path, data)
+
+
+def is_archive(name):
+    return str(name).lower().endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def from_archive(archive, reviews, data_dir, settings):
+    """The archive's reviews (the frame reviews() returns) written once as data_dir/NAME.csv.gz, with columns
+    review and sentiment, and read back as any data file: a newer archive is converted again."""
+    path = Path(data_dir) / (Path(archive).name.split(".")[0] + ".csv.gz")
+    if not path.exists() or path.stat().st_mtime < Path(archive).stat().st_mtime:
+        print(f"writing {path} from {archive}")
+        frame = reviews()
+        atomic_write(path, lambda f: frame.to_csv(f, index=False, compression={"method": "gzip", "mtime": 0}))
+    return path, *read_reviews(path, None, settings)
+
+
+ACLIMDB = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_\d+\.txt$")
+
+
+def read_aclimdb(path, name=None):
+    """The Stanford archive (aclImdb/{train,test}/{pos,neg}/ID_RATING.txt) as one frame of review and sentiment:
+    the rows of train/pos and train/neg, then test/pos and test/neg, each half shuffled with seed 0."""
+    name = name or path
+    parts = {(half, folder): [] for half in ("train", "test") for folder in ("pos", "neg")}
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                if member.isfile() and (match := ACLIMDB.search(member.name)):
+                    text = archive.extractfile(member).read().decode("utf-8")
+                    parts[match[1], match[2]].append((int(match[3]), text))
+    except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise RecipeError(f"{name} is not a readable tar archive ({type(e).__name__}: {e})") from None
+    empty = [f"aclImdb/{half}/{folder}/" for (half, folder), rows in parts.items() if not rows]
+    if empty:
+        raise RecipeError(f"{name} is not the Stanford aclImdb archive: no reviews in {', '.join(empty)} (it needs "
+                          f"aclImdb/train/pos/ID_RATING.txt and the like, for train and test, pos and neg)")
+    rows = []
+    for half in ("train", "test"):
+        part = [(text, label) for label, folder in ((1, "pos"), (0, "neg")) for _, text in sorted(parts[half, folder])]
+        rows += [part[i] for i in np.random.default_rng(0).permutation(len(part))]
+    return pd.DataFrame(rows, columns=["review", "sentiment"])
+
+
+def read_reviews(path, name, settings):
+    """Read and check a data file: .tsv or .jsonl (one JSON object a line) by its name, anything else as CSV,
+    each plain or gzip. Returns (frame, label names): the frame has a `text` column with no empty entries, and
+    a `label` column (single-label: an index into the names) or one 0/1 column per label, numbered 0..K-1 in the
+    order of the names (multi-label: a label column may be called `label` or `text` too). Integer
+    labels are named by LABEL_NAMES, word labels name themselves (sorted). Errors call the file `name`."""
+    name = name or path
+    text_column, columns = settings["TEXT_COLUMN"], label_columns(settings)
+    with open(path, "rb") as f:
+        head = f.read(512)
+    gzipped = head[:2] == b"\x1f\x8b"
+    kind = next((kind for kind in ("tsv", "jsonl") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.I)), "csv")
+    if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        raise RecipeError(f"{name} is an HTML page (an error or login page?), not the data file")
+    try:
+        compression = "gzip" if gzipped else None
+        df = (pd.read_json(path, lines=True, dtype=False, compression=compression) if kind == "jsonl" else
+              pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as e:  # ParserError is a ValueError
+        raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
+                          f"({type(e).__name__}: {str(e)[:200]})") from None
+
+    def rows(mask):
+        where = np.flatnonzero(mask)
+        more = f" and {len(where) - 5} more" if len(where) > 5 else ""
+        return f"row{'s' if len(where) > 1 else ''} {', '.join(map(str, where[:5]))}{more} (0-based, header not counted)"
+
+    missing = [column for column in [text_column] + columns if column not in df.columns]
+    if missing:
+        raise RecipeError(f"{name} has no {' or '.join(missing)} column; found columns "
+                          f"{[str(c)[:40] for c in df.columns[:8]]}; name yours with --text-column and --label-columns")
+    empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
+    if empty.any():
+        raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
+    frame = pd.DataFrame({"text": df[text_column].astype(str)})
+    if len(columns) > 1:  # multi-label: 0/1 in each column
+        for k, column in enumerate(columns):
+            values = pd.to_numeric(df[column], errors="coerce")
+            bad = ~values.isin([0, 1])
+            if bad.any():
+                raise RecipeError(f"{name}: with several LABEL_COLUMNS each is a 0/1 column, but {column} holds "
+                                  f"{str(df[column][bad].iloc[0])!r} in {rows(bad)}")
+            frame[k] = values.astype(int)
+        return frame, columns
+    raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
+    if raw.eq("").any():
+        raise RecipeError(f"{name}: missing {columns[0]} label in {rows(raw.eq(''))}")
+    numbers = pd.to_numeric(raw, errors="coerce")
+    integers = numbers.notna() & (numbers % 1 == 0)
+    if integers.all():  # 0..K-1, named by LABEL_NAMES
+        names = [label.strip() for label in settings["LABEL_NAMES"].split(",")]
+        bad = ~numbers.between(0, len(names) - 1)
+        if bad.any():
+            raise RecipeError(f"{name}: {columns[0]} holds integer labels, named by LABEL_NAMES ({','.join(names)}) "
+                              f"as 0..{len(names) - 1}, but {rows(bad)} hold{'s' if bad.sum() == 1 else ''} "
+                              f"{raw[bad].iloc[0]!r}; give one name per class with --label-names a,b,c")
+        frame["label"] = numbers.astype(int)
+        return frame, names
+    if numbers.notna().any():
+        raise RecipeError(f"{name}: {columns[0]} mixes numbers and words: {rows(numbers.notna())} "
+                          f"hold{'s' if numbers.notna().sum() == 1 else ''} {raw[numbers.notna()].iloc[0]!r} while "
+                          f"others hold {raw[numbers.isna()].iloc[0]!r}; "
+                          f"use one kind of label")
+    names = sorted(raw.unique())
+    frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
+    return frame, names
+
+
+def split(df, train_size, valid_size, test_size, shuffle=False, seed=0):
+    """Split in file order (with shuffle: in an order permuted with seed): the first train_size rows, the next
+    valid_size, the next test_size. A size is a row count, or (a float) a fraction of the rows."""
+    if shuffle:
+        df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
+    sizes = [int(size * len(df)) if isinstance(size, float) else size for size in (train_size, valid_size, test_size)]
+    if 0 in sizes:
+        raise RecipeError(f"the split fractions ({train_size}, {valid_size}, {test_size}) of {len(df):,} rows leave a "
+                          f"split empty; give larger fractions or row counts")
+    needed = sum(sizes)
+    if needed > len(df):
+        raise RecipeError(f"the split needs {needed:,} rows (TRAIN_SIZE {sizes[0]:,} + VALID_SIZE "
+                          f"{sizes[1]:,} + TEST_SIZE {sizes[2]:,}) but the file has {len(df):,}; "
+                          f"lower --train-size, --valid-size or --test-size")
+    a, b = sizes[0], sizes[0] + sizes[1]
+    return df.iloc[:a], df.iloc[a:b], df.iloc[b:needed]
+
+
+def check_labels(train, valid, test, names):
+    """Single-label: the training split has two classes or more, and every class of the others."""
+    if "label" not in train:
+        return
+    seen = set(train["label"])
+    if len(seen) < 2:
+        raise RecipeError(f"the training split holds only the class {names[seen.pop()]!r}; if the file is sorted "
+                          f"by label, pass --shuffle true")
+    for part, frame in (("validation", valid), ("test", test)):
+        unseen = sorted(set(frame["label"]) - seen)
+        if unseen:
+            raise RecipeError(f"the {part} split holds the class {names[unseen[0]]!r}, which the training split never "
+                              f"has; pass --shuffle true or a larger --train-size")
+
+
+def targets(frame, names):
+    """Training targets: class indices (single-label) or a 0/1 float matrix (multi-label)."""
+    if "label" in frame:
+        return torch.tensor(frame["label"].to_numpy())
+    return torch.tensor(frame[list(range(len(names)))].to_numpy(), dtype=torch.float32)
+
+
+BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def clean(text):
+    """The reviews hold HTML line breaks (<br />): they are layout, not words."""
+    return BR_TAG.sub(" ", text)
+
+

@@ -1,0 +1,74 @@
+"""Losses and scores: a batch's loss and correct count, a split's logits and scikit-learn scores, which epoch is
+best, and the headline numbers the log shows."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+
+from .batches import loader, to_device
+from .parallel import all_sum
+from .progress import progress
+
+
+def batch_loss(logits, targets, threshold):
+    """Summed loss and correct count of a batch: cross-entropy and accuracy (single-label), or binary cross-entropy
+    averaged over labels and exact match at threshold (multi-label)."""
+    logits = logits.float()
+    if targets.ndim == 1:
+        return F.cross_entropy(logits, targets, reduction="sum"), (logits.argmax(-1) == targets).sum()
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / targets.shape[1]
+    return loss, ((logits.sigmoid() > threshold) == (targets > 0.5)).all(-1).sum()
+
+
+@torch.inference_mode()
+def all_logits(model, forward, batches, collate, width, device, rank, world):
+    """forward(model, batch)'s logits for all examples in batches (a contiguous range of the data), in order, as
+    float32 on the CPU, without gradients and with the model in eval mode (then back in training mode); collate
+    makes a batch of indices. Under torchrun each process takes every world-th batch and the logits are summed
+    over processes, each example coming from one."""
+    model.eval()
+    first = min(int(b.min()) for b in batches)
+    logits = torch.zeros(sum(map(len, batches)), width, device=device)
+    mine = batches[rank::world]
+    bar = progress(loader(mine, collate, device), desc="evaluate", leave=False)
+    for batch, indices in zip(bar, mine):  # the bar first: zip() exhausts it, so it ends at 100%
+        logits[torch.as_tensor(indices - first, device=device)] = forward(model, to_device(batch, device)).float()
+    model.train()
+    return all_sum(logits, world).cpu()
+
+
+def scores(logits, targets, names, threshold):
+    """What a practitioner reads about a split, from all its logits: accuracy (multi-label: exact match) and mean
+    loss; single-label macro-F1 and the confusion matrix (rows: true class, columns: predicted, in the order of
+    names); multi-label ROC AUC per label (None where the split holds one value of it), their macro mean, and
+    micro- and macro-F1 at threshold."""
+    loss, correct = batch_loss(logits, targets, threshold)
+    result = {"accuracy": correct.item() / len(targets), "loss": loss.item() / len(targets)}
+    y = targets.numpy()
+    if targets.ndim == 1:
+        predicted = logits.argmax(-1).numpy()
+        return {**result, "macro_f1": float(f1_score(y, predicted, labels=range(len(names)), average="macro",
+                                                     zero_division=0)),
+                "confusion_matrix": confusion_matrix(y, predicted, labels=range(len(names))).tolist()}
+    probabilities, decided = logits.sigmoid().numpy(), (logits.sigmoid() > threshold).numpy()
+    auc = {name: float(roc_auc_score(y[:, k], probabilities[:, k])) if 0 < y[:, k].sum() < len(y) else None
+           for k, name in enumerate(names)}
+    defined = [value for value in auc.values() if value is not None]
+    return {**result, "roc_auc": auc, "macro_roc_auc": float(np.mean(defined)) if defined else None,
+            **{f"{kind}_f1": float(f1_score(y, decided, average=kind, zero_division=0)) for kind in ("micro", "macro")}}
+
+
+def better(result, best):
+    """Whether an epoch's validation scores beat the best so far (None at first): by accuracy, or for multi-label
+    by macro ROC AUC (where it is undefined, it counts lowest)."""
+    key = "macro_roc_auc" if "roc_auc" in result else "accuracy"
+    value = lambda r: -1.0 if r[key] is None else r[key]  # noqa: E731
+    return best is None or value(result) > value(best)
+
+
+def shown(result):
+    """A split's headline numbers for the log: accuracy, and for multi-label the macro ROC AUC."""
+    if "roc_auc" not in result:
+        return f"accuracy {result['accuracy']:.4f}"
+    auc = "undefined" if result["macro_roc_auc"] is None else f"{result['macro_roc_auc']:.4f}"
+    return f"exact-match accuracy {result['accuracy']:.4f} | macro ROC AUC {auc}"

@@ -1,0 +1,97 @@
+"""The UPPER_CASE settings block as --lower-case-name flags, the checks every run makes, and --resume's settings."""
+import argparse
+import ast
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+SPLIT_SIZES = ("TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE")
+
+
+class RecipeError(Exception):
+    """A problem the user can fix (data, settings): main() prints it as one line and exits 1."""
+
+
+def flag(name):
+    return "--" + name.lower().replace("_", "-")
+
+
+def parse_settings(argv, defaults, script=None):
+    """Shell overrides of the settings block: --epochs 3, --max-length=128, --compile true.
+
+    Values are typed from the defaults (ints widen to floats, booleans parsed explicitly); --help shows the script's
+    docstring and each setting's comment from its settings block. Returns all settings and the ones given."""
+    def typed(name, default):
+        def convert(text):
+            if isinstance(default, bool):
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if name in SPLIT_SIZES and not text.strip().isdigit():
+                return float(text)  # a fraction of the rows
+            return type(default)(text)
+        convert.__name__ = type(default).__name__  # argparse names the type in its error message
+        return convert
+
+    source = Path(script).read_text() if script else ""
+    comments = dict(re.findall(r"^([A-Z][A-Z0-9_]*) = .*?  # (.*)$", source, re.MULTILINE))
+    parser = argparse.ArgumentParser(description=ast.get_docstring(ast.parse(source)), allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
+    for name, default in defaults.items():
+        extra = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
+        parser.add_argument(flag(name), dest=name, type=typed(name, default), default=argparse.SUPPRESS,
+                            metavar=type(default).__name__.upper(),
+                            help=f"{comments.get(name, '')} (default: {default})", **extra)
+    given, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unknown setting {unknown[0]!r}; the settings are: {' '.join(map(flag, defaults))}")
+    return {**defaults, **vars(given)}, vars(given)
+
+
+def check_settings(s, positive):
+    """The names in positive are > 0; split sizes are row counts or fractions of the rows (at most 1 together);
+    THRESHOLD is a probability; the text and label columns are named."""
+    for name in positive:
+        if not s[name] > 0:
+            raise RecipeError(f"{name} ({flag(name)}) must be positive, got {s[name]}")
+    for name in SPLIT_SIZES:
+        if isinstance(s[name], float) and not 0 < s[name] <= 1:
+            raise RecipeError(f"{name} ({flag(name)}) is {s[name]}: a split size is a row count (a whole number) "
+                              f"or a fraction of the rows in (0, 1]")
+    if sum(s[name] for name in SPLIT_SIZES if isinstance(s[name], float)) > 1 + 1e-9:
+        raise RecipeError(f"the split fractions add up to more than 1 (TRAIN_SIZE {s['TRAIN_SIZE']}, VALID_SIZE "
+                          f"{s['VALID_SIZE']}, TEST_SIZE {s['TEST_SIZE']}); e.g. --train-size 0.8 --valid-size 0.1 "
+                          f"--test-size 0.1")
+    if not 0 < s["THRESHOLD"] < 1:
+        raise RecipeError(f"THRESHOLD (--threshold) must be between 0 and 1, got {s['THRESHOLD']}")
+    if not s["TEXT_COLUMN"].strip() or not label_columns(s):
+        raise RecipeError("TEXT_COLUMN (--text-column) and LABEL_COLUMNS (--label-columns) must name columns")
+
+
+def label_columns(s):
+    """LABEL_COLUMNS as a list: one name is single-label, several are multi-label."""
+    return [name.strip() for name in s["LABEL_COLUMNS"].split(",") if name.strip()]
+
+
+def resolve_run(settings, given, checkpoint_path):
+    """Settings for this run. With RESUME they come from the checkpoint (the same run continues), and any
+    setting given on the command line must agree with it. Without, an unfinished run is never overwritten."""
+    if not settings["RESUME"]:
+        if checkpoint_path.exists():
+            raise RecipeError(f"{checkpoint_path} holds an unfinished run; continue it with --resume, or choose "
+                              f"another --out-dir (or delete the file to start over)")
+        return settings, None
+    if not checkpoint_path.exists():
+        raise RecipeError(f"nothing to resume: {checkpoint_path} does not exist")
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    saved = {**checkpoint["settings"], "RESUME": True, "OUT_DIR": settings["OUT_DIR"]}
+    differ = [f"{name} ({value!r}, the run has {saved[name]!r})" for name, value in given.items()
+              if name in saved and saved[name] != value]
+    if differ:
+        raise RecipeError(f"--resume continues the run with its own settings, but these differ: {', '.join(differ)}")
+    return saved, checkpoint

@@ -1,0 +1,225 @@
+"""A training run from the command line to metrics.json, around a script's own model, tokenizer and steps: the
+start (settings, processes, OUT_DIR), the data, the epochs with their checkpoints, and the report."""
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from .batches import loader, make_batches, to_device
+from .data import check_labels, file_sha256, load_reviews, split, targets
+from .metrics import better, scores, shown
+from .parallel import agreed, all_sum, barrier, device_names, leader, leader_first, share, start_processes
+from .progress import progress
+from .runfolder import Interrupted, StopRequest, atomic_write, locked, remove_stale, restore_rng, rng_state, stop_now, write_json
+from .settings import RecipeError, check_settings, label_columns, parse_settings, resolve_run
+
+
+def main(run, defaults, script, argv=None):
+    """A training script's command line: run(settings, given, held) with the settings block's defaults overridden
+    from argv. A RecipeError is one line and exit 1; Ctrl-C or SIGTERM one line that says how to resume, and exit
+    128 + the signal. held is an ExitStack that lasts the run (the lock on OUT_DIR)."""
+    settings, given = parse_settings(sys.argv[1:] if argv is None else argv, defaults, script)
+    checkpoint_path = Path(settings["OUT_DIR"]) / "checkpoint.pt"
+    previous = {s: signal.signal(s, stop_now) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.ExitStack() as held:
+            return run(settings, given, held)
+    except RecipeError as e:
+        raise SystemExit(f"error: {e}" if leader() else 1) from None
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        launcher = "python" if os.environ.get("WORLD_SIZE", "1") == "1" else "torchrun <its options>"
+        where = (f"the run is saved in {checkpoint_path}; continue it with: {launcher} {Path(script).name} "
+                 f"--out-dir {checkpoint_path.parent} --resume") if checkpoint_path.exists() else "nothing to resume"
+        if leader():
+            print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signal.Signals(signum).name}): {where}",
+                  file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Run:
+    """One training run: its settings s (a checkpoint's with --resume), device, rank and world (the number of
+    processes), OUT_DIR (locked while it runs), data, and progress (state: epoch, batch, history, best epoch)."""
+
+    def __init__(self, settings, given, held, positive, check=lambda s, given: s):
+        """Settings checked (positive: the names that must be > 0; check(s, given): the script's own checks, which
+        may fill in a setting), processes started, OUT_DIR locked and cleared of what killed runs left."""
+        self.out_dir = Path(settings["OUT_DIR"])
+        self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        s, self.checkpoint = resolve_run(settings, given, self.checkpoint_path)
+        check_settings(s, positive)
+        self.s = s = check(s, given)
+        self.device, self.rank, self.world = start_processes(s["DEVICE"])
+        if leader():
+            held.enter_context(locked(self.out_dir))  # a second run into OUT_DIR is refused while this one lasts
+            remove_stale(self.out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
+        print("settings: " + json.dumps(s))
+
+    def load_data(self):
+        """The data file, downloaded once and validated, and split: its training, validation and test rows, in
+        that order, as one frame (columns text and the labels). Sets names, multi and the split sizes."""
+        s = self.s
+        with leader_first(self.world):
+            path, rows, self.names = load_reviews(s["DATA_URL"], s["DATA_DIR"], s)
+        self.data_sha256 = file_sha256(path)
+        if self.checkpoint is not None and self.checkpoint["data_sha256"] != self.data_sha256:
+            raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs)")
+        parts = split(rows, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"], s["SHUFFLE"], s["SEED"])
+        check_labels(*parts, self.names)
+        self.multi = len(label_columns(s)) > 1
+        self.n_train, self.n_valid, self.n_test = map(len, parts)
+        return pd.concat(parts)
+
+    def index(self, ids, offsets, frame):
+        """The encoded texts of load_data()'s frame with their targets, (ids, offsets, labels) as the scripts'
+        collate() takes them; sets the lengths and the validation and test batches (longest first)."""
+        self.labels = targets(frame, self.names)
+        self.lengths = (offsets[1:] - offsets[:-1]).numpy()
+        a, b = self.n_train, self.n_train + self.n_valid
+        self.valid_batches = [a + batch for batch in make_batches(self.lengths[a:b], self.s["EVAL_BATCH_SIZE"])]
+        self.test_batches = [b + batch for batch in make_batches(self.lengths[b:], self.s["EVAL_BATCH_SIZE"])]
+        return ids, offsets, self.labels
+
+    def resume(self, parts):
+        """parts ({name: model, optimizer, ...}) are saved in every checkpoint; with --resume they, the RNG and
+        the run's progress are restored from it."""
+        self.parts = parts
+        self.state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
+                      "batch_losses": [], "correct": 0, "seconds": 0.0}
+        if self.checkpoint is None:
+            return
+        for name, part in parts.items():
+            part.load_state_dict(self.checkpoint[name])
+        self.state = self.checkpoint["state"]
+        if self.rank > 0:  # the checkpoint holds the sums over all processes: rank 0 carries them on
+            self.state.update(batch_losses=[0.0] * self.state["batch"], correct=0)
+        restore_rng(self.checkpoint["rng"])
+        print(f"resuming {self.checkpoint_path}: epoch {self.state['epoch']}, batch {self.state['batch']}/"
+              f"{math.ceil(self.n_train / self.s['BATCH_SIZE'])}")
+
+    def save_checkpoint(self):
+        checkpoint = {"settings": self.s, "data_sha256": self.data_sha256, "state": self.state, "rng": rng_state(),
+                      **{name: part.state_dict() for name, part in self.parts.items()}}
+        if leader():
+            atomic_write(self.checkpoint_path, lambda f: torch.save(checkpoint, f))
+
+    def fit(self, model, train_model, train_step, optimizer_step, evaluate, save_best, collate):
+        """Train for EPOCHS from where the run stands: train_step(train_model, batch, step_examples) per batch,
+        optimizer_step() per GRAD_ACCUM_STEPS batches, then evaluate(model, batches) on the validation split;
+        save_best(epoch) where an epoch beats the best so far (rank 0 only), and a checkpoint after each epoch.
+        Ctrl-C or SIGTERM saves a checkpoint at the end of an optimizer step and stops (Interrupted)."""
+        s, state = self.s, self.state
+        a, b = self.n_train, self.n_train + self.n_valid
+        try:
+            with StopRequest() as stop:
+                for epoch in range(state["epoch"], s["EPOCHS"] + 1):
+                    model.train()  # from_pretrained returns a model in eval mode (dropout off)
+                    epoch_start = time.perf_counter() - state["seconds"]
+                    batch_losses, correct = self.epoch(epoch, epoch_start, train_model, train_step, optimizer_step,
+                                                       collate, stop)
+                    train_seconds = time.perf_counter() - epoch_start
+                    valid = scores(evaluate(model, self.valid_batches), self.labels[a:b], self.names, s["THRESHOLD"])
+                    batch_losses, correct = all_sum(batch_losses, self.world), all_sum(correct, self.world)
+                    record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / a,
+                              "train_accuracy": correct.item() / a, "valid_loss": valid["loss"],
+                              "valid_accuracy": valid["accuracy"], "seconds": train_seconds,
+                              **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {})}
+                    print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
+                          f"{record['train_accuracy']:.4f} | valid {shown(valid)} | {train_seconds:.1f} s")
+                    state["history"].append(record)
+                    if better(valid, state["best_valid"]):
+                        state.update(best_valid=valid, best_epoch=epoch)
+                        if leader():
+                            save_best(epoch)
+                    state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
+                    self.save_checkpoint()
+                    if agreed(stop.requested, self.device, self.world) and epoch < s["EPOCHS"]:
+                        raise Interrupted(stop.requested or signal.SIGTERM)
+        except torch.OutOfMemoryError as e:
+            length = f" at --max-length {s['MAX_LENGTH']}" if "MAX_LENGTH" in s else ""
+            raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']}{length}: lower --batch-size "
+                              f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps (e.g. "
+                              f"{s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch"
+                              f"{', or lower --max-length' if length else ''}") from e
+
+    def epoch(self, epoch, epoch_start, train_model, train_step, optimizer_step, collate, stop):
+        """One pass over the training split, from state["batch"] on: the summed batch losses and correct count of
+        this process. Under torchrun each process takes its share of every batch; the loss is divided so that
+        accumulation and data parallelism give exactly the gradient of the whole optimizer step."""
+        s, state, device, world = self.s, self.state, self.device, self.world
+        generator = torch.Generator().manual_seed(s["SEED"] + epoch)  # the same batches when resumed
+        batches = make_batches(self.lengths[:self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
+        batch_losses = torch.zeros(len(batches), device=device)
+        batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
+        correct = torch.tensor(state["correct"], device=device)
+        shares = [share(batch, self.rank, world) for batch in batches]  # under torchrun: this process's part
+        bar = progress(loader([part for part, _ in shares[state["batch"]:]], collate, device),
+                       desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
+        for i, batch in enumerate(bar, start=state["batch"]):
+            first = i - i % s["GRAD_ACCUM_STEPS"]
+            step_examples = sum(len(b) for b in batches[first:first + s["GRAD_ACCUM_STEPS"]])
+            step_done = (i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches)
+            weight = shares[i][1]  # DDP averages the gradients over processes: divide by step_examples / world
+            with train_model.no_sync() if world > 1 and not step_done else contextlib.nullcontext():
+                loss_sum, batch_correct = train_step(train_model, to_device(batch, device),
+                                                     step_examples / world if weight else math.inf)
+            batch_losses[i], correct = loss_sum * weight, correct + batch_correct * weight
+            if step_done:
+                optimizer_step()
+            if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
+                seen = batch_losses[:i + 1]
+                loss = seen.sum().item() / sum(len(part) * weight for part, weight in shares[:i + 1])
+                if not math.isfinite(loss):
+                    bad = int(torch.nonzero(~torch.isfinite(seen))[0])
+                    tip = " or try --precision fp32" if "PRECISION" in s else " or set --grad-clip 1"
+                    raise RecipeError(f"the loss became {seen[bad].item()} at epoch {epoch}, batch {bad + 1}; "
+                                      f"lower --learning-rate (now {s['LEARNING_RATE']}){tip}")
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if step_done and agreed(stop.requested, device, world):  # all processes stop at this step
+                batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)
+                state.update(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
+                             correct=correct.item(), seconds=time.perf_counter() - epoch_start)
+                self.save_checkpoint()
+                raise Interrupted(stop.requested)
+        bar.close()
+        return batch_losses, correct
+
+    def test(self, load, evaluate):
+        """The best epoch's model, reloaded from disk by load() exactly as a user would, scored on the test split."""
+        barrier(self.world)  # rank 0 has written it
+        best = load()
+        b = self.n_train + self.n_valid
+        return best, scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
+
+    def finish(self, test, saved, **extra):
+        """metrics.json: the settings, every epoch, the best epoch's validation and test scores, the time and the
+        hardware, and extra (parameters, precision); the checkpoint is removed, as the run is complete."""
+        state = self.state
+        train_seconds = sum(record["seconds"] for record in state["history"])
+        devices = device_names(self.device, self.world)
+        print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
+              f"trained {train_seconds:.1f} s")
+        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi, "epochs": state["history"],
+                   "best_epoch": state["best_epoch"], "valid_accuracy": state["best_valid"]["accuracy"],
+                   "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
+                   "train_seconds": train_seconds, "device": devices[0], "devices": devices,
+                   "world_size": self.world, **extra}
+        if leader():
+            write_json(self.out_dir / "metrics.json", metrics)
+            self.checkpoint_path.unlink()  # model and metrics.json are what a complete run leaves
+        print(f"wrote {self.out_dir / 'metrics.json'} and {saved}")
+        barrier(self.world)  # no process tears down its connections while another still uses them
+        return metrics
