@@ -27,8 +27,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import train_distilbert as td
 import train_lstm_baseline as tl
 from textclf.batches import make_batches, to_device
-from textclf.parallel import resolve_device
-from textclf.progress import progress
+from textclf.parallel import progress, resolve_device
 from textclf.runfolder import atomic_write
 from textclf.settings import RecipeError
 

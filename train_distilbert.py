@@ -16,7 +16,9 @@ import errno
 import hashlib
 import json
 import math
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +29,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.data import BR_TAG, clean
 from textclf.metrics import all_logits, batch_loss
-from textclf.parallel import leader_first
-from textclf.progress import progress
-from textclf.runfolder import atomic_write, swap_folder
+from textclf.parallel import leader_first, progress
+from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError
 from textclf.training import Run, main as run_main
 
@@ -161,14 +162,23 @@ def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1):
 
 
 def save_model(model, tokenizer, path, stale):
-    """save_pretrained into a fresh folder swapped in whole (swap_folder()): a failed write keeps the old model."""
-    def write(folder):
-        try:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-        except SafetensorError as e:  # safetensors reports a full disk as its own error
-            raise OSError(errno.ENOSPC if "No space" in str(e) else errno.EIO, str(e)) from None
-    swap_folder(path, write, stale)
+    """save_pretrained into a fresh folder, then swap it in: the old folder stays until the new one is whole.
+    A failed write (full disk) leaves the old model; a kill between the renames is undone by remove_stale().
+    The file stale (an earlier run's results) is deleted once the new model is whole."""
+    tmp, old = temporary(path), temporary(path, "old")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError):  # safetensors reports a full disk as its own error
+            e = OSError(errno.ENOSPC if "No space" in str(e) else errno.EIO, str(e))
+        raise write_error(path, e) from None
+    Path(stale).unlink(missing_ok=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def parameter_groups(model, learning_rate, weight_decay, lr_decay):
@@ -262,9 +272,8 @@ def run(settings, given, held):
           optimizer_step=optimizer_step, evaluate=score,
           save_best=lambda epoch: save_model(model, tokenizer, r.out_dir / "model", stale=r.out_dir / "metrics.json"),
           collate=lambda indices: collate(indices, *data, pad_id))
-    best, test = r.test(lambda: AutoModelForSequenceClassification.from_pretrained(
-        r.out_dir / "model", attn_implementation="sdpa").to(device), score)
-    return r.finish(test, f"{r.out_dir / 'model'}/", precision=precision, parameters=best.num_parameters())
+    return r.finish(lambda: AutoModelForSequenceClassification.from_pretrained(
+        r.out_dir / "model", attn_implementation="sdpa").to(device), score, f"{r.out_dir / 'model'}/", precision=precision)
 
 
 def main(argv=None):

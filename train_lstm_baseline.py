@@ -23,7 +23,7 @@ from torch import nn
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.data import clean
 from textclf.metrics import all_logits, batch_loss
-from textclf.progress import progress
+from textclf.parallel import progress
 from textclf.runfolder import atomic_write
 from textclf.settings import RecipeError, label_columns
 from textclf.training import Run, main as run_main
@@ -188,8 +188,7 @@ def run(settings, given, held):
     r.fit(model, train_model, train_step=lambda m, batch, n: train_step(m, batch, n, s["THRESHOLD"]),
           optimizer_step=optimizer_step, evaluate=score, save_best=save_best,
           collate=lambda indices: collate(indices, *data))
-    _, test = r.test(lambda: load_model(r.out_dir, device)[0], score)
-    return r.finish(test, r.out_dir / "model.pt", parameters=sum(p.numel() for p in model.parameters()))
+    return r.finish(lambda: load_model(r.out_dir, device)[0], score, r.out_dir / "model.pt")
 
 
 def main(argv=None):

@@ -1,6 +1,9 @@
-"""textclf.parallel: each process's share of a batch, outside torchrun (whole runs under torchrun are in
-test_distributed.py)."""
-from textclf.parallel import agreed, all_sum, leader, share
+"""textclf.parallel outside torchrun (whole runs under torchrun are in test_distributed.py): each process's share of
+a batch, and progress bars (a log's plain lines are checked on a real run in test_faults.py)."""
+import io
+import sys
+
+from textclf.parallel import agreed, all_sum, leader, progress, share
 
 
 def test_a_batch_smaller_than_the_world_gives_a_weightless_stand_in():
@@ -13,3 +16,21 @@ def test_one_process_is_its_own_leader_and_sum(monkeypatch):
     assert leader() and all_sum(3, 1) == 3 and agreed(2, "cpu", 1) is True and agreed(0, "cpu", 1) is False
     monkeypatch.setenv("RANK", "1")
     assert not leader()
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    for _ in progress(range(50), desc="work", mininterval=0):
+        pass
+    assert sys.stderr.getvalue().count("\r") >= 10
+
+
+def test_progress_in_a_process_other_than_rank_0_shows_nothing(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    for _ in progress(range(50), desc="work"):
+        pass
+    assert capsys.readouterr().err == ""

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from textclf.runfolder import atomic_write, remove_stale, swap_folder, temporary
+from textclf.runfolder import atomic_write, remove_stale, temporary
 
 
 def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
@@ -20,24 +20,6 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, broken)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
-
-
-def test_swap_folder_keeps_the_old_folder_until_the_new_one_is_whole(tmp_path):
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "w").write_text("old")
-    (tmp_path / "metrics.json").write_text("{}")
-
-    def fails(folder):
-        folder.mkdir()
-        (folder / "w").write_text("half")
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(Exception, match="could not write .*model: No space left on device"):
-        swap_folder(tmp_path / "model", fails, stale=tmp_path / "metrics.json")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model"]
-    swap_folder(tmp_path / "model", lambda folder: folder.mkdir() or (folder / "w").write_text("new"),
-                stale=tmp_path / "metrics.json")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (tmp_path / "model" / "w").read_text() == "new"
 
 
 def test_remove_stale_clears_dead_processes_files_and_restores_a_parked_folder(tmp_path):

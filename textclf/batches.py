@@ -13,11 +13,8 @@ def flat_token_ids(pieces):
 
 
 def make_batches(lengths, batch_size, generator=None, grouped=True):
-    """Lists of example indices, one per batch; every example exactly once.
-
-    Without a generator (evaluation): sorted by length, longest first, so each batch pads little.
-    With one (training): a fresh shuffle; if grouped, each chunk of 64 batches is sorted by length before
-    it is cut into batches, and the batches are shuffled, so each batch holds similar lengths."""
+    """Batches of example indices, every example once. Without a generator (evaluation) longest first; with one, a
+    shuffle, and if grouped, each chunk of 64 batches sorted by length before it is cut, then the batches shuffled."""
     lengths = np.asarray(lengths)
     if generator is None:
         order = np.argsort(-lengths, kind="stable")
@@ -43,8 +40,7 @@ def pad_batch(indices, ids, offsets, pad_id, width=None):
 
 
 def loader(batches, collate, device):
-    """collate(indices) of each batch, in pinned memory on CUDA (ready for non_blocking copies). The loader has a
-    generator of its own, so that the global RNG is left to the model (dropout, initialisation)."""
+    """collate(indices) of each batch, pinned on CUDA; its own generator leaves the global RNG to the model."""
     return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=collate, pin_memory=device.type == "cuda",
                                        generator=torch.Generator())
 

@@ -1,5 +1,4 @@
-"""The data: read (or download once) any text-label file or the aclImdb archive, validate it, split it, and turn its
-labels into training targets."""
+"""The data: any text-label file or the aclImdb archive, downloaded once, validated, split, and its labels as targets."""
 import hashlib
 import http.client
 import json
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .progress import progress
+from .parallel import progress
 from .runfolder import atomic_write
 from .settings import RecipeError, label_columns
 
@@ -28,12 +27,10 @@ def file_sha256(path):
 
 
 def load_reviews(url, data_dir, settings):
-    """The data at url, validated: (local path, frame, label names), as read_reviews() returns them. A local path
-    is read where it is; a URL is downloaded into data_dir once, and the local file appears only when the download
-    finished and passed the checks (a failed one leaves nothing behind). .NAME.source.json records the URL and
-    checksum: another URL with the same file name is downloaded anew, while a file saved there by hand (no record,
-    or not the recorded checksum) is used as it is. The Stanford archive (.tar.gz) becomes data_dir/NAME.csv.gz
-    once (read_aclimdb) and is read from there. settings: TEXT_COLUMN, LABEL_COLUMNS and LABEL_NAMES."""
+    """(local path, frame, label names) of the data at url, read by read_reviews() with settings. A local path is read
+    in place; a URL is downloaded into data_dir once, kept only when complete and valid, and .NAME.source.json records
+    its URL and checksum: another URL of the same name is downloaded anew, a file saved there by hand is used as it
+    is. The Stanford archive (.tar.gz) becomes data_dir/NAME.csv.gz once, and is read from there."""
     read = read_aclimdb if is_archive(url) else lambda path, name=None: read_reviews(path, name, settings)
 
     def finish(path, checked=None):  # checked: what read() gave for the download just made
@@ -96,8 +93,7 @@ def is_archive(name):
 
 
 def from_archive(archive, reviews, data_dir, settings):
-    """The archive's reviews (the frame reviews() returns) written once as data_dir/NAME.csv.gz, with columns
-    review and sentiment, and read back as any data file: a newer archive is converted again."""
+    """The archive's reviews() written once (again for a newer archive) as data_dir/NAME.csv.gz, and read back."""
     path = Path(data_dir) / (Path(archive).name.split(".")[0] + ".csv.gz")
     if not path.exists() or path.stat().st_mtime < Path(archive).stat().st_mtime:
         print(f"writing {path} from {archive}")
@@ -110,8 +106,8 @@ ACLIMDB = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_\d+\.txt$")
 
 
 def read_aclimdb(path, name=None):
-    """The Stanford archive (aclImdb/{train,test}/{pos,neg}/ID_RATING.txt) as one frame of review and sentiment:
-    the rows of train/pos and train/neg, then test/pos and test/neg, each half shuffled with seed 0."""
+    """The Stanford archive (aclImdb/{train,test}/{pos,neg}/ID_RATING.txt) as a frame of review and sentiment: the
+    train rows, then the test rows, each half shuffled with seed 0."""
     name = name or path
     parts = {(half, folder): [] for half in ("train", "test") for folder in ("pos", "neg")}
     try:
@@ -134,11 +130,9 @@ def read_aclimdb(path, name=None):
 
 
 def read_reviews(path, name, settings):
-    """Read and check a data file: .tsv or .jsonl (one JSON object a line) by its name, anything else as CSV,
-    each plain or gzip. Returns (frame, label names): the frame has a `text` column with no empty entries, and
-    a `label` column (single-label: an index into the names) or one 0/1 column per label, numbered 0..K-1 in the
-    order of the names (multi-label: a label column may be called `label` or `text` too). Integer
-    labels are named by LABEL_NAMES, word labels name themselves (sorted). Errors call the file `name`."""
+    """(frame, label names) of a .tsv, .jsonl or (anything else) CSV file, plain or gzip, checked; errors call it name.
+    The frame has a non-empty `text` column and a `label` column (an index into the names: LABEL_NAMES for integer
+    labels, sorted word labels) or, multi-label, a 0/1 column per label numbered 0..K-1 (no clash with the names)."""
     name = name or path
     text_column, columns = settings["TEXT_COLUMN"], label_columns(settings)
     with open(path, "rb") as f:
@@ -202,8 +196,8 @@ def read_reviews(path, name, settings):
 
 
 def split(df, train_size, valid_size, test_size, shuffle=False, seed=0):
-    """Split in file order (with shuffle: in an order permuted with seed): the first train_size rows, the next
-    valid_size, the next test_size. A size is a row count, or (a float) a fraction of the rows."""
+    """The first train_size rows (in file order, or permuted with seed), the next valid_size, the next test_size; a
+    size is a row count or (a float) a fraction of the rows."""
     if shuffle:
         df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
     sizes = [int(size * len(df)) if isinstance(size, float) else size for size in (train_size, valid_size, test_size)]

@@ -1,13 +1,11 @@
-"""Losses and scores: a batch's loss and correct count, a split's logits and scikit-learn scores, which epoch is
-best, and the headline numbers the log shows."""
+"""A batch's loss, a split's logits and scikit-learn scores, the best epoch, and the numbers the log shows."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from .batches import loader, to_device
-from .parallel import all_sum
-from .progress import progress
+from .parallel import all_sum, progress
 
 
 def batch_loss(logits, targets, threshold):
@@ -22,10 +20,9 @@ def batch_loss(logits, targets, threshold):
 
 @torch.inference_mode()
 def all_logits(model, forward, batches, collate, width, device, rank, world):
-    """forward(model, batch)'s logits for all examples in batches (a contiguous range of the data), in order, as
-    float32 on the CPU, without gradients and with the model in eval mode (then back in training mode); collate
-    makes a batch of indices. Under torchrun each process takes every world-th batch and the logits are summed
-    over processes, each example coming from one."""
+    """forward(model, batch)'s float32 logits, in order, for batches of a contiguous range of examples (collate turns
+    indices into a batch), in eval mode and without gradients. Each process takes every world-th batch; the sum
+    over processes has each example's logits once."""
     model.eval()
     first = min(int(b.min()) for b in batches)
     logits = torch.zeros(sum(map(len, batches)), width, device=device)
@@ -38,10 +35,8 @@ def all_logits(model, forward, batches, collate, width, device, rank, world):
 
 
 def scores(logits, targets, names, threshold):
-    """What a practitioner reads about a split, from all its logits: accuracy (multi-label: exact match) and mean
-    loss; single-label macro-F1 and the confusion matrix (rows: true class, columns: predicted, in the order of
-    names); multi-label ROC AUC per label (None where the split holds one value of it), their macro mean, and
-    micro- and macro-F1 at threshold."""
+    """A split's accuracy (multi-label: exact match) and mean loss; single-label macro-F1 and confusion matrix (rows:
+    true class); multi-label ROC AUC per label (None where a label has one value), their mean, micro- and macro-F1."""
     loss, correct = batch_loss(logits, targets, threshold)
     result = {"accuracy": correct.item() / len(targets), "loss": loss.item() / len(targets)}
     y = targets.numpy()
@@ -59,8 +54,7 @@ def scores(logits, targets, names, threshold):
 
 
 def better(result, best):
-    """Whether an epoch's validation scores beat the best so far (None at first): by accuracy, or for multi-label
-    by macro ROC AUC (where it is undefined, it counts lowest)."""
+    """Whether validation scores beat the best (None at first): by accuracy, multi-label by macro ROC AUC."""
     key = "macro_roc_auc" if "roc_auc" in result else "accuracy"
     value = lambda r: -1.0 if r[key] is None else r[key]  # noqa: E731
     return best is None or value(result) > value(best)

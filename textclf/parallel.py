@@ -1,11 +1,14 @@
-"""Data-parallel runs under torchrun: start-up, each process's share of a batch, sums over processes, and which
-process prints and writes (rank 0, the leader)."""
+"""Data-parallel runs under torchrun: start-up, each process's share of a batch, sums, and the leader (rank 0), the
+only process that prints and shows progress."""
 import contextlib
+import io
+import math
 import os
 import sys
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from .settings import RecipeError
 
@@ -24,9 +27,8 @@ def resolve_device(name):
 
 
 def start_processes(device_setting):
-    """Under torchrun (WORLD_SIZE > 1) join the other processes: NCCL on CUDA, gloo on CPU, and DEVICE=auto takes
-    this process's own GPU (cuda:LOCAL_RANK). Returns the device, this process's rank and the number of processes.
-    Processes other than rank 0 print nothing to stdout and show no progress bars."""
+    """(device, rank, world): under torchrun join the others (NCCL on CUDA, gloo on the CPU; DEVICE=auto takes
+    cuda:LOCAL_RANK). Only rank 0 prints to stdout."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
         return resolve_device(device_setting), 0, 1
@@ -56,9 +58,8 @@ def leader_first(world):
 
 
 def share(batch, rank, world):
-    """This process's part of a batch, every world-th example from its rank on, and its weight: 1, or 0 for a
-    stand-in (the batch's first example) where the batch has fewer examples than processes, so that every process
-    still takes part in the gradient all-reduce."""
+    """(this process's part of a batch, its weight): every world-th example from rank on, weight 1; where none is
+    left, a stand-in of weight 0 (the first example), as every process takes part in the gradient all-reduce."""
     part = batch[rank::world]
     return (part, 1) if len(part) else (batch[:1], 0)
 
@@ -77,17 +78,31 @@ def agreed(flag, device, world):
     return bool(all_sum(torch.tensor([float(bool(flag))], device=device), world).item())
 
 
-def device_names(device, world):
-    """What each process trained on: the GPU's name, or cpu."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    if world == 1:
-        return [name]
-    names = [None] * world
-    dist.all_gather_object(names, name)
-    return names
-
-
 def barrier(world):
     """Wait for all processes (nothing to wait for when there is one)."""
     if world > 1:
         dist.barrier()
+
+
+class progress(tqdm):
+    """A tqdm bar on a terminal; where stderr is not one (nohup, SLURM, CI) a plain line every 10% instead."""
+
+    def __init__(self, *args, **kwargs):
+        self.plain, self.shown = not sys.stderr.isatty(), None
+        kwargs.setdefault("disable", not leader())
+        if self.plain:  # tqdm draws into a sink; display() prints the lines
+            kwargs.update(file=io.StringIO(), mininterval=0, miniters=1,
+                          bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, "
+                                     "{rate_fmt}{postfix}]")
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        if not self.plain:
+            return super().display(msg, pos)
+        step = math.ceil(self.total / 10) if self.total else math.inf
+        closing = self.disable  # close() disables the bar, then draws (or clears) it a last time
+        if self.n != self.shown and (
+                self.shown is None or closing or self.n // step > self.shown // step or self.n == self.total):
+            print(self.__str__(), file=sys.stderr, flush=True)
+            self.shown = self.n
+        return True

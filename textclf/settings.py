@@ -19,18 +19,14 @@ def flag(name):
 
 
 def parse_settings(argv, defaults, script=None):
-    """Shell overrides of the settings block: --epochs 3, --max-length=128, --compile true.
-
-    Values are typed from the defaults (ints widen to floats, booleans parsed explicitly); --help shows the script's
-    docstring and each setting's comment from its settings block. Returns all settings and the ones given."""
+    """(all settings, those given) from argv: --epochs 3, --max-length=128, --compile true. Values are typed from the
+    defaults; --help shows the script's docstring and each setting's comment from its settings block."""
     def typed(name, default):
         def convert(text):
             if isinstance(default, bool):
-                if text.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if text.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(text)
+                if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError(text)
+                return text.lower() in ("1", "true", "yes", "on")
             if name in SPLIT_SIZES and not text.strip().isdigit():
                 return float(text)  # a fraction of the rows
             return type(default)(text)
@@ -43,10 +39,9 @@ def parse_settings(argv, defaults, script=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
     for name, default in defaults.items():
-        extra = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
         parser.add_argument(flag(name), dest=name, type=typed(name, default), default=argparse.SUPPRESS,
-                            metavar=type(default).__name__.upper(),
-                            help=f"{comments.get(name, '')} (default: {default})", **extra)
+                            metavar=type(default).__name__.upper(), help=f"{comments.get(name, '')} (default: {default})",
+                            **({"nargs": "?", "const": True} if isinstance(default, bool) else {}))
     given, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(f"unknown setting {unknown[0]!r}; the settings are: {' '.join(map(flag, defaults))}")
@@ -54,8 +49,7 @@ def parse_settings(argv, defaults, script=None):
 
 
 def check_settings(s, positive):
-    """The names in positive are > 0; split sizes are row counts or fractions of the rows (at most 1 together);
-    THRESHOLD is a probability; the text and label columns are named."""
+    """The settings in positive are > 0, split sizes are counts or fractions, THRESHOLD a probability, columns named."""
     for name in positive:
         if not s[name] > 0:
             raise RecipeError(f"{name} ({flag(name)}) must be positive, got {s[name]}")
@@ -79,8 +73,8 @@ def label_columns(s):
 
 
 def resolve_run(settings, given, checkpoint_path):
-    """Settings for this run. With RESUME they come from the checkpoint (the same run continues), and any
-    setting given on the command line must agree with it. Without, an unfinished run is never overwritten."""
+    """(settings, checkpoint): with RESUME the checkpoint's settings, and those given must agree with them. Without,
+    an unfinished run is never overwritten."""
     if not settings["RESUME"]:
         if checkpoint_path.exists():
             raise RecipeError(f"{checkpoint_path} holds an unfinished run; continue it with --resume, or choose "

@@ -1,5 +1,5 @@
-"""A training run from the command line to metrics.json, around a script's own model, tokenizer and steps: the
-start (settings, processes, OUT_DIR), the data, the epochs with their checkpoints, and the report."""
+"""A training run from the command line to metrics.json, around a script's own model and steps, and the signals
+(Ctrl-C, SIGTERM) that stop it."""
 import contextlib
 import json
 import math
@@ -16,16 +16,14 @@ import torch.distributed as dist
 from .batches import loader, make_batches, to_device
 from .data import check_labels, file_sha256, load_reviews, split, targets
 from .metrics import better, scores, shown
-from .parallel import agreed, all_sum, barrier, device_names, leader, leader_first, share, start_processes
-from .progress import progress
-from .runfolder import Interrupted, StopRequest, atomic_write, locked, remove_stale, restore_rng, rng_state, stop_now, write_json
+from .parallel import agreed, all_sum, barrier, leader, leader_first, progress, share, start_processes
+from .runfolder import atomic_write, locked, remove_stale
 from .settings import RecipeError, check_settings, label_columns, parse_settings, resolve_run
 
 
 def main(run, defaults, script, argv=None):
-    """A training script's command line: run(settings, given, held) with the settings block's defaults overridden
-    from argv. A RecipeError is one line and exit 1; Ctrl-C or SIGTERM one line that says how to resume, and exit
-    128 + the signal. held is an ExitStack that lasts the run (the lock on OUT_DIR)."""
+    """A script's command line: run(settings, given, held) with defaults overridden from argv, held lasting the run.
+    A RecipeError is one line and exit 1; Ctrl-C or SIGTERM one line on how to resume, and exit 128 + the signal."""
     settings, given = parse_settings(sys.argv[1:] if argv is None else argv, defaults, script)
     checkpoint_path = Path(settings["OUT_DIR"]) / "checkpoint.pt"
     previous = {s: signal.signal(s, stop_now) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -51,12 +49,10 @@ def main(run, defaults, script, argv=None):
 
 
 class Run:
-    """One training run: its settings s (a checkpoint's with --resume), device, rank and world (the number of
-    processes), OUT_DIR (locked while it runs), data, and progress (state: epoch, batch, history, best epoch)."""
+    """One run: settings s (the checkpoint's with --resume), device, rank, world (processes), data and state."""
 
     def __init__(self, settings, given, held, positive, check=lambda s, given: s):
-        """Settings checked (positive: the names that must be > 0; check(s, given): the script's own checks, which
-        may fill in a setting), processes started, OUT_DIR locked and cleared of what killed runs left."""
+        """Settings checked (positive: names > 0; check: the script's own), processes started, OUT_DIR locked."""
         self.out_dir = Path(settings["OUT_DIR"])
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         s, self.checkpoint = resolve_run(settings, given, self.checkpoint_path)
@@ -69,8 +65,7 @@ class Run:
         print("settings: " + json.dumps(s))
 
     def load_data(self):
-        """The data file, downloaded once and validated, and split: its training, validation and test rows, in
-        that order, as one frame (columns text and the labels). Sets names, multi and the split sizes."""
+        """The data, downloaded once, validated and split: the training, validation and test rows as one frame."""
         s = self.s
         with leader_first(self.world):
             path, rows, self.names = load_reviews(s["DATA_URL"], s["DATA_DIR"], s)
@@ -84,8 +79,7 @@ class Run:
         return pd.concat(parts)
 
     def index(self, ids, offsets, frame):
-        """The encoded texts of load_data()'s frame with their targets, (ids, offsets, labels) as the scripts'
-        collate() takes them; sets the lengths and the validation and test batches (longest first)."""
+        """(ids, offsets, targets) of load_data()'s frame, as collate() takes them; the evaluation batches."""
         self.labels = targets(frame, self.names)
         self.lengths = (offsets[1:] - offsets[:-1]).numpy()
         a, b = self.n_train, self.n_train + self.n_valid
@@ -94,8 +88,7 @@ class Run:
         return ids, offsets, self.labels
 
     def resume(self, parts):
-        """parts ({name: model, optimizer, ...}) are saved in every checkpoint; with --resume they, the RNG and
-        the run's progress are restored from it."""
+        """parts ({name: model, optimizer, ...}) go into every checkpoint; --resume restores them and the RNG."""
         self.parts = parts
         self.state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
                       "batch_losses": [], "correct": 0, "seconds": 0.0}
@@ -106,21 +99,22 @@ class Run:
         self.state = self.checkpoint["state"]
         if self.rank > 0:  # the checkpoint holds the sums over all processes: rank 0 carries them on
             self.state.update(batch_losses=[0.0] * self.state["batch"], correct=0)
-        restore_rng(self.checkpoint["rng"])
+        torch.set_rng_state(self.checkpoint["rng"]["torch"])
+        if self.checkpoint["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.checkpoint["rng"]["cuda"])
         print(f"resuming {self.checkpoint_path}: epoch {self.state['epoch']}, batch {self.state['batch']}/"
               f"{math.ceil(self.n_train / self.s['BATCH_SIZE'])}")
 
     def save_checkpoint(self):
-        checkpoint = {"settings": self.s, "data_sha256": self.data_sha256, "state": self.state, "rng": rng_state(),
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        checkpoint = {"settings": self.s, "data_sha256": self.data_sha256, "state": self.state, "rng": rng,
                       **{name: part.state_dict() for name, part in self.parts.items()}}
         if leader():
             atomic_write(self.checkpoint_path, lambda f: torch.save(checkpoint, f))
 
     def fit(self, model, train_model, train_step, optimizer_step, evaluate, save_best, collate):
-        """Train for EPOCHS from where the run stands: train_step(train_model, batch, step_examples) per batch,
-        optimizer_step() per GRAD_ACCUM_STEPS batches, then evaluate(model, batches) on the validation split;
-        save_best(epoch) where an epoch beats the best so far (rank 0 only), and a checkpoint after each epoch.
-        Ctrl-C or SIGTERM saves a checkpoint at the end of an optimizer step and stops (Interrupted)."""
+        """The epochs from where the run stands: epoch() trains, evaluate(model, batches) validates, save_best(epoch)
+        keeps a better epoch's model (rank 0), and a checkpoint follows each epoch and each stop request."""
         s, state = self.s, self.state
         a, b = self.n_train, self.n_train + self.n_valid
         try:
@@ -156,9 +150,8 @@ class Run:
                               f"{', or lower --max-length' if length else ''}") from e
 
     def epoch(self, epoch, epoch_start, train_model, train_step, optimizer_step, collate, stop):
-        """One pass over the training split, from state["batch"] on: the summed batch losses and correct count of
-        this process. Under torchrun each process takes its share of every batch; the loss is divided so that
-        accumulation and data parallelism give exactly the gradient of the whole optimizer step."""
+        """One pass from state["batch"] on: train_step(train_model, batch, step_examples) per batch (this process's
+        share of it), optimizer_step() per GRAD_ACCUM_STEPS. Returns this process's batch losses and correct count."""
         s, state, device, world = self.s, self.state, self.device, self.world
         generator = torch.Generator().manual_seed(s["SEED"] + epoch)  # the same batches when resumed
         batches = make_batches(self.lengths[:self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
@@ -197,29 +190,64 @@ class Run:
         bar.close()
         return batch_losses, correct
 
-    def test(self, load, evaluate):
-        """The best epoch's model, reloaded from disk by load() exactly as a user would, scored on the test split."""
+    def finish(self, load, evaluate, saved, **extra):
+        """The best epoch's model, reloaded by load() as a user would, scored on the test split; then metrics.json
+        (settings, epochs, the best epoch's scores, time, hardware, extra) replaces the checkpoint."""
         barrier(self.world)  # rank 0 has written it
-        best = load()
-        b = self.n_train + self.n_valid
-        return best, scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
-
-    def finish(self, test, saved, **extra):
-        """metrics.json: the settings, every epoch, the best epoch's validation and test scores, the time and the
-        hardware, and extra (parameters, precision); the checkpoint is removed, as the run is complete."""
-        state = self.state
+        best, state, b = load(), self.state, self.n_train + self.n_valid
+        test = scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
         train_seconds = sum(record["seconds"] for record in state["history"])
-        devices = device_names(self.device, self.world)
+        devices = [torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)]
+        if self.world > 1:  # what each process ran on
+            devices *= self.world
+            dist.all_gather_object(devices, devices[0])
         print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
               f"trained {train_seconds:.1f} s")
         metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi, "epochs": state["history"],
                    "best_epoch": state["best_epoch"], "valid_accuracy": state["best_valid"]["accuracy"],
                    "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
                    "train_seconds": train_seconds, "device": devices[0], "devices": devices,
-                   "world_size": self.world, **extra}
+                   "world_size": self.world, **extra, "parameters": sum(p.numel() for p in best.parameters())}
         if leader():
-            write_json(self.out_dir / "metrics.json", metrics)
+            atomic_write(self.out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
             self.checkpoint_path.unlink()  # model and metrics.json are what a complete run leaves
         print(f"wrote {self.out_dir / 'metrics.json'} and {saved}")
         barrier(self.world)  # no process tears down its connections while another still uses them
         return metrics
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: main() stops with one line and exit status 128 + the signal's number."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signal.Signals(signum)
+
+
+def stop_now(signum, frame):
+    """Ctrl-C or SIGTERM outside the training loop stops at once, also where the shell ignored SIGINT (a background job)."""
+    raise Interrupted(signum)
+
+
+class StopRequest:
+    """While active, Ctrl-C and SIGTERM (a preempted machine) only set .requested, so that training stops after the
+    optimizer step with a checkpoint. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise Interrupted(signum)
+        self.requested = signum
+        if leader():
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
+                  file=sys.stderr)
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
