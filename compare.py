@@ -25,7 +25,7 @@ def load(path):
     if not isinstance(metrics, dict) or not {"settings", "epochs", "test_accuracy"} <= metrics.keys():
         raise RecipeError(f"{file} is not the metrics.json of a finished run of train_distilbert.py or "
                           f"train_lstm_baseline.py")
-    return str(path if path.is_dir() else path.parent if path.name == "metrics.json" else path.stem), metrics
+    return (path.name if path.is_dir() else file.parent.name if file.name == "metrics.json" else file.stem), metrics
 
 
 def describe(metrics):
@@ -38,11 +38,12 @@ def describe(metrics):
 
 
 def table(runs):
-    """One markdown row per run: what was trained, how long, and how well."""
-    extra = [key for key in ("test_macro_f1", "test_macro_roc_auc") if any(key in m for _, m in runs)]
+    """One markdown row per run: what was trained, how long, and how well (multi-label: exact-match accuracy, and
+    the macro ROC AUC that picks the best epoch)."""
+    auc = any(m.get("multi_label") for _, m in runs)
     header = (["run", "script", "model", "parameters", "training reviews", "max length", "epochs", "device",
                "training s", "s per epoch", "best epoch", "valid accuracy", "test accuracy"]
-              + [key.replace("_", " ") for key in extra])
+              + ["valid macro ROC AUC", "test macro ROC AUC"] * auc)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in runs:
         s, epochs = m["settings"], m["epochs"]
@@ -56,7 +57,8 @@ def table(runs):
         row = [name, script, model, parameters, f"{s['TRAIN_SIZE']:,}", str(s.get("MAX_LENGTH", "all")),
                f"{len(epochs)} of {s['EPOCHS']}" if len(epochs) < s["EPOCHS"] else str(len(epochs)), device,
                f"{m['train_seconds']:.1f}", per_epoch, str(m["best_epoch"]), f"{m['valid_accuracy']:.4f}",
-               f"{m['test_accuracy']:.4f}"] + [f"{m[key]:.4f}" if m.get(key) is not None else "—" for key in extra]
+               f"{m['test_accuracy']:.4f}"] + [f"{m[split]['macro_roc_auc']:.4f}" if m[split].get("macro_roc_auc")
+                                              is not None else "—" for split in ("valid", "test") if auc]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

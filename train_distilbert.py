@@ -55,6 +55,7 @@ HEAD_TOKENS = 128  # with head+tail: tokens kept from the start, the rest from t
 BATCH_SIZE = 16  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
 EPOCHS = 3  # passes over the training split
+PATIENCE = 0  # epochs without a better validation score before stopping, 0 = off; the schedule stays EPOCHS long
 LEARNING_RATE = 5e-5  # AdamW peak learning rate
 WEIGHT_DECAY = 0.01  # AdamW decoupled weight decay, on weight matrices only
 LR_DECAY = 1.0  # layer-wise: head and top layer at LEARNING_RATE, each layer below x LR_DECAY, embeddings last; 1 = off

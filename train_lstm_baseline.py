@@ -48,6 +48,7 @@ HIDDEN_DIM = 256  # LSTM state width
 BATCH_SIZE = 128  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
 EPOCHS = 15  # passes over the training split
+PATIENCE = 0  # epochs without a better validation score before stopping, 0 = off
 LEARNING_RATE = 0.005  # Adam learning rate
 GRAD_CLIP = 0.0  # clip the gradient norm to this, 0 = off
 SEED = 123  # initialisation and shuffling

@@ -112,3 +112,19 @@ def test_a_process_that_dies_ends_the_run_naming_it_not_a_hang(tmp_path, reviews
     assert done.returncode != 0
     cause = done.stderr[done.stderr.index("Root Cause"):]
     assert "rank      : 1" in cause and "SIGKILL" in cause
+
+
+def test_under_torchrun_all_processes_stop_early_together(tmp_path, reviews):
+    """A learning rate of 1e-12 leaves the validation accuracy where epoch 1 put it: PATIENCE 1 ends the run
+    after epoch 2 in every process (a process that went on alone would hang the next all-reduce)."""
+    settings = {"data_url": reviews, "data_dir": tmp_path / "data", "train_size": 600, "valid_size": 200,
+                "test_size": 200, "vocab_size": 60, "embedding_dim": 8, "hidden_dim": 16, "batch_size": 32,
+                "epochs": 4, "patience": 1, "learning_rate": 1e-12}
+    single = tl.main(cli(**settings, out_dir=tmp_path / "single"))
+    done = torchrun("train_lstm_baseline.py", cli(**settings, out_dir=tmp_path / "ddp"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    parallel = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert single["stopped_early_at"] == parallel["stopped_early_at"] == 2
+    assert len(parallel["epochs"]) == 2 and parallel["world_size"] == 2
+    assert done.stdout.count("stopping early") == 1  # rank 0 alone prints
+

@@ -269,7 +269,11 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
     assert lines[0].split("\t")[1].startswith("good=") and lines[0].split("\t")[2] == "a superb and wonderful plot"
 
     compare.main([str(tmp_path / "out")])
-    assert "train_lstm_baseline" in capsys.readouterr().out
+    header, _, row = capsys.readouterr().out.splitlines()
+    cells = dict(zip(*([cell.strip() for cell in line.strip("|").split("|")] for line in (header, row))))
+    assert cells["script"] == "train_lstm_baseline.py" and cells["run"] == "out"
+    assert float(cells["test macro ROC AUC"]) == pytest.approx(metrics["test"]["macro_roc_auc"], abs=5e-5)
+    assert float(cells["valid macro ROC AUC"]) == pytest.approx(metrics["valid"]["macro_roc_auc"], abs=5e-5)
 
 
 def test_multi_label_columns_may_be_called_label_or_text(tmp_path):

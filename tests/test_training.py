@@ -1,5 +1,6 @@
 """textclf.training through both scripts: an interrupted run resumes to the uninterrupted result, --resume keeps
-the run's own settings and data, and a diverging loss or an out-of-memory error stops with advice. CPU, offline."""
+the run's own settings and data, PATIENCE stops a run that stopped improving, and a diverging loss or an
+out-of-memory error stops with advice. CPU, offline."""
 import os
 import signal
 
@@ -112,3 +113,47 @@ def test_out_of_memory_gives_the_batch_size_advice(script, tmp_path, tiny_model,
     text = fails(module, args(tmp_path, csv.as_uri(), batch_size=16, **extra), "out of GPU memory",
                  "lower --batch-size (e.g. 8) and raise --grad-accum-steps (e.g. 2) for the same effective batch")
     assert "--batch-size 16" in text
+
+
+# ------------------------------------------------------------------------------------- early stopping
+def no_progress(script, tmp_path, tiny_model, **overrides):
+    """args for a run whose validation score cannot improve (a learning rate of 1e-12 leaves the logits as they
+    were), 4 epochs with PATIENCE 2: it stops after epoch 3."""
+    module, args = script
+    tmp_path.mkdir(exist_ok=True)
+    csv = write_csv(make_reviews(1_000, seed=10), tmp_path / "reviews.csv")
+    extra = {"model": tiny_model} if module is td else {}
+    return args(tmp_path, csv.as_uri(), epochs=4, patience=2, learning_rate=1e-12, **extra, **overrides)
+
+
+def test_patience_stops_the_run_and_says_so(script, tmp_path, tiny_model, capsys):
+    module, _ = script
+    metrics = module.main(no_progress(script, tmp_path, tiny_model))
+    out = capsys.readouterr().out
+    assert [record["epoch"] for record in metrics["epochs"]] == [1, 2, 3]
+    assert metrics["stopped_early_at"] == 3 and metrics["best_epoch"] == 1
+    assert "epoch 3: no better validation accuracy for 2 epochs (PATIENCE): stopping early, best epoch 1" in out
+    assert "epoch 4/4" not in capsys.readouterr().err and metrics["settings"]["PATIENCE"] == 2
+
+
+def test_patience_off_runs_every_epoch(tmp_path):
+    csv = write_csv(make_reviews(1_000, seed=10), tmp_path / "reviews.csv")
+    metrics = tl.main(lstm_args(tmp_path, csv.as_uri(), epochs=3, learning_rate=1e-12))
+    assert len(metrics["epochs"]) == 3 and metrics["stopped_early_at"] is None and metrics["best_epoch"] == 1
+    fails(tl, lstm_args(tmp_path, csv.as_uri(), patience=-1), "PATIENCE (--patience) must be 0 (off)")
+
+
+def test_a_run_interrupted_after_its_early_stop_resumes_to_the_same_stop(script, tmp_path, tiny_model, monkeypatch):
+    module, _ = script
+    straight = module.main(no_progress(script, tmp_path / "straight", tiny_model))
+    interrupt_at(module, monkeypatch, "evaluate", 4)  # validation of epochs 1-3, then the final test
+    with pytest.raises(SystemExit) as exit:
+        module.main(no_progress(script, tmp_path / "resumed", tiny_model))
+    assert exit.value.code == 130
+    out_dir = tmp_path / "resumed" / "out"
+    state = torch.load(out_dir / "checkpoint.pt", weights_only=True)["state"]
+    assert state["stopped_early_at"] == 3 and state["epoch"] == 4
+    monkeypatch.undo()
+    resumed = module.main([f"--out-dir={out_dir}", "--resume"])
+    assert resumed["stopped_early_at"] == 3 and len(resumed["epochs"]) == 3
+    assert comparable(resumed) == pytest.approx(comparable(straight), rel=1e-5)

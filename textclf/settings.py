@@ -61,6 +61,8 @@ def check_settings(s, positive):
         raise RecipeError(f"the split fractions add up to more than 1 (TRAIN_SIZE {s['TRAIN_SIZE']}, VALID_SIZE "
                           f"{s['VALID_SIZE']}, TEST_SIZE {s['TEST_SIZE']}); e.g. --train-size 0.8 --valid-size 0.1 "
                           f"--test-size 0.1")
+    if s["PATIENCE"] < 0:
+        raise RecipeError(f"PATIENCE (--patience) must be 0 (off) or a number of epochs, got {s['PATIENCE']}")
     if not 0 < s["THRESHOLD"] < 1:
         raise RecipeError(f"THRESHOLD (--threshold) must be between 0 and 1, got {s['THRESHOLD']}")
     if not s["TEXT_COLUMN"].strip() or not label_columns(s):
@@ -83,7 +85,7 @@ def resolve_run(settings, given, checkpoint_path):
     if not checkpoint_path.exists():
         raise RecipeError(f"nothing to resume: {checkpoint_path} does not exist")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    saved = {**checkpoint["settings"], "RESUME": True, "OUT_DIR": settings["OUT_DIR"]}
+    saved = {**settings, **checkpoint["settings"], "RESUME": True, "OUT_DIR": settings["OUT_DIR"]}  # newer settings
     differ = [f"{name} ({value!r}, the run has {saved[name]!r})" for name, value in given.items()
               if name in saved and saved[name] != value]
     if differ:

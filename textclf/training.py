@@ -91,7 +91,7 @@ class Run:
         """parts ({name: model, optimizer, ...}) go into every checkpoint; --resume restores them and the RNG."""
         self.parts = parts
         self.state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
-                      "batch_losses": [], "correct": 0, "seconds": 0.0}
+                      "stopped_early_at": None, "batch_losses": [], "correct": 0, "seconds": 0.0}
         if self.checkpoint is None:
             return
         for name, part in parts.items():
@@ -114,12 +114,15 @@ class Run:
 
     def fit(self, model, train_model, train_step, optimizer_step, evaluate, save_best, collate):
         """The epochs from where the run stands: epoch() trains, evaluate(model, batches) validates, save_best(epoch)
-        keeps a better epoch's model (rank 0), and a checkpoint follows each epoch and each stop request."""
+        keeps a better epoch's model (rank 0), and a checkpoint follows each epoch and each stop request. PATIENCE
+        epochs without a better one end the run early (all processes alike: they share the validation scores)."""
         s, state = self.s, self.state
         a, b = self.n_train, self.n_train + self.n_valid
         try:
             with StopRequest() as stop:
                 for epoch in range(state["epoch"], s["EPOCHS"] + 1):
+                    if state.get("stopped_early_at"):  # resumed after the epoch that ended the run
+                        break
                     model.train()  # from_pretrained returns a model in eval mode (dropout off)
                     epoch_start = time.perf_counter() - state["seconds"]
                     batch_losses, correct = self.epoch(epoch, epoch_start, train_model, train_step, optimizer_step,
@@ -138,8 +141,14 @@ class Run:
                         state.update(best_valid=valid, best_epoch=epoch)
                         if leader():
                             save_best(epoch)
+                    if s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
+                        state["stopped_early_at"] = epoch
+                        print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} "
+                              f"for {s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
                     state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
                     self.save_checkpoint()
+                    if state.get("stopped_early_at"):
+                        break
                     if agreed(stop.requested, self.device, self.world) and epoch < s["EPOCHS"]:
                         raise Interrupted(stop.requested or signal.SIGTERM)
         except torch.OutOfMemoryError as e:
@@ -204,7 +213,8 @@ class Run:
         print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
               f"trained {train_seconds:.1f} s")
         metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi, "epochs": state["history"],
-                   "best_epoch": state["best_epoch"], "valid_accuracy": state["best_valid"]["accuracy"],
+                   "best_epoch": state["best_epoch"], "stopped_early_at": state.get("stopped_early_at"),
+                   "valid_accuracy": state["best_valid"]["accuracy"],
                    "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
                    "train_seconds": train_seconds, "device": devices[0], "devices": devices,
                    "world_size": self.world, **extra, "parameters": sum(p.numel() for p in best.parameters())}
