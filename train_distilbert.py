@@ -6,7 +6,7 @@
     python train_distilbert.py --data-url tickets.csv --text-column body --label-columns queue --shuffle true
                                --train-size 0.8 --valid-size 0.1 --test-size 0.1   # your own data, e.g. 12 classes
     python train_distilbert.py --out-dir runs/distilbert --resume          # continue an interrupted run
-    torchrun --standalone --nproc_per_node=8 train_distilbert.py         # data-parallel on 8 GPUs, same result
+    torchrun --standalone --nproc_per_node=8 train_distilbert.py         # data-parallel on 8 GPUs, the same recipe
 
 Every UPPER_CASE setting below can be overridden from the shell as --lower-case-name VALUE (or =VALUE);
 --help lists them with their defaults. Writes OUT_DIR/metrics.json and OUT_DIR/model/ (the best epoch,

@@ -2,11 +2,12 @@
 
     python train_lstm_baseline.py                                # the full recipe: 15 epochs
     python train_lstm_baseline.py --epochs 2 --train-size 5000  # a quick run
+    python train_lstm_baseline.py --patience 3                  # stop when validation accuracy stalls for 3 epochs
     python train_lstm_baseline.py --data-url /path/to/movie_data.csv.gz
     python train_lstm_baseline.py --data-url comments.jsonl --text-column comment_text --label-columns toxic,insult
                                   --shuffle true --train-size 0.8 --valid-size 0.1 --test-size 0.1  # multi-label
     python train_lstm_baseline.py --out-dir runs/lstm --resume  # continue an interrupted run
-    torchrun --standalone --nproc_per_node=2 train_lstm_baseline.py  # data-parallel, same result
+    torchrun --standalone --nproc_per_node=2 train_lstm_baseline.py  # data-parallel, the same recipe
 
 Same data, download and split as train_distilbert.py. Every UPPER_CASE setting below can be overridden from
 the shell as --lower-case-name VALUE (or =VALUE); --help lists them. Writes OUT_DIR/metrics.json,
