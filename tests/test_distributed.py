@@ -128,3 +128,22 @@ def test_under_torchrun_all_processes_stop_early_together(tmp_path, reviews):
     assert len(parallel["epochs"]) == 2 and parallel["world_size"] == 2
     assert done.stdout.count("stopping early") == 1  # rank 0 alone prints
 
+
+
+@pytest.mark.parametrize("name", ["lstm", "distilbert"])
+def test_a_batch_of_one_review_on_two_processes_trains_as_one_process(tmp_path, reviews, tiny_model, name):
+    """--batch-size 1 on 2 processes: every batch leaves rank 1 a stand-in of weight 0, and the run is still the
+    one-process run (it divided by rank 1's count of real reviews, 0, before)."""
+    settings = {"data_url": reviews, "data_dir": tmp_path / "data", "train_size": 40, "valid_size": 21,
+                "test_size": 19, "batch_size": 1, "epochs": 1}
+    if name == "lstm":
+        module, settings = tl, {**settings, "vocab_size": 60, "embedding_dim": 8, "hidden_dim": 16}
+    else:
+        module, settings = td, {**settings, "model_name": tiny_model, "max_length": 32, "learning_rate": 3e-3}
+    single = module.main(cli(**settings, out_dir=tmp_path / "single"))
+    done = torchrun(f"{module.__name__}.py", cli(**settings, out_dir=tmp_path / "ddp"))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    parallel = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    if name == "lstm":  # no dropout: the same numbers
+        close(single, parallel)
+    assert parallel["world_size"] == 2 and len(parallel["epochs"]) == 1

@@ -183,7 +183,8 @@ class Run:
                 optimizer_step()
             if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
                 seen = batch_losses[:i + 1]
-                loss = seen.sum().item() / sum(len(part) * weight for part, weight in shares[:i + 1])
+                examples = sum(len(part) * weight for part, weight in shares[:i + 1])  # 0 where all were stand-ins
+                loss = seen.sum().item() / max(examples, 1)
                 if not math.isfinite(loss):
                     bad = int(torch.nonzero(~torch.isfinite(seen))[0])
                     tip = " or try --precision fp32" if "PRECISION" in s else " or set --grad-clip 1"
