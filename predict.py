@@ -16,12 +16,14 @@ import gzip
 import io
 import itertools
 import json
+import pickle
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import train_distilbert as td
@@ -48,6 +50,17 @@ class Run:
         except (ValueError, KeyError, TypeError) as e:
             raise RecipeError(f"{run_dir / 'metrics.json'} is not a training script's metrics.json "
                               f"({type(e).__name__}: {e})") from None
+        try:
+            self.load(run_dir, device)
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, SafetensorError) as e:
+            raise RecipeError(f"the model in {run_dir} is damaged ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:100]}); train the run again or restore its files") from None
+        self.device = device
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()  # the training script's precision=auto
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and self.kind == "distilbert")
+
+    def load(self, run_dir, device):
+        """The model and preprocessing of either script's run."""
         if (run_dir / "model" / "config.json").exists():  # train_distilbert.py: a save_pretrained folder
             self.kind = "distilbert"
             tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
@@ -67,9 +80,6 @@ class Run:
         else:
             raise RecipeError(f"{run_dir} has metrics.json but neither model/ (train_distilbert.py) nor model.pt "
                               f"(train_lstm_baseline.py)")
-        self.device = device
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()  # the training script's precision=auto
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and self.kind == "distilbert")
 
     @torch.inference_mode()
     def logits(self, texts, batch_size):
@@ -175,8 +185,10 @@ def main(argv=None):
     try:
         if args.texts and args.input:
             raise RecipeError("give texts as arguments or --input FILE, not both")
+        if args.batch_size is not None and args.batch_size < 1:
+            raise RecipeError(f"--batch-size must be a positive number of texts, got {args.batch_size}")
         run = Run(args.run_dir, resolve_device(args.device))
-        batch_size = args.batch_size or run.settings["EVAL_BATCH_SIZE"]
+        batch_size = run.settings["EVAL_BATCH_SIZE"] if args.batch_size is None else args.batch_size
         column = (args.text_column or run.settings.get("TEXT_COLUMN", "review")) if args.input else "text"
         chunks = read_chunks(args.texts, args.input, column)
         if args.output is None:

@@ -2,6 +2,7 @@
 import gzip
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -111,6 +112,8 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):
     (tmp_path / "metrics.json").write_text('{"settings": {}}')
     fails(predict, [str(tmp_path), "a text"], "neither model/ (train_distilbert.py) nor model.pt")
     fails(predict, [run], "no input: give texts as arguments, --input FILE, or -")
+    for size in ("-1", "0"):  # -1 once classified with scores from uninitialised memory, 0 meant the default
+        fails(predict, [run, "a text", "--batch-size", size], f"--batch-size must be a positive number of texts, got {size}")
     fails(predict, [run, "--input", str(tmp_path / "missing.csv")], "missing.csv does not exist")
     source = write_csv(pd.DataFrame({"text": ["fine", "good"]}), tmp_path / "in.csv")
     fails(predict, [run, "--input", str(source), "--output", output], "has no column 'review' (it has ['text'])",
@@ -124,6 +127,14 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):
     (tmp_path / "broken.jsonl").write_text('{"review": "fine"}\n{"review": \n')
     fails(predict, [run, "--input", str(tmp_path / "broken.jsonl"), "--output", output], "is not a readable jsonl file")
     assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob(".*"))  # no output, not even a temp file
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "lstm"])
+def test_a_damaged_model_is_one_line(runs, tmp_path, kind):
+    run = shutil.copytree(runs[kind], tmp_path / "run")
+    weights = run / ("model/model.safetensors" if kind == "distilbert" else "model.pt")
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short: a copy that did not finish
+    fails(predict, [str(run), "a text"], f"the model in {run} is damaged", "train the run again or restore its files")
 
 
 def test_command_line_reads_standard_input(runs):

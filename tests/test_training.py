@@ -83,6 +83,19 @@ def test_resume_refuses_other_settings_other_data_or_no_checkpoint(tmp_path, mon
     fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"], "is not the file the checkpoint was trained on")
 
 
+def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, monkeypatch):
+    csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
+    interrupt_at(tl, monkeypatch, "train_step", 3)
+    with pytest.raises(SystemExit):
+        tl.main(lstm_args(tmp_path, csv.as_uri()))
+    monkeypatch.undo()
+    checkpoint = tmp_path / "out" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])  # a disk that lost its end
+    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"], f"{checkpoint} is damaged (",
+          "cannot be resumed; restore it, or delete it to start the run over")
+    assert checkpoint.stat().st_size == 5000
+
+
 # ------------------------------------------------------------------------------------- failures during training
 def test_non_finite_loss_stops_with_the_step_and_the_setting_to_change(script, tmp_path, tiny_model, monkeypatch):
     module, args = script

@@ -191,6 +191,11 @@ def read_reviews(path, name, settings):
                           f"others hold {raw[numbers.isna()].iloc[0]!r}; "
                           f"use one kind of label")
     names = sorted(raw.unique())
+    folded = {}
+    for label in names:  # "positive" and "Positive" are one class written two ways, far more often than two
+        if (twin := folded.setdefault(label.casefold(), label)) != label:
+            raise RecipeError(f"{name}: {columns[0]} holds labels that differ only in case, {twin!r} in "
+                              f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way")
     frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
     return frame, names
 

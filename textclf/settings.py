@@ -1,6 +1,7 @@
 """The UPPER_CASE settings block as --lower-case-name flags, the checks every run makes, and --resume's settings."""
 import argparse
 import ast
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -84,7 +85,12 @@ def resolve_run(settings, given, checkpoint_path):
         return settings, None
     if not checkpoint_path.exists():
         raise RecipeError(f"nothing to resume: {checkpoint_path} does not exist")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        checkpoint["settings"]
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
+        raise RecipeError(f"{checkpoint_path} is damaged ({type(e).__name__}) and cannot be resumed; restore it, or "
+                          f"delete it to start the run over") from None
     saved = {**settings, **checkpoint["settings"], "RESUME": True, "OUT_DIR": settings["OUT_DIR"]}  # newer settings
     differ = [f"{name} ({value!r}, the run has {saved[name]!r})" for name, value in given.items()
               if name in saved and saved[name] != value]
