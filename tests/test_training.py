@@ -109,8 +109,48 @@ def test_non_finite_loss_stops_with_the_step_and_the_setting_to_change(script, t
 
     monkeypatch.setattr(module, "train_step", poisoned)
     extra = {"model": tiny_model} if module is td else {}
-    fails(module, args(tmp_path, csv.as_uri(), log_every=5, **extra), "the loss became inf at epoch 1, batch 7",
+    fails(module, args(tmp_path, csv.as_uri(), log_every=5, **extra), "training diverged at epoch 1, batch 7: the loss is inf",
           "lower --learning-rate")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_weights_that_diverge_in_the_last_step_are_never_kept(script, tmp_path, tiny_model, monkeypatch):
+    """The training loss of every batch is finite, but the last step of epoch 2 leaves the weights NaN (as a
+    too-large step can): validation says so, and the epoch 1 model stays, finite, with no metrics.json."""
+    module, args = script
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    batches = 38 if module is td else 19  # 600 reviews in batches of 16 and 32
+    real_train_step, calls = module.train_step, []
+
+    def poisoned(model, *a, **k):
+        calls.append(1)
+        result = real_train_step(model, *a, **k)
+        if len(calls) == 2 * batches:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(module, "train_step", poisoned)
+    extra = {"model": tiny_model} if module is td else {}
+    fails(module, args(tmp_path, csv.as_uri(), **extra), "training diverged after epoch 2: the validation logits are "
+          "not finite", "lower --learning-rate", "Nothing of this epoch was kept")
+    out = tmp_path / "out"
+    assert not (out / "metrics.json").exists() and (out / "checkpoint.pt").exists()  # epoch 1's, to go back to
+    if module is tl:
+        saved = torch.load(out / "model.pt", weights_only=True)
+        assert saved["epoch"] == 1 and all(torch.isfinite(w).all() for w in saved["model"].values())
+    else:
+        from safetensors.torch import load_file
+        assert all(torch.isfinite(w).all() for w in load_file(out / "model" / "model.safetensors").values())
+
+
+def test_a_learning_rate_beyond_float32_is_one_line(script, tmp_path, tiny_model):
+    module, args = script
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    extra = {"model": tiny_model} if module is td else {}
+    fails(module, args(tmp_path, csv.as_uri(), learning_rate=1e38, **extra), "training diverged at epoch 1",
+          "lower --learning-rate (now 1e+38)")
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 

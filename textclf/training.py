@@ -128,7 +128,12 @@ class Run:
                     batch_losses, correct = self.epoch(epoch, epoch_start, train_model, train_step, optimizer_step,
                                                        collate, stop)
                     train_seconds = time.perf_counter() - epoch_start
-                    valid = scores(evaluate(model, self.valid_batches), self.labels[a:b], self.names, s["THRESHOLD"])
+                    logits = evaluate(model, self.valid_batches)
+                    if not torch.isfinite(logits).all():  # a model that diverged is never kept
+                        raise self.diverged(f"after epoch {epoch}", "the validation logits are not finite")
+                    valid = scores(logits, self.labels[a:b], self.names, s["THRESHOLD"])
+                    if not math.isfinite(valid["loss"]):
+                        raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
                     batch_losses, correct = all_sum(batch_losses, self.world), all_sum(correct, self.world)
                     record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / a,
                               "train_accuracy": correct.item() / a, "valid_loss": valid["loss"],
@@ -180,16 +185,19 @@ class Run:
                                                      step_examples / world if weight else math.inf)
             batch_losses[i], correct = loss_sum * weight, correct + batch_correct * weight
             if step_done:
-                optimizer_step()
+                try:
+                    optimizer_step()
+                except RuntimeError as e:  # a learning rate so large that the step is beyond float32
+                    if "overflow" not in str(e):
+                        raise
+                    raise self.diverged(f"at epoch {epoch}, batch {i + 1}", "the optimizer step overflows") from None
             if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
                 seen = batch_losses[:i + 1]
                 examples = sum(len(part) * weight for part, weight in shares[:i + 1])  # 0 where all were stand-ins
                 loss = seen.sum().item() / max(examples, 1)
                 if not math.isfinite(loss):
                     bad = int(torch.nonzero(~torch.isfinite(seen))[0])
-                    tip = " or try --precision fp32" if "PRECISION" in s else " or set --grad-clip 1"
-                    raise RecipeError(f"the loss became {seen[bad].item()} at epoch {epoch}, batch {bad + 1}; "
-                                      f"lower --learning-rate (now {s['LEARNING_RATE']}){tip}")
+                    raise self.diverged(f"at epoch {epoch}, batch {bad + 1}", f"the loss is {seen[bad].item()}")
                 bar.set_postfix(loss=f"{loss:.4f}")
             if step_done and agreed(stop.requested, device, world):  # all processes stop at this step
                 batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)
@@ -199,6 +207,12 @@ class Run:
                 raise Interrupted(stop.requested)
         bar.close()
         return batch_losses, correct
+
+    def diverged(self, where, what):
+        """The error for a run whose numbers stopped being finite: where, what, and what to try."""
+        tip = " or try --precision fp32" if "PRECISION" in self.s else " or set --grad-clip 1"
+        return RecipeError(f"training diverged {where}: {what}; lower --learning-rate (now {self.s['LEARNING_RATE']})"
+                           f"{tip}. Nothing of this epoch was kept")
 
     def finish(self, load, evaluate, saved, **extra):
         """The best epoch's model, reloaded by load() as a user would, scored on the test split; then metrics.json
