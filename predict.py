@@ -76,7 +76,7 @@ class Run:
             self.kind = "lstm"
             self.model, vocab = tl.load_model(run_dir, device)
             self.labels, self.threshold = self.model.labels, self.model.threshold
-            self.encode = lambda texts: tl.encode(texts, vocab)
+            self.encode = lambda texts: tl.encode(texts, vocab, self.model.max_length)
         else:
             raise RecipeError(f"{run_dir} has metrics.json but neither model/ (train_distilbert.py) nor model.pt "
                               f"(train_lstm_baseline.py)")

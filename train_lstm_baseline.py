@@ -43,6 +43,7 @@ VALID_SIZE = 5_000  # the next rows: choose the best epoch
 TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
 # model
 VOCAB_SIZE = 20_000  # most frequent training tokens, <pad> and <unk> included
+MAX_LENGTH = 4096  # tokens per text, longer ones keep their first (bounds memory); IMDb's longest has 2,535
 EMBEDDING_DIM = 128  # token embedding width
 HIDDEN_DIM = 256  # LSTM state width
 # optimisation
@@ -61,7 +62,7 @@ LOG_EVERY = 20  # batches between progress-bar loss updates (each one waits for 
 OUT_DIR = "runs/lstm"  # metrics.json, model.pt and the resumable checkpoint.pt
 RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
-POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "VOCAB_SIZE", "EMBEDDING_DIM", "HIDDEN_DIM", "BATCH_SIZE",
+POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "VOCAB_SIZE", "MAX_LENGTH", "EMBEDDING_DIM", "HIDDEN_DIM", "BATCH_SIZE",
                      "GRAD_ACCUM_STEPS", "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
 TOKEN_PATTERN = r"(?u)\b\w+\b|[!?]"  # words, and the punctuation that carries sentiment
 
@@ -73,11 +74,13 @@ def build_vocab(train_texts, vocab_size):
     return ["<pad>", "<unk>"] + sorted(counter.vocabulary_, key=counter.vocabulary_.get)
 
 
-def encode(texts, vocab):
-    """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]])."""
+def encode(texts, vocab, max_length):
+    """Token ids of all texts, at most max_length each, as one flat int32 tensor and offsets (text i is
+    ids[offsets[i]:offsets[i+1]])."""
     analyze = CountVectorizer(token_pattern=TOKEN_PATTERN).build_analyzer()  # lowercase, then TOKEN_PATTERN
     index = {token: i for i, token in enumerate(vocab)}
-    pieces = [[index.get(token, 1) for token in analyze(clean(text))] or [1] for text in progress(texts, desc="encode")]
+    pieces = [[index.get(token, 1) for token in analyze(clean(text))[:max_length]] or [1]
+              for text in progress(texts, desc="encode")]
     return flat_token_ids(pieces)
 
 
@@ -123,13 +126,13 @@ def evaluate(model, batches, data, device, rank=0, world=1):
 def load_model(out_dir, device="cpu"):
     """The best epoch's model saved in out_dir, in eval mode, and the vocabulary it was trained with (both in
     model.pt: they are replaced together). The model knows its label names (.labels) and whether it is
-    multi-label (.threshold: the run's THRESHOLD, or None for single-label)."""
+    multi-label (.threshold: the run's THRESHOLD, or None for single-label), and its .max_length."""
     saved = torch.load(Path(out_dir) / "model.pt", map_location=device, weights_only=True)
     vocab, s = saved["vocab"], saved["settings"]
     labels = saved.get("labels", ["negative", "positive"])  # model.pt files from before LABEL_COLUMNS
     model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"], len(labels)).to(device)
     model.load_state_dict(saved["model"])
-    model.labels = labels
+    model.labels, model.max_length = labels, s.get("MAX_LENGTH", DEFAULTS["MAX_LENGTH"])  # older runs: the default
     model.threshold = s["THRESHOLD"] if len(label_columns({"LABEL_COLUMNS": s.get("LABEL_COLUMNS", "")})) > 1 else None
     return model.eval(), vocab
 
@@ -138,7 +141,7 @@ def predict(texts, out_dir="runs/lstm"):
     """Classify new texts with the model saved in out_dir. Single-label: [(label, its probability), ...];
     multi-label: [[(label, probability) for each label over the threshold], ...]."""
     model, vocab = load_model(out_dir)
-    ids, offsets = encode(list(texts), vocab)
+    ids, offsets = encode(list(texts), vocab, model.max_length)
     batch = collate(range(len(texts)), ids, offsets, torch.zeros(len(texts), dtype=torch.int64))
     with torch.inference_mode():
         logits = model(batch[0], batch[1])
@@ -161,7 +164,7 @@ def run(settings, given, held):
     # data: download once, validate, split in file order; vocabulary from the training split only
     frame = r.load_data()
     vocab = build_vocab(frame["text"].iloc[:r.n_train], s["VOCAB_SIZE"])
-    data = r.index(*encode(frame["text"].tolist(), vocab), frame)
+    data = r.index(*encode(frame["text"].tolist(), vocab, s["MAX_LENGTH"]), frame)
 
     # model and optimizer
     torch.manual_seed(s["SEED"])

@@ -189,7 +189,7 @@ def lstm_rows(texts, device, steps, warmup, hidden_dim):
     from torch.nn.utils.rnn import pack_padded_sequence
 
     vocab = tl.build_vocab(texts, 20_000)
-    ids, offsets = tl.encode(texts, vocab)
+    ids, offsets = tl.encode(texts, vocab, tl.DEFAULTS["MAX_LENGTH"])
     labels = torch.randint(0, 2, (len(texts),))
     lengths = (offsets[1:] - offsets[:-1]).numpy()
     n_batches = steps + warmup

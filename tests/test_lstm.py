@@ -1,14 +1,20 @@
 """train_lstm_baseline.py: vocabulary, packed-sequence semantics, end to end with predict (offline, CPU)."""
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import train_lstm_baseline as tl
 from conftest import cli, make_reviews, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_args(tmp_path, csv, **overrides):
@@ -22,9 +28,11 @@ def test_vocabulary_comes_from_the_training_texts_only():
     vocab = tl.build_vocab(["good good film<br />", "Bad film!", "good"], vocab_size=10)
     assert vocab[:2] == ["<pad>", "<unk>"]
     assert set(vocab) == {"<pad>", "<unk>", "good", "film", "bad", "!"}  # no "br": the tags are removed
-    ids, offsets = tl.encode(["Good unseen FILM ?", "zzz"], vocab)
+    ids, offsets = tl.encode(["Good unseen FILM ?", "zzz"], vocab, max_length=100)
     assert ids[offsets[0]:offsets[1]].tolist() == [vocab.index("good"), 1, vocab.index("film"), 1]
     assert ids[offsets[1]:offsets[2]].tolist() == [1]
+    ids, offsets = tl.encode(["Good unseen FILM ?"], vocab, max_length=2)  # the first max_length tokens
+    assert ids.tolist() == [vocab.index("good"), 1]
 
 
 def test_vocabulary_keeps_the_most_frequent_tokens():
@@ -108,3 +116,30 @@ def test_a_new_run_never_pairs_its_vocabulary_or_metrics_with_an_old_model(tmp_p
         tl.main(run_args(tmp_path, second, epochs=1, out_dir=tmp_path / "out", vocab_size=50))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint.pt", "model.pt"]
     assert (tmp_path / "out" / "model.pt").read_bytes() != before[1]
+
+
+LONG_TEXT_RUN = """
+import resource, sys
+import predict, train_lstm_baseline as tl
+csv, out = sys.argv[1:3]
+metrics = tl.main([f"--data-url={csv}", f"--data-dir={out}/data", f"--out-dir={out}/run", "--train-size=600",
+                   "--valid-size=200", "--test-size=200", "--vocab-size=100", "--embedding-dim=8", "--hidden-dim=16",
+                   "--epochs=1"])
+predict.main([f"{out}/run", "--input", csv, "--output", f"{out}/predicted.csv"])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # peak MiB of this process
+"""
+
+
+def test_a_text_of_a_million_characters_trains_and_predicts_in_bounded_memory(tmp_path):
+    """One 1,000,000-character review in the training split and in predict.py's input: the LSTM keeps its first
+    MAX_LENGTH tokens, so memory stays bounded (uncapped, 200,000 characters asked for 8.4 GB)."""
+    df = make_reviews(1_000, seed=5)
+    df.loc[3, "review"] = ("a great film " * 80_000)[:1_000_000]
+    csv = write_csv(df, tmp_path / "long.csv")
+    done = subprocess.run([sys.executable, "-c", LONG_TEXT_RUN, str(csv), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_mib = int(done.stdout.split()[-1])
+    assert peak_mib < 2_500, peak_mib
+    predicted = pd.read_csv(tmp_path / "predicted.csv")
+    assert len(predicted) == 1_000 and predicted["score"].between(0.5, 1).all()  # one row per input row

@@ -160,7 +160,7 @@ def test_compare_prints_a_row_per_run_and_draws_the_curves(runs, tmp_path, capsy
         assert cells[0] == runs[kind].name and cells[1] == script  # the run's folder, not its whole path and cells[4] == "600" and cells[6] == "3"
         assert cells[7] == "cpu" + (", fp32" if kind == "distilbert" else "")
         assert cells[-2:] == [f"{metrics['valid_accuracy']:.4f}", f"{metrics['test_accuracy']:.4f}"]
-    assert lines[2].split("|")[6].strip() == "16" and lines[3].split("|")[6].strip() == "all"  # max length
+    assert lines[2].split("|")[6].strip() == "16" and lines[3].split("|")[6].strip() == "4096"  # max length
     assert png_size(tmp_path / "c.png") == (1200, 450) and (tmp_path / "c.png").stat().st_size > 20_000
 
 
