@@ -7,6 +7,7 @@ Each argument is a run's OUT_DIR (or its metrics.json), from either training scr
 """
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -22,24 +23,29 @@ def load(path):
         metrics = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise RecipeError(f"{file} is not the metrics.json of a finished run ({type(e).__name__}: {e})") from None
-    if not isinstance(metrics, dict) or not {"settings", "epochs", "test_accuracy"} <= metrics.keys():
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("settings"), dict) or not isinstance(
+            metrics.get("epochs"), list) or not all(isinstance(e, dict) and "epoch" in e for e in metrics["epochs"]):
         raise RecipeError(f"{file} is not the metrics.json of a finished run of train_distilbert.py or "
                           f"train_lstm_baseline.py")
     return (path.name if path.is_dir() else file.parent.name if file.name == "metrics.json" else file.stem), metrics
 
 
 def describe(metrics):
-    """Script and model of a run, from its settings."""
+    """Script and model of a run, from its settings ("?" where a hand-edited file lacks them)."""
     s = metrics["settings"]
     if "MODEL_NAME" in s:
-        parts = Path(s["MODEL_NAME"]).parts
+        parts = Path(s["MODEL_NAME"]).parts or ("?",)
         return "train_distilbert.py", "/".join(parts[-2:]) if parts[-1] == "model" else parts[-1]
-    return "train_lstm_baseline.py", f"LSTM {s['EMBEDDING_DIM']}/{s['HIDDEN_DIM']}"
+    return "train_lstm_baseline.py", f"LSTM {s.get('EMBEDDING_DIM', '?')}/{s.get('HIDDEN_DIM', '?')}"
+
+
+def number(value, form):
+    return "?" if value is None else format(value, form)
 
 
 def table(runs):
     """One markdown row per run: what was trained, how long, and how well (multi-label: exact-match accuracy, and
-    the macro ROC AUC that picks the best epoch)."""
+    the macro ROC AUC that picks the best epoch). What a run's file lacks shows as ?."""
     auc = any(m.get("multi_label") for _, m in runs)
     header = (["run", "script", "model", "parameters", "training reviews", "max length", "epochs", "device",
                "training s", "s per epoch", "best epoch", "valid accuracy", "test accuracy"]
@@ -48,17 +54,20 @@ def table(runs):
     for name, m in runs:
         s, epochs = m["settings"], m["epochs"]
         script, model = describe(m)
-        device = m["device"] + (f" x {m['world_size']}" if m.get("world_size", 1) > 1 else "") + \
+        device = m.get("device", "?") + (f" x {m['world_size']}" if m.get("world_size", 1) > 1 else "") + \
             (f", {m['precision']}" if "precision" in m else "")
         n = m.get("parameters")
         parameters = "?" if n is None else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
-        per_epoch = ", ".join(f"{e['seconds']:.1f}" for e in epochs) if len(epochs) <= 3 else \
-            f"{min(e['seconds'] for e in epochs):.1f}–{max(e['seconds'] for e in epochs):.1f}"
-        row = [name, script, model, parameters, f"{s['TRAIN_SIZE']:,}", str(s.get("MAX_LENGTH", "all")),
-               f"{len(epochs)} of {s['EPOCHS']}" if len(epochs) < s["EPOCHS"] else str(len(epochs)), device,
-               f"{m['train_seconds']:.1f}", per_epoch, str(m["best_epoch"]), f"{m['valid_accuracy']:.4f}",
-               f"{m['test_accuracy']:.4f}"] + [f"{m[split]['macro_roc_auc']:.4f}" if m[split].get("macro_roc_auc")
-                                              is not None else "—" for split in ("valid", "test") if auc]
+        seconds = [e["seconds"] for e in epochs if "seconds" in e]
+        per_epoch = ", ".join(f"{t:.1f}" for t in seconds) if len(seconds) <= 3 else \
+            f"{min(seconds):.1f}–{max(seconds):.1f}"
+        train = m.get("examples", {}).get("train", s.get("TRAIN_SIZE"))  # older runs: a fraction stays a fraction
+        train = "?" if train is None else f"{train:.0%} of the rows" if isinstance(train, float) else f"{train:,}"
+        ran = f"{len(epochs)} of {s['EPOCHS']}" if len(epochs) < s.get("EPOCHS", 0) else str(len(epochs))
+        row = [name, script, model, parameters, train, str(s.get("MAX_LENGTH", "all")), ran, device,
+               number(m.get("train_seconds"), ".1f"), per_epoch or "?", number(m.get("best_epoch"), "d"),
+               number(m.get("valid_accuracy"), ".4f"), number(m.get("test_accuracy"), ".4f")]
+        row += [number((m.get(split) or {}).get("macro_roc_auc"), ".4f") for split in ("valid", "test") if auc]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -73,13 +82,14 @@ def plot(runs, output):
     for (name, m), color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs)):
         epochs = [e["epoch"] for e in m["epochs"]]
         for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-            axes.plot(epochs, [e[f"train_{key}"] for e in m["epochs"]], "o-", color=color, label=f"{name}, training")
+            axes.plot(epochs, [e.get(f"train_{key}", math.nan) for e in m["epochs"]], "o-", color=color,
+                      label=f"{name}, training")
             if all(f"valid_{key}" in e for e in m["epochs"]):
                 axes.plot(epochs, [e[f"valid_{key}"] for e in m["epochs"]], "s--", color=color,
                           label=f"{name}, validation")
-        best = next(e for e in m["epochs"] if e["epoch"] == m["best_epoch"])
-        accuracy_axes.plot(best["epoch"], best["valid_accuracy"], "*", color=color, markersize=16,
-                           markeredgecolor="black", zorder=3)
+        for best in (e for e in m["epochs"] if e["epoch"] == m.get("best_epoch") and "valid_accuracy" in e):
+            accuracy_axes.plot(best["epoch"], best["valid_accuracy"], "*", color=color, markersize=16,
+                               markeredgecolor="black", zorder=3)
     loss_axes.set(title="Loss per epoch", xlabel="epoch", ylabel="cross-entropy (mean per review)")
     accuracy_axes.set(title="Accuracy per epoch (★ best epoch, the saved model)", xlabel="epoch", ylabel="accuracy")
     for axes in (loss_axes, accuracy_axes):
@@ -100,6 +110,12 @@ def main(argv=None):
     parser.add_argument("--output", help="draw the learning curves into this PNG")
     args = parser.parse_args(argv)
     try:
+        if args.output:  # before anything is drawn or written
+            from matplotlib.backend_bases import FigureCanvasBase
+            kind, known = Path(args.output).suffix.lstrip(".").lower(), FigureCanvasBase.get_supported_filetypes()
+            if kind and kind not in known:
+                raise RecipeError(f"--output {args.output}: matplotlib cannot write .{kind} files; use one of "
+                                  f"{', '.join('.' + k for k in sorted(known))}")
         runs = [load(path) for path in args.runs]
         print(table(runs))
         if args.output:

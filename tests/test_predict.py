@@ -164,6 +164,33 @@ def test_compare_prints_a_row_per_run_and_draws_the_curves(runs, tmp_path, capsy
     assert png_size(tmp_path / "c.png") == (1200, 450) and (tmp_path / "c.png").stat().st_size > 20_000
 
 
+def test_compare_shows_what_a_partial_metrics_file_has(runs, tmp_path, capsys):
+    """Hand-edited or older files: no train_seconds, no model settings, no epochs, a null best epoch, or a
+    fractional TRAIN_SIZE without the example counts newer runs record. Each is a row with ? where it lacks."""
+    full = json.loads((runs["lstm"] / "metrics.json").read_text())
+    assert full["examples"] == {"train": 600, "valid": 200, "test": 300}
+    partial = {"settings": {"TRAIN_SIZE": 0.5, "EPOCHS": 3}, "epochs": [], "best_epoch": None, "test_accuracy": 0.5}
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "metrics.json").write_text(json.dumps(partial))
+    fraction = {**full, "settings": {**full["settings"], "TRAIN_SIZE": 0.6}}
+    (tmp_path / "fraction.json").write_text(json.dumps(fraction))
+    compare.main([str(tmp_path / "partial"), str(tmp_path / "fraction.json"), "--output", str(tmp_path / "c.png")])
+    lines = capsys.readouterr().out.splitlines()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert cells[0][:5] == ["partial", "train_lstm_baseline.py", "LSTM ?/?", "?", "50% of the rows"]
+    assert cells[0][8:] == ["?", "?", "?", "?", "0.5000"] and cells[0][6] == "0 of 3"
+    assert cells[1][0] == "fraction" and cells[1][4] == "600"  # the count the run resolved the fraction to
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_compare_refuses_an_output_format_before_writing_anything(runs, tmp_path):
+    with pytest.raises(SystemExit) as exit:
+        compare.main([str(runs["lstm"]), "--output", str(tmp_path / "new" / "curves.jpgx")])
+    assert str(exit.value.code).startswith("error: --output") and "cannot write .jpgx files; use one of" in \
+        str(exit.value.code)
+    assert not (tmp_path / "new").exists()
+
+
 def test_compare_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(SystemExit) as exit:
         compare.main([str(tmp_path)])

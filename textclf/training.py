@@ -227,7 +227,8 @@ class Run:
             dist.all_gather_object(devices, devices[0])
         print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
               f"trained {train_seconds:.1f} s")
-        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi, "epochs": state["history"],
+        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi,
+                   "examples": {"train": self.n_train, "valid": self.n_valid, "test": self.n_test}, "epochs": state["history"],
                    "best_epoch": state["best_epoch"], "stopped_early_at": state.get("stopped_early_at"),
                    "valid_accuracy": state["best_valid"]["accuracy"],
                    "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
