@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import textclf.data
+from textclf.data import read_reviews
 import train_distilbert as td
 import train_lstm_baseline as tl
 from conftest import cli, make_reviews, write_csv
@@ -140,6 +141,26 @@ def test_bad_csv_is_refused_before_training(script, tmp_path, case):
     csv = write_csv(df, tmp_path / "reviews.csv")
     fails(module, args(tmp_path, csv.as_uri()), "nothing was saved", *messages)
     assert files_under(tmp_path / "data") == [] and files_under(tmp_path / "out") == []
+
+
+def test_rows_merged_by_a_stray_quote_are_refused_with_the_row(script, tmp_path):
+    """An unclosed quote in row 2 makes the parser swallow row 3, label and all, into row 2's text."""
+    module, args = script
+    rows = [f'"review {i} was fine",{i % 2}' for i in range(1_000)]
+    rows[2] = '"review 2 was fine,0'
+    (tmp_path / "reviews.csv").write_text("review,sentiment\n" + "\n".join(rows) + "\n")
+    fails(module, args(tmp_path, str(tmp_path / "reviews.csv")), "the review of row 2 (0-based, header not counted) "
+          "holds what looks like the end of another row ('review 2 was fine,0\\n')", "a stray double quote",
+          'written twice: ""')
+    assert files_under(tmp_path / "out") == []
+
+
+def test_texts_over_several_lines_still_load(tmp_path):
+    text = 'Scores so far:\n10,9\n8, and "a classic",\nsays the critic'
+    rows = [f'"{text.replace(chr(34), chr(34) * 2)}",1', '"a dull film",0', '"two\r\nlines",1']
+    (tmp_path / "multi.csv").write_text("review,sentiment\n" + "\n".join(rows) + "\n")
+    frame, names = read_reviews(tmp_path / "multi.csv", None, td.DEFAULTS)
+    assert frame["text"].tolist() == [text, "a dull film", "two\r\nlines"] and frame["label"].tolist() == [1, 0, 1]
 
 
 def test_a_damaged_file_already_in_the_data_dir_says_to_delete_it(script, tmp_path):

@@ -161,6 +161,8 @@ def read_reviews(path, name, settings):
     empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
     if empty.any():
         raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
+    if kind != "jsonl":
+        merged(df, text_column, columns, "\t" if kind == "tsv" else ",", name)
     frame = pd.DataFrame({"text": df[text_column].astype(str)})
     if len(columns) > 1:  # multi-label: 0/1 in each column
         for k, column in enumerate(columns):
@@ -198,6 +200,23 @@ def read_reviews(path, name, settings):
                               f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way")
     frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
     return frame, names
+
+
+def merged(df, text_column, columns, sep, name):
+    """A stray double quote makes the parser read on to the next quote, so that one text swallows the rows after
+    it, their labels included: a line inside a text that ends with the separator and the row's label values (or,
+    for labels before the text, starts with them) is reported. Multi-line texts without that pattern load."""
+    values = "|".join(map(re.escape, sorted({str(v).strip() for c in columns for v in df[c].dropna().unique()})))
+    label = rf'"?\s*(?:{values})\s*"?'
+    row_end = re.compile(rf'(?:{re.escape(sep)}{label}){{{len(columns)}}}\r?\n|\n(?:{label}{re.escape(sep)}){{{len(columns)}}}')
+    texts = df[text_column].astype(str)
+    for row, text in texts[texts.str.contains("\n", regex=False)].items():
+        if match := row_end.search(text):
+            at = max(0, match.start() - 30)
+            raise RecipeError(f"{name}: the {text_column} of row {df.index.get_loc(row)} (0-based, header not counted) "
+                              f"holds what looks like the end of another row ({text[at:match.end()]!r}): a stray "
+                              f'double quote has merged the rows after it into this one; fix the quoting (a quote '
+                              f'inside a quoted text is written twice: "")')
 
 
 def split(df, train_size, valid_size, test_size, shuffle=False, seed=0):
