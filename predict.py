@@ -16,6 +16,7 @@ import gzip
 import io
 import itertools
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def read_chunks(texts, input_path, text_column):
             raise RecipeError("no input: give texts as arguments, --input FILE, or - to read one text per line "
                               "from standard input")
         if texts == ["-"]:
-            lines = (line.rstrip("\r\n") for line in sys.stdin)
+            lines = (line.rstrip("\r\n") for line in sys.stdin if line.strip())  # a blank line holds no text
             while chunk := list(itertools.islice(lines, CHUNK)):
                 yield pd.DataFrame({text_column: chunk})
         else:
@@ -181,7 +182,8 @@ def main(argv=None):
     parser.add_argument("--output", help="write the input rows plus label and score here (.csv, .tsv, .jsonl)")
     parser.add_argument("--batch-size", type=int, help="texts per forward pass (default: the run's EVAL_BATCH_SIZE)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    args = parser.parse_args(argv)
+    parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
+    args = parser.parse_intermixed_args(argv)  # options before, between or after the texts
     try:
         if args.texts and args.input:
             raise RecipeError("give texts as arguments or --input FILE, not both")
@@ -216,6 +218,8 @@ def main(argv=None):
         atomic_write(output, write_all)
     except RecipeError as e:
         raise SystemExit(f"error: {e}") from None
+    except BrokenPipeError:  # the reader stopped early (| head): not an error; quiet the flush at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -65,8 +65,10 @@ def test_texts_from_arguments_and_standard_input(runs, capsys, monkeypatch, kind
     assert labels == ("positive", "negative") and all(0.5 <= float(score) <= 1 for score in scores)
     assert shown == ("a wonderful superb film", "an awful boring movie with a tab")
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(text + "\n" for text in texts)))
-    predict.main([str(runs[kind]), "-"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(["", texts[0], "  ", texts[1]]) + "\n\n"))
+    predict.main([str(runs[kind]), "-"])  # blank lines hold no text: skipped, not the whole stream refused
+    assert capsys.readouterr().out.splitlines() == from_arguments
+    predict.main(["--batch-size", "1", str(runs[kind]), texts[0], "--device", "cpu", texts[1]])  # options anywhere
     assert capsys.readouterr().out.splitlines() == from_arguments
 
 
@@ -121,8 +123,7 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):
     with_empty = write_csv(pd.DataFrame({"id": [1, 2, 3, 4], "review": ["fine", " ", "good", ""]}), tmp_path / "empty.csv")
     fails(predict, [run, "--input", str(with_empty), "--output", output], "empty text in rows 1, 3")
     fails(predict, [run, "a good film", ""], "empty text in row 1")
-    monkeypatch.setattr(sys, "stdin", io.StringIO("fine\n\n"))
-    fails(predict, [run, "-"], "empty text in row 1")
+    fails(predict, [run, "a text", "--batch-size", "many"], "argument --batch-size: invalid int value: 'many'")
     fails(predict, [run, "--input", str(source), "--output", str(tmp_path / "out.xlsx")], "unknown format '.xlsx'")
     (tmp_path / "broken.jsonl").write_text('{"review": "fine"}\n{"review": \n')
     fails(predict, [run, "--input", str(tmp_path / "broken.jsonl"), "--output", output], "is not a readable jsonl file")
@@ -142,6 +143,15 @@ def test_command_line_reads_standard_input(runs):
                           input="a wonderful superb film\nan awful boring movie\n", capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [line.split("\t")[0] for line in done.stdout.splitlines()] == ["positive", "negative"]
+
+
+def test_a_reader_that_stops_early_is_not_an_error(runs):
+    """python predict.py RUN - | head -n 1: the pipe closes after the first line."""
+    done = subprocess.run(f"yes 'a wonderful superb film' | head -n 30000 | {sys.executable} predict.py "
+                          f"{runs['lstm']} - | head -n 1", shell=True, cwd=ROOT, text=True, capture_output=True,
+                          timeout=120)
+    assert done.stdout.startswith("positive\t") and len(done.stdout.splitlines()) == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
 def png_size(path):

@@ -143,6 +143,15 @@ def test_bad_csv_is_refused_before_training(script, tmp_path, case):
     assert files_under(tmp_path / "data") == [] and files_under(tmp_path / "out") == []
 
 
+def test_a_file_not_in_utf8_names_its_line_and_the_way_to_convert_it(script, tmp_path):
+    module, args = script
+    rows = [f"review {i} was fine,{i % 2}" for i in range(1_000)]
+    rows[4] = "the caf\xe9 scene was fine,0"
+    (tmp_path / "latin1.csv").write_bytes(("review,sentiment\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    fails(module, args(tmp_path, str(tmp_path / "latin1.csv")), "latin1.csv is not UTF-8 text: line 6 (the header "
+          "is line 1) holds the byte b'\\xe9'", "iconv -f latin1 -t utf-8")
+
+
 def test_rows_merged_by_a_stray_quote_are_refused_with_the_row(script, tmp_path):
     """An unclosed quote in row 2 makes the parser swallow row 3, label and all, into row 2's text."""
     module, args = script

@@ -80,7 +80,25 @@ def test_resume_refuses_other_settings_other_data_or_no_checkpoint(tmp_path, mon
     fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume", "--epochs=5", "--hidden-dim=16"],
           "these differ: EPOCHS (5, the run has 2)")
     write_csv(make_reviews(1_000, seed=9), tmp_path / "data" / "reviews.csv")  # the data changed underneath
-    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"], "is not the file the checkpoint was trained on")
+    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"], "is not the file the checkpoint was trained on",
+          "put the original back to resume, or start over without --resume in another --out-dir")
+
+
+def test_a_run_on_a_relative_data_path_resumes_from_another_folder(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir(), (tmp_path / "elsewhere").mkdir()
+    write_csv(make_reviews(1_000, seed=8), tmp_path / "here" / "reviews.csv")
+    monkeypatch.chdir(tmp_path / "here")
+    interrupt_at(tl, monkeypatch, "train_step", 3)
+    with pytest.raises(SystemExit):
+        tl.main(lstm_args(tmp_path, "reviews.csv"))
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    checkpoint = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["settings"]["DATA_URL"] == str(tmp_path / "here" / "reviews.csv")
+    out = f"--out-dir={tmp_path / 'out'}"
+    fails(tl, [out, "--resume", "--data-url=reviews.csv"], "these differ: DATA_URL")  # not the same file from here
+    metrics = tl.main([out, "--resume", f"--data-url={tmp_path / 'here' / 'reviews.csv'}"])  # the same file
+    assert len(metrics["epochs"]) == 2
 
 
 def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, monkeypatch):

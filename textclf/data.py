@@ -1,4 +1,5 @@
 """The data: any text-label file or the aclImdb archive, downloaded once, validated, split, and its labels as targets."""
+import gzip
 import hashlib
 import http.client
 import json
@@ -15,7 +16,7 @@ import torch
 
 from .parallel import progress
 from .runfolder import atomic_write
-from .settings import RecipeError, label_columns
+from .settings import RecipeError, is_url, label_columns
 
 
 def file_sha256(path):
@@ -37,7 +38,7 @@ def load_reviews(url, data_dir, settings):
         data = (lambda: read(path)) if checked is None else (lambda: checked)
         return (path, *data()) if not is_archive(url) else from_archive(path, data, data_dir, settings)
 
-    if not re.match(r"[a-z][a-z0-9+.-]+://", url, re.IGNORECASE):  # a local path, read in place
+    if not is_url(url):  # a local path, read in place
         path = Path(url).expanduser()
         if not path.is_file():
             raise RecipeError(f"DATA_URL (--data-url) {url} is not a file here; give the path of an existing file, "
@@ -145,7 +146,13 @@ def read_reviews(path, name, settings):
         compression = "gzip" if gzipped else None
         df = (pd.read_json(path, lines=True, dtype=False, compression=compression) if kind == "jsonl" else
               pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression))
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as e:  # ParserError is a ValueError
+    except UnicodeDecodeError as e:  # where, and how to convert: pandas names only a position in its buffer
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            line = next((n for n, raw in enumerate(f, 1) if not valid_utf8(raw)), "?")
+        raise RecipeError(f"{name} is not UTF-8 text: line {line} (the header is line 1) holds the byte "
+                          f"{e.object[e.start:e.start + 1]!r}; save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 "
+                          f"FILE > FILE.utf8") from None
+    except (OSError, EOFError, zlib.error, ValueError) as e:  # ParserError is a ValueError
         raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
                           f"({type(e).__name__}: {str(e)[:200]})") from None
 
@@ -200,6 +207,14 @@ def read_reviews(path, name, settings):
                               f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way")
     frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
     return frame, names
+
+
+def valid_utf8(raw):
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def merged(df, text_column, columns, sep, name):

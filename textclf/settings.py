@@ -75,9 +75,16 @@ def label_columns(s):
     return [name.strip() for name in s["LABEL_COLUMNS"].split(",") if name.strip()]
 
 
+def is_url(name):
+    return re.match(r"[a-z][a-z0-9+.-]+://", name, re.IGNORECASE) is not None
+
+
 def resolve_run(settings, given, checkpoint_path):
     """(settings, checkpoint): with RESUME the checkpoint's settings, and those given must agree with them. Without,
-    an unfinished run is never overwritten."""
+    an unfinished run is never overwritten. A local DATA_URL is made absolute, so that --resume works anywhere."""
+    absolute = lambda url: url if is_url(url) else str(Path(url).expanduser().absolute())  # noqa: E731
+    settings = {**settings, "DATA_URL": absolute(settings["DATA_URL"])}
+    given = {**given, **({"DATA_URL": settings["DATA_URL"]} if "DATA_URL" in given else {})}
     if not settings["RESUME"]:
         if checkpoint_path.exists():
             raise RecipeError(f"{checkpoint_path} holds an unfinished run; continue it with --resume, or choose "

@@ -71,7 +71,8 @@ class Run:
             path, rows, self.names = load_reviews(s["DATA_URL"], s["DATA_DIR"], s)
         self.data_sha256 = file_sha256(path)
         if self.checkpoint is not None and self.checkpoint["data_sha256"] != self.data_sha256:
-            raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs)")
+            raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs): put the "
+                              f"original back to resume, or start over without --resume in another --out-dir")
         parts = split(rows, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"], s["SHUFFLE"], s["SEED"])
         check_labels(*parts, self.names)
         self.multi = len(label_columns(s)) > 1
