@@ -9,7 +9,9 @@ Texts go through that script's own cleaning, tokenizer and truncation, in length
 evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
 per text, or with --output writes the input rows plus `label` and `score` columns (.csv, .tsv or .jsonl,
 optionally .gz), atomically. A multi-label run gives `labels` (those over its THRESHOLD, comma-separated) and a
-`score_NAME` column per label instead. Large files stream in chunks: memory stays flat.
+`score_NAME` column per label instead. Large files and standard input stream in chunks of 10,000 rows, and
+every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in bf16 where
+training's PRECISION=auto would (CUDA, and CPUs with native bf16); --precision fp32 turns that off.
 """
 import argparse
 import gzip
@@ -30,7 +32,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import train_distilbert as td
 import train_lstm_baseline as tl
 from textclf.batches import make_batches, to_device
-from textclf.parallel import progress, resolve_device
+from textclf.parallel import auto_precision, progress, resolve_device
 from textclf.runfolder import atomic_write
 from textclf.settings import RecipeError
 
@@ -41,7 +43,7 @@ class Run:
     """A finished run's model with its script's own preprocessing: logits(texts) in the input order. .labels
     names the outputs; .threshold is the run's THRESHOLD for a multi-label model, None for single-label."""
 
-    def __init__(self, run_dir, device):
+    def __init__(self, run_dir, device, precision="auto"):
         run_dir = Path(run_dir)
         if not (run_dir / "metrics.json").exists():
             raise RecipeError(f"{run_dir} holds no finished run (no metrics.json); pass the OUT_DIR of a run of "
@@ -56,9 +58,11 @@ class Run:
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, SafetensorError) as e:
             raise RecipeError(f"the model in {run_dir} is damaged ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:100]}); train the run again or restore its files") from None
-        self.device = device
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()  # the training script's precision=auto
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and self.kind == "distilbert")
+        self.device = device  # auto: the training script's rule (bf16 on CUDA and on CPUs with native bf16)
+        self.precision = (auto_precision(device)[0] if precision == "auto" else precision) if self.kind == "distilbert" \
+            else "fp32"  # the LSTM runs as it trained
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16,
+                                       enabled=self.precision != "fp32")
 
     def load(self, run_dir, device):
         """The model and preprocessing of either script's run."""
@@ -182,6 +186,8 @@ def main(argv=None):
     parser.add_argument("--output", help="write the input rows plus label and score here (.csv, .tsv, .jsonl)")
     parser.add_argument("--batch-size", type=int, help="texts per forward pass (default: the run's EVAL_BATCH_SIZE)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                        help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (DistilBERT runs only)")
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
     args = parser.parse_intermixed_args(argv)  # options before, between or after the texts
     try:
@@ -189,7 +195,7 @@ def main(argv=None):
             raise RecipeError("give texts as arguments or --input FILE, not both")
         if args.batch_size is not None and args.batch_size < 1:
             raise RecipeError(f"--batch-size must be a positive number of texts, got {args.batch_size}")
-        run = Run(args.run_dir, resolve_device(args.device))
+        run = Run(args.run_dir, resolve_device(args.device), args.precision)
         batch_size = run.settings["EVAL_BATCH_SIZE"] if args.batch_size is None else args.batch_size
         column = (args.text_column or run.settings.get("TEXT_COLUMN", "review")) if args.input else "text"
         chunks = read_chunks(args.texts, args.input, column)

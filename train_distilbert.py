@@ -29,7 +29,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.data import BR_TAG, clean
 from textclf.metrics import all_logits, batch_loss
-from textclf.parallel import leader_first, progress
+from textclf.parallel import auto_precision, leader_first, progress
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError
 from textclf.training import Run, main as run_main
@@ -64,7 +64,7 @@ GRAD_CLIP = 1.0  # clip the gradient norm to this, 0 = off
 SEED = 123  # model head initialisation, shuffling and dropout
 # system
 DEVICE = "auto"  # auto = cuda if available, else cpu
-PRECISION = "auto"  # auto = bf16 autocast on CUDA (fp16 + grad scaler without bf16), fp32 on CPU; or bf16, fp16, fp32
+PRECISION = "auto"  # auto = bf16 on CUDA (fp16 + scaler without it) and on CPUs with native bf16; or bf16, fp16, fp32
 COMPILE = False  # torch.compile the model; pays off only on long runs
 FUSED_ADAMW = True  # AdamW as one fused kernel (CUDA, CPU, MPS, XPU): the same update, rounded apart; 10x on a CPU
 LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
@@ -206,7 +206,7 @@ def from_pretrained(load, name, **kwargs):
     model is one line that says so."""
     try:
         return load(name, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: damaged weights
         reason = str(e).strip().splitlines()[0][:160]
         if Path(name).is_dir():
             raise RecipeError(f"MODEL_NAME (--model-name) {name} is a folder but holds no model that transformers "
@@ -220,13 +220,12 @@ def from_pretrained(load, name, **kwargs):
 def run(settings, given, held):
     r = Run(settings, given, held, POSITIVE_SETTINGS, check_settings)  # settings, processes, OUT_DIR
     s, device = r.s, r.device
-    precision = s["PRECISION"]
-    if precision == "auto":
-        precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    precision, why = auto_precision(device) if s["PRECISION"] == "auto" else (s["PRECISION"], "PRECISION")
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
     frame = r.load_data()
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
+    tokenizer.model_max_length = s["MAX_LENGTH"]  # saved with the model: pipeline() truncates as the run trained
     torch.manual_seed(s["SEED"])
     model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"], num_labels=len(r.names),
                             id2label=dict(enumerate(r.names)), label2id={name: i for i, name in enumerate(r.names)},
@@ -266,7 +265,7 @@ def run(settings, given, held):
 
     # train, keeping the best epoch's model; then test it, reloaded from disk exactly as a user would
     print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
-          f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision}")
+          f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why})")
     score = lambda m, batches: evaluate(m, batches, data, pad_id, device, autocast, r.rank, r.world)  # noqa: E731
     r.fit(forward_model, train_model,
           train_step=lambda m, batch, n: train_step(m, batch, n, autocast, scaler, s["THRESHOLD"]),
@@ -274,7 +273,8 @@ def run(settings, given, held):
           save_best=lambda epoch: save_model(model, tokenizer, r.out_dir / "model", stale=r.out_dir / "metrics.json"),
           collate=lambda indices: collate(indices, *data, pad_id))
     return r.finish(lambda: AutoModelForSequenceClassification.from_pretrained(
-        r.out_dir / "model", attn_implementation="sdpa").to(device), score, f"{r.out_dir / 'model'}/", precision=precision)
+        r.out_dir / "model", attn_implementation="sdpa").to(device), score, f"{r.out_dir / 'model'}/", precision=precision,
+                    precision_chosen_by=why)
 
 
 def main(argv=None):

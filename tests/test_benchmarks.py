@@ -19,7 +19,7 @@ def run(*args, cwd=None):
 def table(stdout):
     """The rows of the printed Markdown tables, as lists of cells (headers and rules left out)."""
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines() if line.startswith("| ")]
-    return [row for row in rows if row[0] not in ("tool", "variant")]
+    return [row for row in rows if row[0] not in ("tool", "variant", "precisions", "run")]
 
 
 def test_vs_trainer_prints_all_tools_with_their_accuracy(tiny_model, tmp_path):
@@ -50,3 +50,31 @@ def test_benchmark_prints_both_tables(tmp_path):
     assert "synthetic" in stdout
     rows = table(stdout)
     assert len(rows) >= 4 and all(re.search(r"\d+\.\d\dx", " ".join(cells)) for cells in rows)
+
+
+def tiny_run(tmp_path, model, script="train_distilbert.py"):
+    """A finished run of script on synthetic reviews, and its CSV."""
+    data = write_csv(make_reviews(300, seed=5), tmp_path / "reviews.csv")
+    extra = ["--model-name", model, "--max-length", 48] if script == "train_distilbert.py" else ["--vocab-size", 60,
+                                                                                               "--hidden-dim", 16]
+    run(BENCHMARKS.parent / script, "--data-url", data, "--data-dir", tmp_path / "data", "--train-size", 200,
+        "--valid-size", 50, "--test-size", 50, "--epochs", 1, "--out-dir", tmp_path / script, *extra)
+    return tmp_path / script, data
+
+
+def test_vs_pipeline_prints_both_rows_with_their_agreement(tiny_model, tmp_path):
+    run_dir, data = tiny_run(tmp_path, tiny_model)
+    rows = table(run(BENCHMARKS / "vs_pipeline.py", run_dir, data, "--limit", 100, "--repeats", 1))
+    assert [row[0].split(":")[0] for row in rows] == ["defaults", "both fp32"]
+    assert rows[1][0] == "both fp32: predict.py fp32, pipeline float32"
+    for _, ours, theirs, speed, same in rows:
+        assert float(ours.replace(",", "")) > 0 and float(theirs.replace(",", "")) > 0
+        assert re.fullmatch(r"\d+\.\d\dx", speed) and 0 <= float(same.rstrip("%")) <= 100
+
+
+def test_predict_memory_counts_every_row_of_both_inputs(tmp_path):
+    run_dir, _ = tiny_run(tmp_path, None, "train_lstm_baseline.py")
+    rows = table(run(BENCHMARKS / "predict_memory.py", run_dir, "--lines", 1_000))
+    assert [(row[1], row[2], row[3]) for row in rows] == [("one 10 MB text (--input)", "0", "1"),
+                                                          ("1,000 lines (stdin)", "0", "1000")]
+    assert all(int(row[4].split()[0].replace(",", "")) > 0 for row in rows)

@@ -7,6 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
+import predict
+import textclf.parallel
 import train_distilbert as td
 from conftest import cli, make_reviews, write_csv
 from textclf.batches import make_batches
@@ -63,12 +65,35 @@ def test_mixed_precision_paths_learn(tmp_path, tiny_model, reviews_csv, precisio
     assert metrics["valid_accuracy"] >= 0.9
 
 
+@pytest.mark.parametrize("flags, chosen", [("avx512_bf16", "bf16"), ("", "fp32")])
+def test_auto_precision_takes_bf16_where_the_cpu_computes_it_natively(tmp_path, tiny_model, reviews_csv, monkeypatch,
+                                                                      capsys, flags, chosen):
+    """The CPU check (/proc/cpuinfo's avx512_bf16 or amx_bf16) simulated both ways: the run header, metrics.json
+    and predict.py say what auto chose and why; an explicit PRECISION is taken as it is."""
+    monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: flags)
+    metrics = td.main(run_args(tmp_path, tiny_model, reviews_csv))
+    why = "the CPU computes bf16 natively (avx512_bf16)" if flags else "the CPU has no native bf16"
+    assert metrics["precision"] == chosen and metrics["precision_chosen_by"] == why
+    assert f"| cpu x 1 | {chosen} ({why})" in capsys.readouterr().out
+    assert predict.Run(tmp_path / "out", torch.device("cpu")).precision == chosen
+    assert predict.Run(tmp_path / "out", torch.device("cpu"), "fp32").precision == "fp32"
+    explicit = td.main(run_args(tmp_path / "explicit", tiny_model, reviews_csv, precision="fp32"))
+    assert (explicit["precision"], explicit["precision_chosen_by"]) == ("fp32", "PRECISION")
+
+
+def test_the_saved_tokenizer_truncates_as_the_run_trained(tmp_path, tiny_model, reviews_csv):
+    td.main(run_args(tmp_path, tiny_model, reviews_csv, max_length=48))
+    classify = pipeline("text-classification", model=str(tmp_path / "out" / "model"), truncation=True)
+    assert classify.tokenizer.model_max_length == 48
+    assert len(classify.tokenizer("word " * 500, truncation=True)["input_ids"]) == 48
+
+
 def test_fused_adamw_is_the_same_update(tmp_path, tiny_model, reviews_csv, monkeypatch):
     """FUSED_ADAMW (on by default, the CPU included) changes the speed, not the training, beyond float rounding."""
     real, fused = torch.optim.AdamW, []
     monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: fused.append(k["fused"]) or real(*a, **k))
-    runs = [td.main(run_args(tmp_path / name, tiny_model, reviews_csv, fused_adamw=name == "fused"))
-            for name in ("fused", "foreach")]
+    runs = [td.main(run_args(tmp_path / name, tiny_model, reviews_csv, fused_adamw=name == "fused", precision="fp32"))
+            for name in ("fused", "foreach")]  # fp32: bf16 autocast would round the two apart by more than the step
     assert fused == [True, False]
     weights = [AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "out" / "model").state_dict()
                for name in ("fused", "foreach")]

@@ -354,6 +354,14 @@ def test_a_folder_that_holds_no_model_is_one_line(tmp_path):
           "is a folder but holds no model", "config.json, the weights and the tokenizer files")
 
 
+def test_a_model_folder_with_damaged_weights_is_one_line(tmp_path, tiny_model):
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv").as_uri()
+    damaged = shutil.copytree(tiny_model, tmp_path / "damaged")
+    (damaged / "model.safetensors").write_bytes(b"not weights")
+    fails(td, distilbert_args(tmp_path, csv, damaged), f"MODEL_NAME (--model-name) {damaged} is a folder but holds no "
+          "model that transformers can load (Error while deserializing header")
+
+
 def test_a_mistyped_model_name_without_the_hub_is_one_line(tmp_path):
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv").as_uri()
     done = subprocess.run([sys.executable, "train_distilbert.py",
