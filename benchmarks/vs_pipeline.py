@@ -9,7 +9,9 @@ tool with its own default precision (predict.py: PRECISION=auto's rule; pipeline
 fp32. pipeline is called as users call it: pipeline("text-classification", model=RUN/model, batch_size=64,
 truncation=True); it truncates each text's head to the tokenizer's model_max_length, which train_distilbert.py
 saves as the run's MAX_LENGTH, so a run trained with --truncation head should agree with it in fp32.
-Each tool classifies the texts once untimed (warm-up), then --repeats times; the best time counts.
+Each tool classifies the texts once untimed (warm-up), then --repeats times; the best time counts. A third row
+gives pipeline the texts as training cleaned them (HTML line breaks removed, as predict.py does before it
+tokenizes), which separates what the cleaning changes from what the numerics change.
 """
 import argparse
 import platform
@@ -23,6 +25,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import predict  # noqa: E402
+from textclf.data import clean  # noqa: E402
 from textclf.parallel import resolve_device  # noqa: E402
 
 
@@ -49,10 +52,11 @@ def ours(run_dir, texts, device, precision, repeats):
     return seconds, labels, run.precision
 
 
-def theirs(run_dir, texts, device, fp32, repeats):
+def theirs(run_dir, texts, device, fp32, repeats, cleaned=False):
     """pipeline as users call it; fp32 is the model's own dtype, which pipeline keeps by default."""
     classifier = transformers.pipeline("text-classification", model=str(Path(run_dir) / "model"), batch_size=64,
                                        truncation=True, device=device, dtype=torch.float32 if fp32 else "auto")
+    texts = [clean(text) for text in texts] if cleaned else texts
     seconds, out = best_of(repeats, lambda: classifier(texts))
     return seconds, [o["label"] for o in out], str(classifier.model.dtype).replace("torch.", "")
 
@@ -76,12 +80,13 @@ def main(argv=None):
           f"TRUNCATION {settings.get('TRUNCATION', 'head')} | {time.strftime('%Y-%m-%d')}")
     print("| precisions | predict.py texts/s | pipeline texts/s | predict.py vs pipeline | identical predictions |")
     print("|---|---|---|---|---|")
-    for fp32 in (False, True):
+    for fp32, cleaned in ((False, False), (True, False), (True, True)):
         ours_s, ours_labels, ours_precision = ours(args.run_dir, texts, device, "fp32" if fp32 else "auto",
                                                    args.repeats)
-        theirs_s, theirs_labels, theirs_precision = theirs(args.run_dir, texts, device, fp32, args.repeats)
+        theirs_s, theirs_labels, theirs_precision = theirs(args.run_dir, texts, device, fp32, args.repeats, cleaned)
         same = sum(a == b for a, b in zip(ours_labels, theirs_labels)) / len(texts)
-        print(f"| {'both fp32' if fp32 else 'defaults'}: predict.py {ours_precision}, pipeline {theirs_precision} | "
+        name = ("both fp32" if fp32 else "defaults") + (", pipeline given cleaned texts" if cleaned else "")
+        print(f"| {name}: predict.py {ours_precision}, pipeline {theirs_precision} | "
               f"{len(texts) / ours_s:,.1f} | {len(texts) / theirs_s:,.1f} | {theirs_s / ours_s:.2f}x | {same:.2%} |",
               flush=True)
 

@@ -65,7 +65,7 @@ def tiny_run(tmp_path, model, script="train_distilbert.py"):
 def test_vs_pipeline_prints_both_rows_with_their_agreement(tiny_model, tmp_path):
     run_dir, data = tiny_run(tmp_path, tiny_model)
     rows = table(run(BENCHMARKS / "vs_pipeline.py", run_dir, data, "--limit", 100, "--repeats", 1))
-    assert [row[0].split(":")[0] for row in rows] == ["defaults", "both fp32"]
+    assert [row[0].split(":")[0] for row in rows] == ["defaults", "both fp32", "both fp32, pipeline given cleaned texts"]
     assert rows[1][0] == "both fp32: predict.py fp32, pipeline float32"
     for _, ours, theirs, speed, same in rows:
         assert float(ours.replace(",", "")) > 0 and float(theirs.replace(",", "")) > 0

@@ -72,7 +72,7 @@ def test_auto_precision_takes_bf16_where_the_cpu_computes_it_natively(tmp_path, 
     and predict.py say what auto chose and why; an explicit PRECISION is taken as it is."""
     monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: flags)
     metrics = td.main(run_args(tmp_path, tiny_model, reviews_csv))
-    why = "the CPU computes bf16 natively (avx512_bf16)" if flags else "the CPU has no native bf16"
+    why = "the CPU computes bf16 natively: avx512_bf16" if flags else "the CPU has no native bf16"
     assert metrics["precision"] == chosen and metrics["precision_chosen_by"] == why
     assert f"| cpu x 1 | {chosen} ({why})" in capsys.readouterr().out
     assert predict.Run(tmp_path / "out", torch.device("cpu")).precision == chosen

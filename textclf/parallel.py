@@ -39,11 +39,12 @@ def cpu_bf16():
 
 def auto_precision(device):
     """PRECISION=auto as (precision, why): bf16 autocast on a CUDA GPU with bf16 (fp16 on one without), and on a CPU
-    that computes bf16 natively (measured: as accurate as fp32 and 2.2x as fast); fp32 elsewhere."""
+    that computes bf16 natively (measured here: as accurate as fp32, 2.2x as fast at 128 tokens, 1.3x at 512); fp32
+    elsewhere."""
     if device.type == "cuda":
         return ("bf16", "a CUDA GPU with bf16") if torch.cuda.is_bf16_supported() else ("fp16", "a GPU without bf16")
     if device.type == "cpu" and (flags := cpu_bf16()):
-        return "bf16", f"the CPU computes bf16 natively ({flags})"
+        return "bf16", f"the CPU computes bf16 natively: {flags}"
     return "fp32", f"{'the CPU has no native bf16' if device.type == 'cpu' else device.type}"
 
 
