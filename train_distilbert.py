@@ -272,9 +272,9 @@ def run(settings, given, held):
           optimizer_step=optimizer_step, evaluate=score,
           save_best=lambda epoch: save_model(model, tokenizer, r.out_dir / "model", stale=r.out_dir / "metrics.json"),
           collate=lambda indices: collate(indices, *data, pad_id))
-    return r.finish(lambda: AutoModelForSequenceClassification.from_pretrained(
-        r.out_dir / "model", attn_implementation="sdpa").to(device), score, f"{r.out_dir / 'model'}/", precision=precision,
-                    precision_chosen_by=why)
+    best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model",  # noqa: E731
+                                                                     attn_implementation="sdpa").to(device)
+    return r.finish(best, score, f"{r.out_dir / 'model'}/", precision=precision, precision_chosen_by=why)
 
 
 def main(argv=None):
