@@ -39,7 +39,7 @@ def cpu_bf16():
 
 def auto_precision(device):
     """PRECISION=auto as (precision, why): bf16 autocast on a CUDA GPU with bf16 (fp16 on one without), and on a CPU
-    that computes bf16 natively (measured here: as accurate as fp32, 2.2x as fast at 128 tokens, 1.3x at 512); fp32
+    that computes bf16 natively (measured here: as accurate as fp32, 2.2x as fast at 128 tokens, 1.2x at 512); fp32
     elsewhere."""
     if device.type == "cuda":
         return ("bf16", "a CUDA GPU with bf16") if torch.cuda.is_bf16_supported() else ("fp16", "a GPU without bf16")
