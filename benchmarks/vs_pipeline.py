@@ -14,6 +14,7 @@ gives pipeline the texts as training cleaned them (HTML line breaks removed, as 
 tokenizes), which separates what the cleaning changes from what the numerics change.
 """
 import argparse
+import json
 import platform
 import sys
 import time
@@ -70,7 +71,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    settings = predict.Run(args.run_dir, torch.device("cpu")).settings
+    settings = json.loads((Path(args.run_dir) / "metrics.json").read_text())["settings"]  # ours() checks the run
     column = args.text_column or settings.get("TEXT_COLUMN", "review")
     frame = next(predict.read_chunks([], args.texts, column))  # the first CHUNK rows, as predict.py reads them
     texts = frame[column].astype(str).tolist()[:args.limit]

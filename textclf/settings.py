@@ -84,7 +84,8 @@ def resolve_run(settings, given, checkpoint_path):
     an unfinished run is never overwritten. A local DATA_URL is made absolute, so that --resume works anywhere."""
     absolute = lambda url: url if is_url(url) else str(Path(url).expanduser().absolute())  # noqa: E731
     settings = {**settings, "DATA_URL": absolute(settings["DATA_URL"])}
-    given = {**given, **({"DATA_URL": settings["DATA_URL"]} if "DATA_URL" in given else {})}
+    if "DATA_URL" in given:
+        given = {**given, "DATA_URL": settings["DATA_URL"]}
     if not settings["RESUME"]:
         if checkpoint_path.exists():
             raise RecipeError(f"{checkpoint_path} holds an unfinished run; continue it with --resume, or choose "
