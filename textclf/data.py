@@ -28,51 +28,47 @@ def file_sha256(path):
 
 
 def load_reviews(url, data_dir, settings):
-    """(local path, frame, label names) of the data at url, read by read_reviews() with settings. A local path is read
-    in place; a URL is downloaded into data_dir once, kept only when complete and valid, and .NAME.source.json records
-    its URL and checksum: another URL of the same name is downloaded anew, a file saved there by hand is used as it
-    is. The Stanford archive (.tar.gz) becomes data_dir/NAME.csv.gz once, and is read from there."""
-    read = read_aclimdb if is_archive(url) else lambda path, name=None: read_reviews(path, name, settings)
+    """(local path, frame, label names) of the data at url, read by read_reviews() with settings: a local path in
+    place, a URL from its download(); the aclImdb archive (.tar.gz) is read once into data_dir/NAME.csv.gz."""
+    if is_url(url):
+        path = download(url, data_dir, settings)
+    elif not (path := Path(url).expanduser()).is_file():
+        raise RecipeError(f"DATA_URL (--data-url) {url} is not a file here; give the path of an existing file, "
+                          f"or a URL (https://, file://)")
+    try:
+        csv = from_archive(path, data_dir) if is_archive(path) else path
+        return csv, *read_reviews(csv, None, settings)
+    except RecipeError as e:
+        if not is_url(url):
+            raise
+        raise RecipeError(f"{e}; delete {path} to download it again") from None
 
-    def finish(path, checked=None):  # checked: what read() gave for the download just made
-        data = (lambda: read(path)) if checked is None else (lambda: checked)
-        return (path, *data()) if not is_archive(url) else from_archive(path, data, data_dir, settings)
 
-    if not is_url(url):  # a local path, read in place
-        path = Path(url).expanduser()
-        if not path.is_file():
-            raise RecipeError(f"DATA_URL (--data-url) {url} is not a file here; give the path of an existing file, "
-                              f"or a URL (https://, file://)")
-        return finish(path)
+def download(url, data_dir, settings):
+    """url saved once as data_dir/NAME, kept only when complete and valid. .NAME.source.json records its URL and
+    checksum: another URL of the same name is downloaded anew, a file saved there by hand is used as it is."""
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
     source = path.with_name(f".{path.name}.source.json")
     record = json.loads(source.read_text()) if source.exists() else {}
     if path.exists() and (record.get("url", url) == url or record.get("sha256") != file_sha256(path)):
-        try:
-            return finish(path)
-        except RecipeError as e:
-            raise RecipeError(f"{e}; delete {path} to download it again") from None
+        return path
     if path.exists():
         print(f"{path} was downloaded from {record['url']}, not from {url}: replacing it")
     print(f"downloading {url} -> {path}")
-    data = None
 
     def fetch(f):
-        nonlocal data
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
                 size = int(response.headers.get("Content-Length") or 0) or None
-                received = 0
                 with progress(total=size, unit="B", unit_scale=True, desc="download") as bar:
                     while chunk := response.read(1 << 20):
                         try:
-                            received += f.write(chunk)
+                            bar.update(f.write(chunk))
                         except OSError as e:  # a full disk: atomic_write() reports it, not as the network's fault
                             e.needed = size
                             raise
-                        bar.update(len(chunk))
-                if size and received < size:
-                    raise ConnectionError(f"the connection closed after {received:,} of {size:,} bytes")
+            if size and f.tell() < size:
+                raise ConnectionError(f"the connection closed after {f.tell():,} of {size:,} bytes")
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
             if hasattr(e, "needed"):
                 raise
@@ -80,27 +76,27 @@ def load_reviews(url, data_dir, settings):
                               f"or pass --data-url /path/to/{path.name}") from e
         f.flush()
         try:
-            data = read(Path(f.name), name=url)
+            read_aclimdb(f.name, url) if is_archive(url) else read_reviews(f.name, url, settings)
         except RecipeError as e:
             raise RecipeError(f"{e}; nothing was saved") from None
 
     atomic_write(path, fetch)
     atomic_write(source, lambda f: f.write(json.dumps({"url": url, "sha256": file_sha256(path)}).encode()))
-    return finish(path, data)
+    return path
 
 
 def is_archive(name):
     return str(name).lower().endswith((".tar.gz", ".tgz", ".tar"))
 
 
-def from_archive(archive, reviews, data_dir, settings):
-    """The archive's reviews() written once (again for a newer archive) as data_dir/NAME.csv.gz, and read back."""
+def from_archive(archive, data_dir):
+    """The archive's reviews written once (again for a newer archive) as data_dir/NAME.csv.gz: its path."""
     path = Path(data_dir) / (Path(archive).name.split(".")[0] + ".csv.gz")
     if not path.exists() or path.stat().st_mtime < Path(archive).stat().st_mtime:
         print(f"writing {path} from {archive}")
-        frame = reviews()
+        frame = read_aclimdb(archive)
         atomic_write(path, lambda f: frame.to_csv(f, index=False, compression={"method": "gzip", "mtime": 0}))
-    return path, *read_reviews(path, None, settings)
+    return path
 
 
 ACLIMDB = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_\d+\.txt$")
@@ -146,12 +142,13 @@ def read_reviews(path, name, settings):
         compression = "gzip" if gzipped else None
         df = (pd.read_json(path, lines=True, dtype=False, compression=compression) if kind == "jsonl" else
               pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression))
-    except UnicodeDecodeError as e:  # where, and how to convert: pandas names only a position in its buffer
+    except UnicodeDecodeError:  # where, and how to convert: pandas names only a position in its buffer
         with (gzip.open if gzipped else open)(path, "rb") as f:
-            line = next((n for n, raw in enumerate(f, 1) if not valid_utf8(raw)), "?")
-        raise RecipeError(f"{name} is not UTF-8 text: line {line} (the header is line 1) holds the byte "
-                          f"{e.object[e.start:e.start + 1]!r}; save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 "
-                          f"FILE > FILE.utf8") from None
+            text = f.read().decode("utf-8", "surrogateescape")  # an invalid byte b becomes the character 0xDC00 + b
+        at = re.search("[\udc80-\udcff]", text).start()
+        raise RecipeError(f"{name} is not UTF-8 text: line {text.count(chr(10), 0, at) + 1} (the header is line 1) "
+                          f"holds the byte {bytes([ord(text[at]) - 0xDC00])!r}; save the file as UTF-8, e.g. iconv -f "
+                          f"latin1 -t utf-8 FILE > FILE.utf8") from None
     except (OSError, EOFError, zlib.error, ValueError) as e:  # ParserError is a ValueError
         raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
                           f"({type(e).__name__}: {str(e)[:200]})") from None
@@ -207,14 +204,6 @@ def read_reviews(path, name, settings):
                               f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way")
     frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
     return frame, names
-
-
-def valid_utf8(raw):
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def merged(df, text_column, columns, sep, name):

@@ -1,4 +1,4 @@
-"""A training run from the command line to metrics.json, around a script's own model and steps, and the signals
+"""A training run from the command line to metrics.json around a script's own model and steps, and the signals
 (Ctrl-C, SIGTERM) that stop it."""
 import contextlib
 import json
@@ -25,8 +25,8 @@ def main(run, defaults, script, argv=None):
     """A script's command line: run(settings, given, held) with defaults overridden from argv, held lasting the run.
     A RecipeError is one line and exit 1; Ctrl-C or SIGTERM one line on how to resume, and exit 128 + the signal."""
     settings, given = parse_settings(sys.argv[1:] if argv is None else argv, defaults, script)
-    checkpoint_path = Path(settings["OUT_DIR"]) / "checkpoint.pt"
-    previous = {s: signal.signal(s, stop_now) for s in (signal.SIGINT, signal.SIGTERM)}
+    checkpoint = Path(settings["OUT_DIR"]) / "checkpoint.pt"
+    previous = {s: signal.signal(s, signals) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as held:
             return run(settings, given, held)
@@ -35,11 +35,10 @@ def main(run, defaults, script, argv=None):
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         launcher = "python" if os.environ.get("WORLD_SIZE", "1") == "1" else "torchrun <its options>"
-        where = (f"the run is saved in {checkpoint_path}; continue it with: {launcher} {Path(script).name} "
-                 f"--out-dir {checkpoint_path.parent} --resume") if checkpoint_path.exists() else "nothing to resume"
+        where = (f"the run is saved in {checkpoint}; continue it with: {launcher} {Path(script).name} --out-dir "
+                 f"{checkpoint.parent} --resume") if checkpoint.exists() else "nothing to resume"
         if leader():
-            print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signal.Signals(signum).name}): {where}",
-                  file=sys.stderr)
+            print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signum.name}): {where}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     finally:
         for s, handler in previous.items():
@@ -106,7 +105,8 @@ class Run:
         print(f"resuming {self.checkpoint_path}: epoch {self.state['epoch']}, batch {self.state['batch']}/"
               f"{math.ceil(self.n_train / self.s['BATCH_SIZE'])}")
 
-    def save_checkpoint(self):
+    def save_checkpoint(self, **state):
+        self.state.update(state)
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         checkpoint = {"settings": self.s, "data_sha256": self.data_sha256, "state": self.state, "rng": rng,
                       **{name: part.state_dict() for name, part in self.parts.items()}}
@@ -117,57 +117,56 @@ class Run:
         """The epochs from where the run stands: epoch() trains, evaluate(model, batches) validates, save_best(epoch)
         keeps a better epoch's model (rank 0), and a checkpoint follows each epoch and each stop request. PATIENCE
         epochs without a better one end the run early (all processes alike: they share the validation scores)."""
-        s, state = self.s, self.state
-        a, b = self.n_train, self.n_train + self.n_valid
+        s, state, a = self.s, self.state, self.n_train
+        signals.requested, signals.deferred = False, True  # Ctrl-C and SIGTERM now stop at a checkpoint
         try:
-            with StopRequest() as stop:
-                for epoch in range(state["epoch"], s["EPOCHS"] + 1):
-                    if state.get("stopped_early_at"):  # resumed after the epoch that ended the run
-                        break
-                    model.train()  # from_pretrained returns a model in eval mode (dropout off)
-                    epoch_start = time.perf_counter() - state["seconds"]
-                    batch_losses, correct = self.epoch(epoch, epoch_start, train_model, train_step, optimizer_step,
-                                                       collate, stop)
-                    train_seconds = time.perf_counter() - epoch_start
-                    logits = evaluate(model, self.valid_batches)
-                    if not torch.isfinite(logits).all():  # a model that diverged is never kept
-                        raise self.diverged(f"after epoch {epoch}", "the validation logits are not finite")
-                    valid = scores(logits, self.labels[a:b], self.names, s["THRESHOLD"])
-                    if not math.isfinite(valid["loss"]):
-                        raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
-                    batch_losses, correct = all_sum(batch_losses, self.world), all_sum(correct, self.world)
-                    record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / a,
-                              "train_accuracy": correct.item() / a, "valid_loss": valid["loss"],
-                              "valid_accuracy": valid["accuracy"], "seconds": train_seconds,
-                              **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {})}
-                    print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
-                          f"{record['train_accuracy']:.4f} | valid {shown(valid)} | {train_seconds:.1f} s")
-                    state["history"].append(record)
-                    if better(valid, state["best_valid"]):
-                        state.update(best_valid=valid, best_epoch=epoch)
-                        if leader():
-                            save_best(epoch)
-                    if s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
-                        state["stopped_early_at"] = epoch
-                        print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} "
-                              f"for {s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
-                    state.update(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
-                    self.save_checkpoint()
-                    if state.get("stopped_early_at"):
-                        break
-                    if agreed(stop.requested, self.device, self.world) and epoch < s["EPOCHS"]:
-                        raise Interrupted(stop.requested or signal.SIGTERM)
+            for epoch in range(state["epoch"], s["EPOCHS"] + 1):
+                if state.get("stopped_early_at"):  # resumed after the epoch that ended the run
+                    break
+                model.train()  # from_pretrained returns a model in eval mode (dropout off)
+                epoch_start = time.perf_counter() - state["seconds"]
+                batch_losses, correct = self.epoch(epoch, epoch_start, train_model, train_step, optimizer_step, collate)
+                train_seconds = time.perf_counter() - epoch_start
+                logits = evaluate(model, self.valid_batches)  # a model that diverged is never kept:
+                if not torch.isfinite(logits).all():
+                    raise self.diverged(f"after epoch {epoch}", "the validation logits are not finite")
+                valid = scores(logits, self.labels[a:a + self.n_valid], self.names, s["THRESHOLD"])
+                if not math.isfinite(valid["loss"]):
+                    raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
+                batch_losses, correct = all_sum(batch_losses, self.world), all_sum(correct, self.world)
+                record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / a,
+                          "train_accuracy": correct.item() / a, "valid_loss": valid["loss"],
+                          "valid_accuracy": valid["accuracy"], "seconds": train_seconds,
+                          **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {})}
+                print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
+                      f"{record['train_accuracy']:.4f} | valid {shown(valid)} | {train_seconds:.1f} s")
+                state["history"].append(record)
+                if better(valid, state["best_valid"]):
+                    state.update(best_valid=valid, best_epoch=epoch)
+                    if leader():
+                        save_best(epoch)
+                if s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
+                    state["stopped_early_at"] = epoch
+                    print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} "
+                          f"for {s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
+                self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
+                if state["stopped_early_at"]:
+                    break
+                if agreed(signals.requested, self.device, self.world) and epoch < s["EPOCHS"]:
+                    raise Interrupted(signals.requested or signal.SIGTERM)
         except torch.OutOfMemoryError as e:
             length = f" at --max-length {s['MAX_LENGTH']}" if "MAX_LENGTH" in s else ""
             raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']}{length}: lower --batch-size "
                               f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps (e.g. "
                               f"{s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch"
                               f"{', or lower --max-length' if length else ''}") from e
+        finally:
+            signals.deferred = False
 
-    def epoch(self, epoch, epoch_start, train_model, train_step, optimizer_step, collate, stop):
+    def epoch(self, epoch, epoch_start, train_model, train_step, optimizer_step, collate):
         """One pass from state["batch"] on: train_step(train_model, batch, step_examples) per batch (this process's
         share of it), optimizer_step() per GRAD_ACCUM_STEPS. Returns this process's batch losses and correct count."""
-        s, state, device, world = self.s, self.state, self.device, self.world
+        s, state, device, world, accum = self.s, self.state, self.device, self.world, self.s["GRAD_ACCUM_STEPS"]
         generator = torch.Generator().manual_seed(s["SEED"] + epoch)  # the same batches when resumed
         batches = make_batches(self.lengths[:self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
         batch_losses = torch.zeros(len(batches), device=device)
@@ -177,9 +176,8 @@ class Run:
         bar = progress(loader([part for part, _ in shares[state["batch"]:]], collate, device),
                        desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
         for i, batch in enumerate(bar, start=state["batch"]):
-            first = i - i % s["GRAD_ACCUM_STEPS"]
-            step_examples = sum(len(b) for b in batches[first:first + s["GRAD_ACCUM_STEPS"]])
-            step_done = (i + 1) % s["GRAD_ACCUM_STEPS"] == 0 or i + 1 == len(batches)
+            step_examples = sum(map(len, batches[i - i % accum:i - i % accum + accum]))
+            step_done = (i + 1) % accum == 0 or i + 1 == len(batches)
             weight = shares[i][1]  # DDP averages the gradients over processes: divide by step_examples / world
             with train_model.no_sync() if world > 1 and not step_done else contextlib.nullcontext():
                 loss_sum, batch_correct = train_step(train_model, to_device(batch, device),
@@ -193,25 +191,23 @@ class Run:
                         raise
                     raise self.diverged(f"at epoch {epoch}, batch {i + 1}", "the optimizer step overflows") from None
             if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
-                seen = batch_losses[:i + 1]
                 examples = sum(len(part) * weight for part, weight in shares[:i + 1])  # 0 where all were stand-ins
-                loss = seen.sum().item() / max(examples, 1)
+                loss = batch_losses[:i + 1].sum().item() / max(examples, 1)
                 if not math.isfinite(loss):
-                    bad = int(torch.nonzero(~torch.isfinite(seen))[0])
-                    raise self.diverged(f"at epoch {epoch}, batch {bad + 1}", f"the loss is {seen[bad].item()}")
+                    bad = int(torch.nonzero(~torch.isfinite(batch_losses[:i + 1]))[0])
+                    raise self.diverged(f"at epoch {epoch}, batch {bad + 1}", f"the loss is {batch_losses[bad].item()}")
                 bar.set_postfix(loss=f"{loss:.4f}")
-            if step_done and agreed(stop.requested, device, world):  # all processes stop at this step
+            if step_done and agreed(signals.requested, device, world):  # all processes stop at this step
                 batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)
-                state.update(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
-                             correct=correct.item(), seconds=time.perf_counter() - epoch_start)
-                self.save_checkpoint()
-                raise Interrupted(stop.requested)
+                self.save_checkpoint(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
+                                     correct=correct.item(), seconds=time.perf_counter() - epoch_start)
+                raise Interrupted(signals.requested)
         bar.close()
         return batch_losses, correct
 
     def diverged(self, where, what):
         """The error for a run whose numbers stopped being finite: where, what, and what to try."""
-        tip = " or try --precision fp32" if "PRECISION" in self.s else " or set --grad-clip 1"
+        tip = " or try --precision fp32" if self.s.get("PRECISION", "fp32") != "fp32" else " or set --grad-clip 1"
         return RecipeError(f"training diverged {where}: {what}; lower --learning-rate (now {self.s['LEARNING_RATE']})"
                            f"{tip}. Nothing of this epoch was kept")
 
@@ -251,30 +247,19 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signal.Signals(signum)
 
 
-def stop_now(signum, frame):
-    """Ctrl-C or SIGTERM outside the training loop stops at once, also where the shell ignored SIGINT (a background job)."""
-    raise Interrupted(signum)
+class Signals:
+    """Ctrl-C and SIGTERM stop at once, also where the shell ignored SIGINT (a background job). While fit() defers
+    them, the first only sets .requested (a preempted machine): training stops after the optimizer step with a
+    checkpoint. A second one stops at once."""
+    deferred = requested = False
 
-
-class StopRequest:
-    """While active, Ctrl-C and SIGTERM (a preempted machine) only set .requested, so that training stops after the
-    optimizer step with a checkpoint. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def _handle(self, signum, frame):
-        if self.requested:
+    def __call__(self, signum, frame):
+        if self.requested or not self.deferred:
             raise Interrupted(signum)
         self.requested = signum
         if leader():
             print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
                   file=sys.stderr)
 
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
 
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+signals = Signals()
