@@ -207,7 +207,8 @@ class Run:
 
     def diverged(self, where, what):
         """The error for a run whose numbers stopped being finite: where, what, and what to try."""
-        tip = " or try --precision fp32" if self.s.get("PRECISION", "fp32") != "fp32" else " or set --grad-clip 1"
+        tip = " or try --precision fp32" if self.s.get("PRECISION", "fp32") != "fp32" else ""
+        tip += "" if self.s["GRAD_CLIP"] else " or set --grad-clip 1"
         return RecipeError(f"training diverged {where}: {what}; lower --learning-rate (now {self.s['LEARNING_RATE']})"
                            f"{tip}. Nothing of this epoch was kept")
 
