@@ -32,6 +32,11 @@ def test_split_asking_for_too_many_rows_is_a_clear_error():
         split(df, 60, 20, 21)
 
 
+def test_a_local_path_that_is_no_file_names_both_forms(tmp_path):
+    with pytest.raises(RecipeError, match=r"nope.csv is not a file here; give the path of an existing file, or a URL"):
+        load_reviews(str(tmp_path / "nope.csv"), tmp_path / "data", IMDB)
+
+
 def test_download_over_http_once(serve, tmp_path):
     payload = gzip.compress(make_reviews(50).to_csv(index=False).encode())
     base = serve({"movie_data.csv.gz": payload})

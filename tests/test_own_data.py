@@ -14,7 +14,7 @@ import train_distilbert as td
 import train_lstm_baseline as tl
 from textclf.data import load_reviews, read_reviews, split, targets
 from textclf.metrics import scores
-from textclf.settings import parse_settings
+from textclf.settings import RecipeError, parse_settings
 from conftest import NEGATIVE, POSITIVE, make_reviews, write_csv
 from test_reliability import SCRIPTS, distilbert_args, fails, files_under, lstm_args
 
@@ -206,6 +206,13 @@ def test_an_archive_that_is_not_the_aclimdb_layout_is_refused(tmp_path, module):
     assert files_under(tmp_path / "data") == []
 
 
+def test_a_damaged_archive_is_one_line(tmp_path):
+    archive = tmp_path / "aclImdb_v1.tar.gz"
+    archive.write_bytes(gzip.compress(b"not a tar archive"))
+    with pytest.raises(RecipeError, match=r"aclImdb_v1.tar.gz is not a readable tar archive \(ReadError"):
+        load_reviews(str(archive), tmp_path / "data", td.DEFAULTS)
+
+
 # ------------------------------------------------------------------------------------- bad input
 BAD = {
     "missing text column": (make_topics(60), {"label_columns": "topic"},
@@ -231,6 +238,11 @@ BAD = {
                                              "valid_size": 10, "test_size": 0.1},
                            ["the split needs 66 rows", "the file has 60"]),
     "threshold": (make_tags(60), {"threshold": 1.0}, ["THRESHOLD (--threshold) must be between 0 and 1"]),
+    "a fraction leaves a split empty": (make_topics(60), {"text_column": "body", "label_columns": "topic",
+                                                          "train_size": 0.5, "valid_size": 0.01, "test_size": 0.1},
+                                        ["the split fractions (0.5, 0.01, 0.1) of 60 rows leave a split empty"]),
+    "no column named": (make_topics(60), {"text_column": " "},
+                        ["TEXT_COLUMN (--text-column) and LABEL_COLUMNS (--label-columns) must name columns"]),
 }
 
 

@@ -28,8 +28,9 @@ def test_remove_stale_clears_dead_processes_files_and_restores_a_parked_folder(t
     (tmp_path / f".checkpoint.pt.{pid}.tmp").write_text("half")
     (tmp_path / f".model.{pid}.old").mkdir()
     (tmp_path / f".model.{pid}.tmp").mkdir()
-    mine = temporary(tmp_path / "metrics.json")  # a live process's file stays
+    mine = temporary(tmp_path / "metrics.json")  # live processes' files stay: this one's, and its parent's
     mine.write_text("{}")
+    (tmp_path / f".data.csv.{os.getppid()}.tmp").write_text("still downloading")
     remove_stale(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".data.csv.{os.getppid()}.tmp", mine.name, "model"]
     assert mine.name == f".metrics.json.{os.getpid()}.tmp"

@@ -163,6 +163,17 @@ def test_weights_that_diverge_in_the_last_step_are_never_kept(script, tmp_path, 
         assert all(torch.isfinite(w).all() for w in load_file(out / "model" / "model.safetensors").values())
 
 
+def test_a_validation_loss_beyond_float32_stops_the_run(script, tmp_path, tiny_model, monkeypatch):
+    """Finite logits whose loss is not (a margin of 6e38 overflows float32): the model is not kept either."""
+    module, args = script
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    monkeypatch.setattr(module, "evaluate", lambda model, batches, *a, **k: torch.tensor([[3e38, -3e38]]).repeat(
+        sum(map(len, batches)), 1))
+    extra = {"model": tiny_model} if module is td else {}
+    fails(module, args(tmp_path, csv.as_uri(), **extra), "training diverged after epoch 1: the validation loss is inf")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_a_learning_rate_beyond_float32_is_one_line(script, tmp_path, tiny_model):
     module, args = script
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
