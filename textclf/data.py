@@ -153,11 +153,6 @@ def read_reviews(path, name, settings):
         raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
                           f"({type(e).__name__}: {str(e)[:200]})") from None
 
-    def rows(mask):
-        where = np.flatnonzero(mask)
-        more = f" and {len(where) - 5} more" if len(where) > 5 else ""
-        return f"row{'s' if len(where) > 1 else ''} {', '.join(map(str, where[:5]))}{more} (0-based, header not counted)"
-
     missing = [column for column in [text_column] + columns if column not in df.columns]
     if missing:
         raise RecipeError(f"{name} has no {' or '.join(missing)} column; found columns "
@@ -167,6 +162,11 @@ def read_reviews(path, name, settings):
         raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
     if kind != "jsonl":
         merged(df, text_column, columns, "\t" if kind == "tsv" else ",", name)
+    return labelled(df, text_column, columns, settings["LABEL_NAMES"], name)
+
+
+def labelled(df, text_column, columns, label_names, name):
+    """read_reviews()'s (frame, label names) of df, its label columns checked."""
     frame = pd.DataFrame({"text": df[text_column].astype(str)})
     if len(columns) > 1:  # multi-label: 0/1 in each column
         for k, column in enumerate(columns):
@@ -183,7 +183,7 @@ def read_reviews(path, name, settings):
     numbers = pd.to_numeric(raw, errors="coerce")
     integers = numbers.notna() & (numbers % 1 == 0)
     if integers.all():  # 0..K-1, named by LABEL_NAMES
-        names = [label.strip() for label in settings["LABEL_NAMES"].split(",")]
+        names = [label.strip() for label in label_names.split(",")]
         bad = ~numbers.between(0, len(names) - 1)
         if bad.any():
             raise RecipeError(f"{name}: {columns[0]} holds integer labels, named by LABEL_NAMES ({','.join(names)}) "
@@ -194,8 +194,7 @@ def read_reviews(path, name, settings):
     if numbers.notna().any():
         raise RecipeError(f"{name}: {columns[0]} mixes numbers and words: {rows(numbers.notna())} "
                           f"hold{'s' if numbers.notna().sum() == 1 else ''} {raw[numbers.notna()].iloc[0]!r} while "
-                          f"others hold {raw[numbers.isna()].iloc[0]!r}; "
-                          f"use one kind of label")
+                          f"others hold {raw[numbers.isna()].iloc[0]!r}; use one kind of label")
     names = sorted(raw.unique())
     folded = {}
     for label in names:  # "positive" and "Positive" are one class written two ways, far more often than two
@@ -204,6 +203,13 @@ def read_reviews(path, name, settings):
                               f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way")
     frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
     return frame, names
+
+
+def rows(mask):
+    """Where mask holds, for an error message: the first five row numbers and how many more."""
+    where = np.flatnonzero(mask)
+    more = f" and {len(where) - 5} more" if len(where) > 5 else ""
+    return f"row{'s' if len(where) > 1 else ''} {', '.join(map(str, where[:5]))}{more} (0-based, header not counted)"
 
 
 def merged(df, text_column, columns, sep, name):
