@@ -9,7 +9,7 @@ import pytest
 
 import train_distilbert
 from conftest import make_reviews, write_csv
-from textclf.data import clean, load_reviews, read_reviews, split
+from textclf.data import clean, first_invalid_utf8, load_reviews, read_reviews, split
 from textclf.settings import RecipeError
 
 IMDB = train_distilbert.DEFAULTS  # TEXT_COLUMN review, LABEL_COLUMNS sentiment, LABEL_NAMES negative,positive
@@ -89,3 +89,13 @@ def test_a_file_saved_by_hand_is_used_as_it_is(tmp_path):
     assert len(load_reviews("http://127.0.0.1:9/movie_data.csv.gz", tmp_path, IMDB)[1]) == 30
     (tmp_path / ".movie_data.csv.gz.source.json").write_text(json.dumps({"url": "http://elsewhere/x", "sha256": "0"}))
     assert len(load_reviews("http://127.0.0.1:9/movie_data.csv.gz", tmp_path, IMDB)[1]) == 30
+
+
+def test_the_first_byte_that_is_not_utf8_is_found_line_by_line_in_plain_and_gzip_files(tmp_path):
+    text = "review,sentiment\n\"café ok\",1\n\"na\u00efve\",0\n".encode() + b"\"caf\xe9\",1\n\"\xff\",0\n"
+    (tmp_path / "a.csv").write_bytes(text)
+    (tmp_path / "a.csv.gz").write_bytes(gzip.compress(text))
+    assert first_invalid_utf8(tmp_path / "a.csv", False) == (4, b"\xe9")
+    assert first_invalid_utf8(tmp_path / "a.csv.gz", True) == (4, b"\xe9")
+    with pytest.raises(RecipeError, match=r"a.csv.gz is not UTF-8 text: line 4 \(the header is line 1\) holds the byte b'\\xe9'"):
+        read_reviews(tmp_path / "a.csv.gz", None, IMDB)

@@ -143,12 +143,9 @@ def read_reviews(path, name, settings):
         df = (pd.read_json(path, lines=True, dtype=False, compression=compression) if kind == "jsonl" else
               pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression))
     except UnicodeDecodeError:  # where, and how to convert: pandas names only a position in its buffer
-        with (gzip.open if gzipped else open)(path, "rb") as f:
-            text = f.read().decode("utf-8", "surrogateescape")  # an invalid byte b becomes the character 0xDC00 + b
-        at = re.search("[\udc80-\udcff]", text).start()
-        raise RecipeError(f"{name} is not UTF-8 text: line {text.count(chr(10), 0, at) + 1} (the header is line 1) "
-                          f"holds the byte {bytes([ord(text[at]) - 0xDC00])!r}; save the file as UTF-8, e.g. iconv -f "
-                          f"latin1 -t utf-8 FILE > FILE.utf8") from None
+        line, byte = first_invalid_utf8(path, gzipped)
+        raise RecipeError(f"{name} is not UTF-8 text: line {line} (the header is line 1) holds the byte {byte!r}; "
+                          f"save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8") from None
     except (OSError, EOFError, zlib.error, ValueError) as e:  # ParserError is a ValueError
         raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
                           f"({type(e).__name__}: {str(e)[:200]})") from None
@@ -203,6 +200,17 @@ def labelled(df, text_column, columns, label_names, name):
                               f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way")
     frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
     return frame, names
+
+
+def first_invalid_utf8(path, gzipped):
+    """(line number, byte) of the file's first byte that is not UTF-8, read line by line: it may not fit in memory."""
+    with (gzip.open if gzipped else open)(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return line, raw[e.start:e.start + 1]
+    return "?", b"?"
 
 
 def rows(mask):
