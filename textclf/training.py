@@ -127,8 +127,8 @@ class Run:
                 epoch_start = time.perf_counter() - state["seconds"]
                 batch_losses, correct = self.epoch(epoch, epoch_start, train_model, train_step, optimizer_step, collate)
                 train_seconds = time.perf_counter() - epoch_start
-                logits = evaluate(model, self.valid_batches)  # a model that diverged is never kept:
-                if not torch.isfinite(logits).all():
+                logits = evaluate(model, self.valid_batches)
+                if not torch.isfinite(logits).all():  # a model that diverged is never kept
                     raise self.diverged(f"after epoch {epoch}", "the validation logits are not finite")
                 valid = scores(logits, self.labels[a:a + self.n_valid], self.names, s["THRESHOLD"])
                 if not math.isfinite(valid["loss"]):
@@ -150,7 +150,7 @@ class Run:
                     print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} "
                           f"for {s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
                 self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
-                if state["stopped_early_at"]:
+                if state.get("stopped_early_at"):  # (checkpoints from before PATIENCE lack it)
                     break
                 if agreed(signals.requested, self.device, self.world) and epoch < s["EPOCHS"]:
                     raise Interrupted(signals.requested or signal.SIGTERM)
