@@ -73,6 +73,29 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(scr
     assert not (out_dir / "checkpoint.pt").exists()
 
 
+def test_a_second_ctrl_c_stops_at_once(script, tmp_path, tiny_model, monkeypatch, capsys):
+    module, args = script
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    real_train_step, calls = module.train_step, []
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the first asks for a checkpoint after this step
+            os.kill(os.getpid(), signal.SIGINT)  # the second stops here, before the step
+        return real_train_step(*a, **k)
+
+    monkeypatch.setattr(module, "train_step", wrapped)
+    extra = {"model": tiny_model} if module is td else {}
+    with pytest.raises(SystemExit) as exit:
+        module.main(args(tmp_path, csv.as_uri(), **extra))
+    err = capsys.readouterr().err
+    assert exit.value.code == 130 and len(calls) == 3
+    assert "SIGINT: saving a checkpoint after this step (Ctrl-C again to quit now)" in err
+    assert err.strip().splitlines()[-1] == "interrupted (SIGINT): nothing to resume"
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
 def test_resume_refuses_other_settings_other_data_or_no_checkpoint(tmp_path, monkeypatch):
     csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
     fails(tl, lstm_args(tmp_path, csv.as_uri(), resume=True), "nothing to resume",
