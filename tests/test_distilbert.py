@@ -88,16 +88,30 @@ def test_the_saved_tokenizer_truncates_as_the_run_trained(tmp_path, tiny_model, 
 
 
 def test_fused_adamw_is_the_same_update(tmp_path, tiny_model, reviews_csv, monkeypatch):
-    """FUSED_ADAMW (on by default, the CPU included) changes the speed, not the training, beyond float rounding."""
+    """FUSED_ADAMW (on by default, the CPU included) changes the speed, not the training, beyond float rounding: the
+    setting reaches AdamW, and from the same weights and gradients both kinds take the same 75 steps (a missing
+    weight decay would be 2e-4 apart). Whole runs are not compared: their forward and backward rounding is not
+    reproducible from run to run within one test process, and 75 steps at 3e-3 grow it (fused against foreach:
+    3.7e-5 apart as a rule, 1.5e-4 in one full-suite run of five)."""
     real, fused = torch.optim.AdamW, []
     monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: fused.append(k["fused"]) or real(*a, **k))
-    runs = [td.main(run_args(tmp_path / name, tiny_model, reviews_csv, fused_adamw=name == "fused", precision="fp32"))
-            for name in ("fused", "foreach")]  # fp32: bf16 autocast would round the two apart by more than the step
+    for name in ("fused", "foreach"):
+        td.main(run_args(tmp_path / name, tiny_model, reviews_csv, fused_adamw=name == "fused", precision="fp32"))
     assert fused == [True, False]
-    weights = [AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "out" / "model").state_dict()
-               for name in ("fused", "foreach")]
-    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-4  # 75 steps at 3e-3
-    assert runs[0]["epochs"][0]["train_loss"] == pytest.approx(runs[1]["epochs"][0]["train_loss"], rel=1e-5)
+    models = [AutoModelForSequenceClassification.from_pretrained(tiny_model) for _ in range(2)]
+    optimizers = [real(td.parameter_groups(model, 3e-3, 0.01, 1.0), lr=3e-3, fused=kind)
+                  for model, kind in zip(models, (True, False))]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(75):
+        gradients = [torch.randn(p.shape, generator=generator) for p in models[0].parameters()]
+        for model, optimizer in zip(models, optimizers):
+            for p, gradient in zip(model.parameters(), gradients):
+                p.grad = gradient.clone()
+            optimizer.step()
+    start = AutoModelForSequenceClassification.from_pretrained(tiny_model).state_dict()
+    moved = max((models[0].state_dict()[k] - start[k]).abs().max().item() for k in start)
+    apart = max((a - b).abs().max().item() for a, b in zip(models[0].parameters(), models[1].parameters()))
+    assert moved > 0.05 and apart < 1e-6, (moved, apart)  # measured: 0.105 and 7.5e-9
 
 
 def test_gradient_accumulation_gives_the_gradient_of_the_full_batch(tiny_model):
