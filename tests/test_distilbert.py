@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, pipeline
 
 import predict
+import textclf.parallel
 import train_distilbert as td
 from conftest import cli, make_reviews, write_csv
 from textclf.batches import make_batches
@@ -69,7 +70,7 @@ def test_auto_precision_takes_bf16_where_the_cpu_computes_it_natively(tmp_path, 
                                                                       capsys, flags, chosen):
     """The CPU check (/proc/cpuinfo's avx512_bf16 or amx_bf16) simulated both ways: the run header, metrics.json
     and predict.py say what auto chose and why; an explicit PRECISION is taken as it is."""
-    monkeypatch.setattr(td, "cpu_bf16", lambda: flags)
+    monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: flags)
     metrics = td.main(run_args(tmp_path, tiny_model, reviews_csv))
     why = "the CPU computes bf16 natively: avx512_bf16" if flags else "the CPU has no native bf16"
     assert metrics["precision"] == chosen and metrics["precision_chosen_by"] == why

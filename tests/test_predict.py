@@ -18,6 +18,7 @@ import train_distilbert as td
 import train_lstm_baseline as tl
 from conftest import cli, make_reviews, write_csv
 from test_reliability import fails
+from textclf.parallel import auto_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train_size": 600, "valid_size": 200, "test_size": 300}
@@ -169,7 +170,7 @@ def test_compare_prints_a_row_per_run_and_draws_the_curves(runs, tmp_path, capsy
         metrics = json.loads((runs[kind] / "metrics.json").read_text())
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == runs[kind].name and cells[1] == script  # the run's folder, not its whole path and cells[4] == "600" and cells[6] == "3"
-        assert cells[7] == "cpu" + (f", {td.auto_precision(torch.device('cpu'))[0]}" if kind == "distilbert" else "")
+        assert cells[7] == "cpu" + (f", {auto_precision(torch.device('cpu'))[0]}" if kind == "distilbert" else "")
         assert cells[-2:] == [f"{metrics['valid_accuracy']:.4f}", f"{metrics['test_accuracy']:.4f}"]
     assert lines[2].split("|")[6].strip() == "16" and lines[3].split("|")[6].strip() == "4096"  # max length
     assert png_size(tmp_path / "c.png") == (1200, 450) and (tmp_path / "c.png").stat().st_size > 20_000

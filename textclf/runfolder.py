@@ -19,15 +19,16 @@ def write_error(path, e, needed=None):
     space = ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
-        space = f" (the file needs {needed:,} bytes; " if needed else " ("
-        space += f"{free:,} bytes are free there); free some space or write elsewhere"
+        space = (f" (the file needs {needed:,} bytes; " if needed else " (") + f"{free:,} bytes are free there); " \
+                "free some space or write elsewhere"
     return RecipeError(f"could not write {path}: {e.strerror or e}{space}; an earlier {path.name}, if any, is intact")
 
 
 def atomic_write(path, write, stale=None):
     """write(f) into a temporary file beside path, then renamed to path: a failed write (RecipeError) or an interruption
     leaves the earlier file as it was. The file stale (results about the file replaced) is deleted just before."""
-    path, tmp = Path(path), temporary(Path(path))
+    path = Path(path)
+    tmp = temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -74,7 +75,8 @@ def alive(pid):
 @contextlib.contextmanager
 def locked(folder):
     """Hold folder for one run; a second is refused. The lock ends with the process, however it ends."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     handle = os.open(folder, os.O_RDONLY)
     try:
         try:
