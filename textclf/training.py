@@ -1,6 +1,7 @@
 """A training run from the command line to metrics.json around a script's own model and steps, and the signals
 (Ctrl-C, SIGTERM) that stop it."""
 import contextlib
+import gc
 import json
 import math
 import os
@@ -43,7 +44,8 @@ def main(run, defaults, script, argv=None):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if dist.is_initialized():
+        if dist.is_initialized():  # free the DDP wrapper (a reference cycle) first: where it lived on into the
+            gc.collect()  # interpreter's exit, a gloo process sometimes aborted there after a finished run
             dist.destroy_process_group()
 
 
