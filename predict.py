@@ -32,7 +32,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import train_distilbert as td
 import train_lstm_baseline as tl
 from textclf.batches import make_batches, to_device
-from textclf.parallel import auto_precision, progress, resolve_device
+from textclf.parallel import auto_precision, autocast_for, progress, resolve_device
 from textclf.runfolder import atomic_write
 from textclf.settings import RecipeError
 
@@ -61,8 +61,7 @@ class Run:
         self.device = device  # auto: the training script's rule (bf16 on CUDA and on CPUs with native bf16)
         self.precision = (auto_precision(device)[0] if precision == "auto" else precision) if self.kind == "distilbert" \
             else "fp32"  # the LSTM runs as it trained
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16,
-                                       enabled=self.precision != "fp32")
+        self.autocast = autocast_for(device, self.precision)
 
     def load(self, run_dir, device):
         """The model and preprocessing of either script's run."""

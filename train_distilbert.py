@@ -29,7 +29,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.data import BR_TAG, clean
 from textclf.metrics import all_logits, batch_loss
-from textclf.parallel import auto_precision, leader_first, progress
+from textclf.parallel import auto_precision, autocast_for, leader_first, progress
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError
 from textclf.training import Run, main as run_main
@@ -247,8 +247,7 @@ def run(settings, given, held):
     total_steps = math.ceil(math.ceil(r.n_train / s["BATCH_SIZE"]) / s["GRAD_ACCUM_STEPS"]) * s["EPOCHS"]
     scheduler = get_linear_schedule_with_warmup(optimizer, round(s["WARMUP_RATIO"] * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-                              enabled=precision != "fp32")
+    autocast = autocast_for(device, precision)
     forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
     train_model = forward_model if r.world == 1 else torch.nn.parallel.DistributedDataParallel(
         forward_model, device_ids=[device] if device.type == "cuda" else None)

@@ -1,9 +1,12 @@
 """textclf.parallel outside torchrun (whole runs under torchrun are in test_distributed.py): each process's share of
-a batch, and progress bars (a log's plain lines are checked on a real run in test_faults.py)."""
+a batch, the autocast for a precision, and progress bars (a log's plain lines are checked on a real run in
+test_faults.py)."""
 import io
 import sys
 
-from textclf.parallel import agreed, all_sum, leader, progress, share
+import torch
+
+from textclf.parallel import agreed, all_sum, autocast_for, leader, progress, share
 
 
 def test_a_batch_smaller_than_the_world_gives_a_weightless_stand_in():
@@ -34,3 +37,11 @@ def test_progress_in_a_process_other_than_rank_0_shows_nothing(monkeypatch, caps
     for _ in progress(range(50), desc="work"):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_autocast_for_each_precision():
+    layer, x = torch.nn.Linear(4, 2), torch.randn(3, 4)
+    for precision, dtype in [("bf16", torch.bfloat16), ("fp32", torch.float32)]:
+        with autocast_for(torch.device("cpu"), precision):
+            assert layer(x).dtype == dtype
+    assert autocast_for(torch.device("cpu"), "fp16").fast_dtype == torch.float16

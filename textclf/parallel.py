@@ -48,6 +48,12 @@ def auto_precision(device):
     return "fp32", f"{'the CPU has no native bf16' if device.type == 'cpu' else device.type}"
 
 
+def autocast_for(device, precision):
+    """The context that runs a forward pass in precision (bf16, fp16 or fp32: none) on device; reusable."""
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                          enabled=precision != "fp32")
+
+
 def start_processes(device_setting):
     """(device, rank, world): under torchrun join the others (NCCL on CUDA, gloo on the CPU; DEVICE=auto takes
     cuda:LOCAL_RANK). Only rank 0 prints to stdout."""
