@@ -29,7 +29,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.data import BR_TAG, clean
 from textclf.metrics import all_logits, batch_loss
-from textclf.parallel import auto_precision, autocast_for, leader_first, progress
+from textclf.parallel import autocast_for, leader_first, progress, run_precision
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError
 from textclf.training import Run, main as run_main
@@ -220,7 +220,7 @@ def from_pretrained(load, name, **kwargs):
 def run(settings, given, held):
     r = Run(settings, given, held, POSITIVE_SETTINGS, check_settings)  # settings, processes, OUT_DIR
     s, device = r.s, r.device
-    precision, why = auto_precision(device) if s["PRECISION"] == "auto" else (s["PRECISION"], "PRECISION")
+    precision, why = run_precision(s["PRECISION"], device, r.recorded_at_start("precision"))
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
     frame = r.load_data()
@@ -231,6 +231,7 @@ def run(settings, given, held):
                             id2label=dict(enumerate(r.names)), label2id={name: i for i, name in enumerate(r.names)},
                             problem_type="multi_label_classification" if r.multi else "single_label_classification",
                             ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
+                            dtype=torch.float32,  # fp32 weights to train, whatever the checkpoint stores (fp16, bf16)
                             attn_implementation="sdpa").to(device)
     if s["MAX_LENGTH"] > model.config.max_position_embeddings:
         raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
@@ -251,7 +252,7 @@ def run(settings, given, held):
     forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
     train_model = forward_model if r.world == 1 else torch.nn.parallel.DistributedDataParallel(
         forward_model, device_ids=[device] if device.type == "cuda" else None)
-    r.resume({"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler})
+    r.resume({"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}, precision=precision)
 
     def optimizer_step():
         scaler.unscale_(optimizer)
@@ -273,7 +274,7 @@ def run(settings, given, held):
           collate=lambda indices: collate(indices, *data, pad_id))
     best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model",  # noqa: E731
                                                                      attn_implementation="sdpa").to(device)
-    return r.finish(best, score, f"{r.out_dir / 'model'}/", precision=precision, precision_chosen_by=why)
+    return r.finish(best, model, score, f"{r.out_dir / 'model'}/", precision=precision, precision_chosen_by=why)
 
 
 def main(argv=None):

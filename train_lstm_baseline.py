@@ -193,7 +193,7 @@ def run(settings, given, held):
     r.fit(model, train_model, train_step=lambda m, batch, n: train_step(m, batch, n, s["THRESHOLD"]),
           optimizer_step=optimizer_step, evaluate=score, save_best=save_best,
           collate=lambda indices: collate(indices, *data))
-    return r.finish(lambda: load_model(r.out_dir, device)[0], score, r.out_dir / "model.pt")
+    return r.finish(lambda: load_model(r.out_dir, device)[0], model, score, r.out_dir / "model.pt")
 
 
 def main(argv=None):

@@ -1,11 +1,14 @@
 """train_distilbert.py end to end on a tiny DistilBERT, plus one real pretrained checkpoint (all offline, CPU)."""
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, pipeline
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 import predict
 import textclf.parallel
@@ -79,6 +82,41 @@ def test_auto_precision_takes_bf16_where_the_cpu_computes_it_natively(tmp_path, 
     assert predict.Run(tmp_path / "out", torch.device("cpu"), "fp32").precision == "fp32"
     explicit = td.main(run_args(tmp_path / "explicit", tiny_model, reviews_csv, precision="fp32"))
     assert (explicit["precision"], explicit["precision_chosen_by"]) == ("fp32", "PRECISION")
+
+
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_a_checkpoint_stored_in_half_precision_trains_fp32_weights_in_every_precision(tmp_path, tiny_model, stored):
+    """transformers loads weights in the dtype they are stored in: fp16 ones broke the scaler ("Attempting to
+    unscale FP16 gradients"), bf16 ones trained and saved as bf16 (AdamW's small updates rounded away)."""
+    half = tmp_path / "half"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, dtype=stored).save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(half)
+    csv = write_csv(make_reviews(500, seed=2), tmp_path / "reviews.csv")
+    for precision in ("fp16", "bf16", "fp32"):
+        metrics = td.main(run_args(tmp_path / precision, half, csv, train_size=300, valid_size=100, test_size=100,
+                                   precision=precision))
+        weights = load_file(tmp_path / precision / "out" / "model" / "model.safetensors")
+        assert metrics["precision"] == precision and {w.dtype for w in weights.values()} == {torch.float32}
+
+
+def test_a_resumed_run_keeps_the_precision_auto_chose_when_it_began(tmp_path, tiny_model, reviews_csv, monkeypatch,
+                                                                    capsys):
+    """Begun where auto picks bf16, resumed where it would pick fp32 (another GPU or CPU): the run goes on in bf16,
+    and says so (a switch to fp16 crashed loading the disabled scaler's state)."""
+    monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: "avx512_bf16")
+    real, calls = td.batch_loss, []
+    monkeypatch.setattr(td, "batch_loss", lambda *a: calls.append(1) or (
+        len(calls) == 3 and os.kill(os.getpid(), signal.SIGINT)) or real(*a))
+    with pytest.raises(SystemExit):
+        td.main(run_args(tmp_path, tiny_model, reviews_csv))
+    assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["recorded"] == {"precision": "bf16"}
+    monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: "")
+    monkeypatch.setattr(td, "batch_loss", real)
+    metrics = td.main([f"--out-dir={tmp_path / 'out'}", "--resume"])
+    assert metrics["precision"] == "bf16"
+    assert metrics["precision_chosen_by"] == ("PRECISION=auto when the run began; cpu here would choose fp32, but a "
+                                              "resumed run keeps its precision")
+    assert "bf16 (PRECISION=auto when the run began" in capsys.readouterr().out
 
 
 def test_the_saved_tokenizer_truncates_as_the_run_trained(tmp_path, tiny_model, reviews_csv):

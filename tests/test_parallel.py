@@ -4,9 +4,14 @@ test_faults.py)."""
 import io
 import sys
 
+import pytest
 import torch
 
-from textclf.parallel import agreed, all_sum, autocast_for, leader, progress, share
+from textclf.parallel import (agreed, all_sum, autocast_for, broadcast_weights, choose_precision, gathered, leader,
+                              local_leader, process_device, run_precision, share)
+from textclf.parallel import progress
+from textclf.settings import RecipeError
+from textclf.training import own_random_state, stop_check_due
 
 
 def test_a_batch_smaller_than_the_world_gives_a_weightless_stand_in():
@@ -45,3 +50,61 @@ def test_autocast_for_each_precision():
         with autocast_for(torch.device("cpu"), precision):
             assert layer(x).dtype == dtype
     assert autocast_for(torch.device("cpu"), "fp16").fast_dtype == torch.float16
+
+
+# ------------------------------------------------------------------------------- decisions only a GPU box shows
+def test_each_torchrun_process_takes_its_own_gpu():
+    assert process_device("auto", 3, 8, cuda_available=True) == "cuda:3"
+    assert process_device("auto", 3, 8, cuda_available=False) == "cpu"
+    assert process_device("cuda", 3, 8, cuda_available=True) == "cuda:3"  # set_device(cuda) had no index: ValueError
+    assert process_device("cpu", 3, 8, cuda_available=True) == "cpu"
+    assert process_device("cuda:1", 0, 1, cuda_available=True) == "cuda:1"  # one process a machine: as given
+    with pytest.raises(RecipeError, match=r"cuda:0 would put all 8 processes of this machine on one GPU; under "
+                                          r"torchrun use --device cuda \(each process takes cuda:LOCAL_RANK\)"):
+        process_device("cuda:0", 0, 8, cuda_available=True)
+
+
+def test_auto_precision_asks_for_native_bf16():
+    """is_bf16_supported() counts emulation as support: T4 and V100 ran emulated bf16 instead of fp16."""
+    assert choose_precision("cuda", native_bf16=True) == ("bf16", "a CUDA GPU with native bf16")  # A100, H100
+    assert choose_precision("cuda", native_bf16=False) == ("fp16", "a CUDA GPU without native bf16")  # T4, V100
+    assert choose_precision("cpu", True, "amx_bf16") == ("bf16", "the CPU computes bf16 natively: amx_bf16")
+    assert choose_precision("cpu", False) == ("fp32", "the CPU has no native bf16")
+    assert choose_precision("mps", False) == ("fp32", "mps")
+
+
+def test_a_resumed_run_keeps_its_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("textclf.parallel.cpu_bf16", lambda: "")
+    assert run_precision("fp16", cpu, recorded="bf16") == ("fp16", "PRECISION")
+    assert run_precision("auto", cpu) == ("fp32", "the CPU has no native bf16")
+    assert run_precision("auto", cpu, recorded="fp32") == ("fp32", "PRECISION=auto when the run began")
+    assert run_precision("auto", cpu, recorded="fp16")[0] == "fp16"  # begun on a T4, resumed here: still fp16
+
+
+def test_each_process_resumes_its_own_random_state():
+    states = [{"torch": torch.tensor([0]), "cuda": torch.tensor([10])}, {"torch": torch.tensor([1]), "cuda": None}]
+    assert own_random_state(states, 1) is states[1] and own_random_state(states, 0) is states[0]
+    assert own_random_state(states, 5) is states[0]  # more processes than the run had
+    # before per-process states: the CPU state and one CUDA state per visible GPU (8 here, maybe 1 on resume)
+    old = {"torch": torch.tensor([7]), "cuda": [torch.tensor([i]) for i in range(8)]}
+    assert own_random_state(old, 0) == {"torch": old["torch"], "cuda": None}
+
+
+def test_processes_agree_on_a_stop_every_log_every_steps():
+    """Agreeing on a stop waits for the GPU: under torchrun only every LOG_EVERY optimizer steps and at the epoch's
+    end; one process checks every step, for free."""
+    steps = range(2, 101, 2)  # the batches that end an optimizer step, 2 batches each
+    assert [b for b in steps if stop_check_due(b, 100, accum=2, every=10, world=2)] == [20, 40, 60, 80, 100]
+    assert [b for b in (2, 4, 6, 7) if stop_check_due(b, 7, accum=2, every=10, world=2)] == [7]
+    assert all(stop_check_due(b, 100, accum=2, every=10, world=1) for b in steps)
+
+
+def test_one_process_gathers_and_broadcasts_to_itself(monkeypatch):
+    layer = torch.nn.Linear(2, 2)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    broadcast_weights(layer, 1)
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    assert gathered({"a": 1}, 1) == [{"a": 1}]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not local_leader()

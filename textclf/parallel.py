@@ -5,6 +5,7 @@ import io
 import math
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -12,6 +13,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .settings import RecipeError
+
+TIMEOUT = timedelta(minutes=60)  # a collective's limit: NCCL's default of 10 minutes is shorter than a first tokenization
 
 
 def resolve_device(name):
@@ -37,15 +40,43 @@ def cpu_bf16():
     return " and ".join(flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags)
 
 
-def auto_precision(device):
-    """PRECISION=auto as (precision, why): bf16 autocast on a CUDA GPU with bf16 (fp16 on one without), and on a CPU
-    that computes bf16 natively (measured here: as accurate as fp32, 2.2x as fast at 128 tokens, 1.2x at 512); fp32
-    elsewhere."""
+def choose_precision(device_type, native_bf16, cpu_flags=""):
+    """PRECISION=auto's rule as (precision, why), from what the device computes natively: bf16 autocast on a CUDA GPU
+    with bf16 (Ampere and newer; fp16 with the scaler on T4, V100 and older, which only emulate bf16), and on a CPU
+    with native bf16 instructions (measured here: as accurate as fp32, 2.2x as fast at 128 tokens, 1.2x at 512);
+    fp32 elsewhere."""
+    if device_type == "cuda":
+        return ("bf16", "a CUDA GPU with native bf16") if native_bf16 else ("fp16", "a CUDA GPU without native bf16")
+    if device_type == "cpu" and native_bf16:
+        return "bf16", f"the CPU computes bf16 natively: {cpu_flags}"
+    return "fp32", "the CPU has no native bf16" if device_type == "cpu" else device_type
+
+
+def native_bf16(device):
+    """Whether device computes bf16 natively (not emulated): compute capability 8.0 or newer on CUDA (or ROCm), the
+    avx512_bf16 or amx_bf16 instructions on a CPU."""
     if device.type == "cuda":
-        return ("bf16", "a CUDA GPU with bf16") if torch.cuda.is_bf16_supported() else ("fp16", "a GPU without bf16")
-    if device.type == "cpu" and (flags := cpu_bf16()):
-        return "bf16", f"the CPU computes bf16 natively: {flags}"
-    return "fp32", f"{'the CPU has no native bf16' if device.type == 'cpu' else device.type}"
+        with torch.cuda.device(device):  # is_bf16_supported() asks the current device; emulation does not count
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and bool(cpu_bf16())
+
+
+def auto_precision(device):
+    """PRECISION=auto on this device, as (precision, why): choose_precision() of what it computes natively."""
+    return choose_precision(device.type, native_bf16(device), cpu_bf16() if device.type == "cpu" else "")
+
+
+def run_precision(setting, device, recorded=None):
+    """(precision, why) of a run: PRECISION unless it is auto; auto resolves once, when the run begins, and a resumed
+    run keeps what it recorded then (recorded), also on a device that would choose otherwise."""
+    if setting != "auto":
+        return setting, "PRECISION"
+    if recorded is None:
+        return auto_precision(device)
+    here, _ = auto_precision(device)
+    return recorded, "PRECISION=auto when the run began" + ("" if here == recorded else
+                                                             f"; {device.type} here would choose {here}, but a resumed "
+                                                             f"run keeps its precision")
 
 
 def autocast_for(device, precision):
@@ -54,34 +85,57 @@ def autocast_for(device, precision):
                           enabled=precision != "fp32")
 
 
+def process_device(setting, local_rank, local_world, cuda_available):
+    """The device name of one torchrun process from DEVICE: auto and cuda mean cuda:LOCAL_RANK (auto: cpu without
+    CUDA); an explicit cuda:N would put every process of this machine on one GPU, so it needs one process a machine."""
+    if setting == "auto":
+        return f"cuda:{local_rank}" if cuda_available else "cpu"
+    if setting == "cuda":
+        return f"cuda:{local_rank}"
+    if setting.startswith("cuda:") and local_world > 1:
+        raise RecipeError(f"DEVICE (--device) {setting} would put all {local_world} processes of this machine on one "
+                          f"GPU; under torchrun use --device cuda (each process takes cuda:LOCAL_RANK), and choose "
+                          f"the GPUs with CUDA_VISIBLE_DEVICES")
+    return setting
+
+
 def start_processes(device_setting):
-    """(device, rank, world): under torchrun join the others (NCCL on CUDA, gloo on the CPU; DEVICE=auto takes
-    cuda:LOCAL_RANK). Only rank 0 prints to stdout."""
+    """(device, rank, world): under torchrun join the others (NCCL on CUDA, gloo on the CPU; each process on its own
+    GPU, process_device()). Only rank 0 prints to stdout. The timeout of a collective is TIMEOUT, so that the other
+    processes wait out a long first data preparation (a download, the token cache)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
         return resolve_device(device_setting), 0, 1
-    local = int(os.environ["LOCAL_RANK"])
-    device = resolve_device(f"cuda:{local}" if device_setting == "auto" and torch.cuda.is_available() else device_setting)
+    local, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    device = resolve_device(process_device(device_setting, local, local_world, torch.cuda.is_available()))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=TIMEOUT)
     if dist.get_rank() > 0:
         sys.stdout = open(os.devnull, "w")
     return device, dist.get_rank(), world
 
 
 def leader():
-    """True in the process that prints and writes: the only one, or rank 0 under torchrun."""
+    """True in the process that prints and writes the results: the only one, or rank 0 under torchrun."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def local_leader():
+    """True in the first process of each machine (LOCAL_RANK 0), which prepares that machine's data."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 @contextlib.contextmanager
 def leader_first(world):
-    """Rank 0 runs the block first (a download, a cache it writes), then the others, which find its result."""
-    if world > 1 and not leader():
+    """The first process of each machine runs the block first (a download, a cache it writes), then the others on
+    it, which find its result: machines that share no filesystem each prepare their own DATA_DIR."""
+    if world > 1 and not local_leader():
         dist.barrier()
     yield
-    if world > 1 and leader():
+    if world > 1 and local_leader():
         dist.barrier()
 
 
@@ -104,6 +158,23 @@ def agreed(flag, device, world):
     if world == 1:
         return bool(flag)
     return bool(all_sum(torch.tensor([float(bool(flag))], device=device), world).item())
+
+
+def broadcast_weights(model, world):
+    """Every process's model takes rank 0's weights (its copy in memory): nothing needs a file rank 0 wrote."""
+    if world > 1:
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, 0)
+
+
+def gathered(value, world):
+    """[value of rank 0, value of rank 1, ...] in every process: small Python objects (random states)."""
+    if world == 1:
+        return [value]
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
 
 
 def barrier(world):

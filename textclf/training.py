@@ -17,7 +17,8 @@ import torch.distributed as dist
 from .batches import loader, make_batches, to_device
 from .data import check_labels, file_sha256, load_reviews, split, targets
 from .metrics import better, scores, shown
-from .parallel import agreed, all_sum, barrier, leader, leader_first, progress, share, start_processes
+from .parallel import (agreed, all_sum, barrier, broadcast_weights, gathered, leader, leader_first, progress, share,
+                       start_processes)
 from .runfolder import atomic_write, locked, remove_stale
 from .settings import RecipeError, check_settings, label_columns, parse_settings, resolve_run
 
@@ -89,9 +90,10 @@ class Run:
         self.test_batches = [b + batch for batch in make_batches(self.lengths[b:], self.s["EVAL_BATCH_SIZE"])]
         return ids, offsets, self.labels
 
-    def resume(self, parts):
-        """parts ({name: model, optimizer, ...}) go into every checkpoint; --resume restores them and the RNG."""
-        self.parts = parts
+    def resume(self, parts, **recorded):
+        """parts ({name: model, optimizer, ...}) and recorded (what the run resolved when it began, e.g. its precision)
+        go into every checkpoint; --resume restores them and each process's random state."""
+        self.parts, self.recorded = parts, recorded
         self.state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
                       "stopped_early_at": None, "batch_losses": [], "correct": 0, "seconds": 0.0}
         if self.checkpoint is None:
@@ -101,17 +103,24 @@ class Run:
         self.state = self.checkpoint["state"]
         if self.rank > 0:  # the checkpoint holds the sums over all processes: rank 0 carries them on
             self.state.update(batch_losses=[0.0] * self.state["batch"], correct=0)
-        torch.set_rng_state(self.checkpoint["rng"]["torch"])
-        if self.checkpoint["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self.checkpoint["rng"]["cuda"])
+        rng = own_random_state(self.checkpoint["rng"], self.rank)
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         print(f"resuming {self.checkpoint_path}: epoch {self.state['epoch']}, batch {self.state['batch']}/"
               f"{math.ceil(self.n_train / self.s['BATCH_SIZE'])}")
 
+    def recorded_at_start(self, name):
+        """What a resumed run recorded under name when it began (resume(**recorded)); None for a new run."""
+        return (self.checkpoint or {}).get("recorded", {}).get(name)
+
     def save_checkpoint(self, **state):
+        """The run as it stands, written by rank 0, with every process's random state (dropout draws differ)."""
         self.state.update(state)
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        rng = gathered({"torch": torch.get_rng_state(), "cuda": cuda}, self.world)
         checkpoint = {"settings": self.s, "data_sha256": self.data_sha256, "state": self.state, "rng": rng,
-                      **{name: part.state_dict() for name, part in self.parts.items()}}
+                      "recorded": self.recorded, **{name: part.state_dict() for name, part in self.parts.items()}}
         if leader():
             atomic_write(self.checkpoint_path, lambda f: torch.save(checkpoint, f))
 
@@ -199,7 +208,8 @@ class Run:
                     bad = int(torch.nonzero(~torch.isfinite(batch_losses[:i + 1]))[0])
                     raise self.diverged(f"at epoch {epoch}, batch {bad + 1}", f"the loss is {batch_losses[bad].item()}")
                 bar.set_postfix(loss=f"{loss:.4f}")
-            if step_done and agreed(signals.requested, device, world):  # all processes stop at this step
+            if step_done and stop_check_due(i + 1, len(batches), accum, s["LOG_EVERY"], world) and agreed(
+                    signals.requested, device, world):  # all processes stop after this step
                 batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)
                 self.save_checkpoint(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
                                      correct=correct.item(), seconds=time.perf_counter() - epoch_start)
@@ -214,11 +224,12 @@ class Run:
         return RecipeError(f"training diverged {where}: {what}; lower --learning-rate (now {self.s['LEARNING_RATE']})"
                            f"{tip}. Nothing of this epoch was kept")
 
-    def finish(self, load, evaluate, saved, **extra):
-        """The best epoch's model, reloaded by load() as a user would, scored on the test split; then metrics.json
+    def finish(self, load, model, evaluate, saved, **extra):
+        """The best epoch's model, reloaded by load() as a user would (rank 0; the other processes take its weights
+        into model: they may run on machines that cannot see its files), scored on the test split; then metrics.json
         (settings, epochs, the best epoch's scores, time, hardware, extra) replaces the checkpoint."""
-        barrier(self.world)  # rank 0 has written it
-        best, state, b = load(), self.state, self.n_train + self.n_valid
+        best, state, b = load() if leader() else model, self.state, self.n_train + self.n_valid
+        broadcast_weights(best, self.world)
         test = scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
         train_seconds = sum(record["seconds"] for record in state["history"])
         devices = [torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)]
@@ -240,6 +251,23 @@ class Run:
         print(f"wrote {self.out_dir / 'metrics.json'} and {saved}")
         barrier(self.world)  # no process tears down its connections while another still uses them
         return metrics
+
+
+def own_random_state(saved, rank):
+    """This process's random state from a checkpoint's: its own, or rank 0's where the run had fewer processes.
+    Checkpoints from before per-process states hold rank 0's CPU state and every GPU's state of its machine, which
+    need not exist here: the CPU state alone."""
+    if isinstance(saved, dict):
+        return {"torch": saved["torch"], "cuda": None}
+    return saved[rank] if rank < len(saved) else saved[0]
+
+
+def stop_check_due(batches_done, batches, accum, every, world):
+    """Whether the processes agree on a stop request after this optimizer step: one process checks every step (for
+    free); several check every `every` steps and at the epoch's end, as agreeing waits for the GPU (all stop after
+    the same step either way)."""
+    step, last = -(-batches_done // accum), batches_done == batches
+    return world == 1 or last or step % every == 0
 
 
 class Interrupted(KeyboardInterrupt):
