@@ -56,6 +56,8 @@ class Run:
         try:
             self.load(run_dir, device)
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, SafetensorError) as e:
+            if not damaged(e):  # out of memory, a CUDA error: the device's, not the model's
+                raise
             raise RecipeError(f"the model in {run_dir} is damaged ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:100]}); train the run again or restore its files") from None
         self.device = device  # auto: the training script's rule (bf16 on CUDA and on CPUs with native bf16)
@@ -101,6 +103,14 @@ class Run:
                 logits = self.model(*to_device(tl.collate(indices, ids, offsets, no_labels)[:2], self.device))
             out[torch.as_tensor(indices)] = logits.float().cpu()
         return out
+
+
+def damaged(error):
+    """Whether an error loading a run's model says its files are damaged, not that the device failed (out of memory,
+    a CUDA error: both RuntimeErrors, as a damaged torch file's is)."""
+    device_error = isinstance(error, (torch.OutOfMemoryError, torch.AcceleratorError)) or any(
+        word in str(error) for word in ("CUDA", "cuDNN", "cuBLAS", "NCCL", "out of memory"))
+    return not device_error
 
 
 def file_format(path, option):
@@ -189,6 +199,7 @@ def main(argv=None):
                         help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (DistilBERT runs only)")
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
     args = parser.parse_intermixed_args(argv)  # options before, between or after the texts
+    batch_size = None
     try:
         if args.texts and args.input:
             raise RecipeError("give texts as arguments or --input FILE, not both")
@@ -223,6 +234,10 @@ def main(argv=None):
         atomic_write(output, write_all)
     except RecipeError as e:
         raise SystemExit(f"error: {e}") from None
+    except torch.OutOfMemoryError:  # loading the model (no batch yet), or classifying a batch
+        advice = f"lower --batch-size (now {batch_size}, e.g. {max(1, batch_size // 2)})" if batch_size else \
+            "free the GPU or use --device cpu"
+        raise SystemExit(f"error: out of GPU memory (--device {args.device}): {advice}") from None
     except BrokenPipeError:  # the reader stopped early (| head): not an error; quiet the flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 

@@ -140,6 +140,30 @@ def test_a_damaged_model_is_one_line(runs, tmp_path, kind):
     fails(predict, [str(run), "a text"], f"the model in {run} is damaged", "train the run again or restore its files")
 
 
+def test_device_errors_are_not_called_a_damaged_model(runs, monkeypatch):
+    """Out of memory and CUDA errors are RuntimeErrors, as a damaged torch file's is: only the last is "damaged"."""
+    def failing(error):
+        def load(self, run_dir, device):
+            raise error
+        return load
+
+    monkeypatch.setattr(predict.Run, "load", failing(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
+    fails(predict, [str(runs["lstm"]), "a film"], "out of GPU memory (--device auto): free the GPU or use --device cpu")
+    monkeypatch.setattr(predict.Run, "load", failing(torch.AcceleratorError("CUDA error: an illegal memory access")))
+    with pytest.raises(torch.AcceleratorError):  # not disguised
+        predict.main([str(runs["lstm"]), "a film"])
+    monkeypatch.setattr(predict.Run, "load", failing(RuntimeError("PytorchStreamReader failed reading zip archive")))
+    fails(predict, [str(runs["lstm"]), "a film"], "is damaged (RuntimeError: PytorchStreamReader failed")
+    monkeypatch.undo()
+
+    def out_of_memory(self, texts, batch_size):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(predict.Run, "logits", out_of_memory)
+    fails(predict, [str(runs["distilbert"]), "a film", "--batch-size", "64"],
+          "out of GPU memory (--device auto): lower --batch-size (now 64, e.g. 32)")
+
+
 def test_command_line_reads_standard_input(runs):
     done = subprocess.run([sys.executable, "predict.py", str(runs["distilbert"]), "-"], cwd=ROOT, text=True,
                           input="a wonderful superb film\nan awful boring movie\n", capture_output=True, timeout=120)
