@@ -28,7 +28,7 @@ import train_distilbert as td  # noqa: E402
 import train_lstm_baseline as tl  # noqa: E402
 from textclf.batches import loader, make_batches, to_device  # noqa: E402
 from textclf.data import read_reviews  # noqa: E402
-from textclf.parallel import autocast_for  # noqa: E402
+from textclf.parallel import auto_precision, autocast_for  # noqa: E402
 
 SMALL_CPU_CONFIG = dict(dim=256, n_layers=4, n_heads=4, hidden_dim=1024)  # so the CPU run takes minutes
 BASE_CONFIG = dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072)  # distilbert-base-uncased
@@ -154,8 +154,7 @@ def distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=F
 
             padded = [512] * n_batches
         else:
-            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else (
-                "fp16" if device.type == "cuda" else "fp32")
+            precision = auto_precision(device)[0] if device.type == "cuda" else "fp32"  # bf16, or fp16 without it
             autocast = autocast_for(device, precision)
             scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
             optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=device.type == "cuda")

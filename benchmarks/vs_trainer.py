@@ -6,8 +6,8 @@ instead) and the reference-style loop, on the same model, reviews, split, hyperp
 
 Each seed trains one epoch with each tool: batch 16, AdamW at 5e-5 with weight decay 0.01 on weight matrices,
 10% linear warm-up then linear decay, gradient clipping at 1.0; length-grouped batches for ours and the Trainer
-(`train_sampling_strategy="group_by_length"`); `--precision` (bf16 autocast on CUDA, fp32 on the CPU unless
-`--precision bf16`). The reference (as in the lecture notebook) pads every review to MAX_LENGTH, keeps one tensor
+(`train_sampling_strategy="group_by_length"`); `--precision` (on CUDA PRECISION=auto's choice: bf16 autocast, or
+fp16 with the scaler on a GPU without native bf16; fp32 on the CPU unless `--precision bf16`). The reference (as in the lecture notebook) pads every review to MAX_LENGTH, keeps one tensor
 per review, draws plain shuffled batches, uses eager attention, fp32 and the default AdamW; it runs once, for
 speed. The bare step runs once too: our batches, collated beforehand, through nothing but forward, backward,
 clipping, the fused AdamW step and the schedule, the floor that any tool's loop adds its own time to. All but the
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_distilbert as td  # noqa: E402
 from textclf.batches import make_batches, to_device  # noqa: E402
 from textclf.data import clean, read_reviews, split  # noqa: E402
+from textclf.parallel import auto_precision, autocast_for  # noqa: E402
 
 HYPER = {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "grad_clip": 1.0}
 
@@ -68,7 +69,7 @@ def trainer(args, seed, work, train, test):
         warmup_steps=HYPER["warmup_ratio"], lr_scheduler_type="linear", max_grad_norm=HYPER["grad_clip"],
         num_train_epochs=1, train_sampling_strategy="group_by_length", seed=seed, save_strategy="no",
         eval_strategy="no", logging_strategy="no", report_to="none", use_cpu=not cuda,
-        bf16=args.precision == "bf16",
+        bf16=args.precision == "bf16", fp16=args.precision == "fp16",
         disable_tqdm=True)
     run = transformers.Trainer(model=model, args=training, train_dataset=encoded(train, tokenizer, args.max_length),
                                data_collator=transformers.DataCollatorWithPadding(tokenizer))
@@ -130,14 +131,17 @@ def bare(args, seed, train, tokens, pad_id):
     optimizer = torch.optim.AdamW(td.parameter_groups(model, HYPER["learning_rate"], HYPER["weight_decay"], 1.0),
                                   lr=HYPER["learning_rate"], fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(HYPER["warmup_ratio"] * len(batches)), len(batches))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    autocast = autocast_for(device, args.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     start = time.perf_counter()
     for input_ids, mask, y in batches:
         with autocast:
             logits = model(input_ids=input_ids, attention_mask=mask).logits
-        torch.nn.functional.cross_entropy(logits.float(), y).backward()
+        scaler.scale(torch.nn.functional.cross_entropy(logits.float(), y)).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), HYPER["grad_clip"])
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
@@ -177,12 +181,13 @@ def main():
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[123, 1, 2])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], help="ours, the Trainer and the bare step "
-                        "(the reference stays fp32): bf16 autocast, default on CUDA, or fp32, default on the CPU")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="ours, the Trainer and the bare step "
+                        "(the reference stays fp32); default: PRECISION=auto's choice on CUDA, fp32 on the CPU")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--padding", action="store_true", help="only print the padding of ours and the Trainer's batches")
     args = parser.parse_args()
-    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.precision = args.precision or (auto_precision(torch.device(args.device))[0] if args.device.startswith("cuda")
+                                        else "fp32")
     reviews, _ = read_reviews(args.data, None, td.DEFAULTS)
     train, _, test = split(reviews, args.train_size, args.valid_size, args.test_size)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name)
