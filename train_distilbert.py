@@ -63,8 +63,8 @@ WARMUP_RATIO = 0.1  # fraction of optimizer steps with linear warm-up, then line
 GRAD_CLIP = 1.0  # clip the gradient norm to this, 0 = off
 SEED = 123  # model head initialisation, shuffling and dropout
 # system
-DEVICE = "auto"  # auto = cuda if available, else cpu
-PRECISION = "auto"  # auto = bf16 on CUDA (fp16 + scaler without it) and on CPUs with native bf16; or bf16, fp16, fp32
+DEVICE = "auto"  # auto = cuda if available (under torchrun cuda:LOCAL_RANK), else cpu
+PRECISION = "auto"  # auto = bf16 where native (Ampere+ GPUs, CPUs with AVX512-BF16/AMX), fp16 + scaler on older GPUs, else fp32
 COMPILE = False  # torch.compile the model; pays off only on long runs
 FUSED_ADAMW = True  # AdamW as one fused kernel (CUDA, CPU, MPS, XPU): the same update, rounded apart; 10x on a CPU
 LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle

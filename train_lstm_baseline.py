@@ -55,7 +55,7 @@ LEARNING_RATE = 0.005  # Adam learning rate
 GRAD_CLIP = 0.0  # clip the gradient norm to this, 0 = off
 SEED = 123  # initialisation and shuffling
 # system
-DEVICE = "auto"  # auto = cuda if available, else cpu
+DEVICE = "auto"  # auto = cuda if available (under torchrun cuda:LOCAL_RANK), else cpu
 LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
 EVAL_BATCH_SIZE = 256  # reviews per forward pass in evaluation
 LOG_EVERY = 20  # batches between progress-bar loss updates (each one waits for the GPU)

@@ -1,11 +1,15 @@
 """The benchmark scripts run end to end on a tiny model and tiny data and print their tables. Their timings are
 not checked here (that is what the scripts are for); only that every variant runs and reports sane numbers."""
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from conftest import make_reviews, write_csv
+from textclf.parallel import auto_precision
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -78,3 +82,20 @@ def test_predict_memory_counts_every_row_of_both_inputs(tmp_path):
     assert [(row[1], row[2], row[3]) for row in rows] == [("one 10 MB text (--input)", "0", "1"),
                                                           ("1,000 lines (stdin)", "0", "1000")]
     assert all(int(row[4].split()[0].replace(",", "")) > 0 for row in rows)
+
+
+def test_gpu_check_runs_every_check_on_a_cpu(tiny_model, tmp_path):
+    """benchmarks/gpu_check.py --device cpu: the checks a GPU box gets (COMPILE aside: minutes on a CPU), each passed,
+    and the table as JSON where --results says."""
+    stdout = run(BENCHMARKS / "gpu_check.py", "--device", "cpu", "--model-name", tiny_model, "--max-length", 32,
+                 "--no-compile", "--results", tmp_path / "results", cwd=tmp_path)
+    rows = {row[0]: row[1:] for row in table(stdout) if row[0] != "check"}
+    assert list(rows) == ["train_distilbert.py bf16", "train_distilbert.py fp16", "train_distilbert.py fp32",
+                          "train_lstm_baseline.py", f"train_distilbert.py {auto_precision(torch.device('cpu'))[0]}: "
+                          "SIGTERM, --resume", "torchrun x 2, --device cpu: SIGTERM, --resume",
+                          f"predict.py on the {auto_precision(torch.device('cpu'))[0]} run"]
+    assert all(passed == "yes" for passed, *_ in rows.values())
+    assert "identical to the uninterrupted run's" in rows[list(rows)[4]][3]  # one process on a CPU: the same bits
+    assert all(float(speed) > 0 for _, speed, *_ in list(rows.values())[:-1])
+    saved = json.loads(next((tmp_path / "results").glob("gpu-check_*.json")).read_text())
+    assert [row["check"] for row in saved["rows"]] == list(rows) and saved["torch"] == torch.__version__

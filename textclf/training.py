@@ -244,7 +244,8 @@ class Run:
                    "valid_accuracy": state["best_valid"]["accuracy"],
                    "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
                    "train_seconds": train_seconds, "device": devices[0], "devices": devices,
-                   "world_size": self.world, **extra, "parameters": sum(p.numel() for p in best.parameters())}
+                   "world_size": self.world, **extra, "parameters": sum(p.numel() for p in best.parameters()),
+                   "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None}
         if leader():
             atomic_write(self.out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
             self.checkpoint_path.unlink()  # model and metrics.json are what a complete run leaves
