@@ -108,3 +108,19 @@ def test_one_process_gathers_and_broadcasts_to_itself(monkeypatch):
     assert gathered({"a": 1}, 1) == [{"a": 1}]
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert not local_leader()
+
+
+def test_a_cuda_process_joins_with_nccl_on_its_own_gpu_and_a_long_timeout(monkeypatch):
+    """start_processes() on a simulated 8-GPU machine, process 3: NCCL bound to cuda:3 (device_id), and a timeout
+    that outlasts a first tokenization (NCCL's default is 10 minutes)."""
+    import textclf.parallel as parallel
+    joined, current = {}, []
+    monkeypatch.setenv("WORLD_SIZE", "8"), monkeypatch.setenv("LOCAL_RANK", "3"), monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(parallel.dist, "init_process_group", lambda backend, **kw: joined.update(kw, backend=backend))
+    monkeypatch.setattr(parallel.dist, "get_rank", lambda: 0)
+    device, rank, world = parallel.start_processes("cuda")
+    assert device == torch.device("cuda:3") and current == [device] and (rank, world) == (0, 8)
+    assert joined == {"backend": "nccl", "timeout": parallel.TIMEOUT, "device_id": device}
+    assert parallel.TIMEOUT.total_seconds() == 3600
