@@ -177,8 +177,8 @@ def predict(run, chunks, text_column, batch_size, write):
             frame = frame.assign(label=[run.labels[i] for i in best.tolist()], score=scores.numpy())
         else:
             probabilities = logits.sigmoid().numpy()
-            frame = frame.assign(labels=[",".join(name for name, p in zip(run.labels, row) if p > run.threshold)
-                                         for row in probabilities],
+            over = [[name for name, p in zip(run.labels, row, strict=True) if p > run.threshold] for row in probabilities]
+            frame = frame.assign(labels=[",".join(names) for names in over],
                                  **{f"score_{name}": probabilities[:, k] for k, name in enumerate(run.labels)})
         write(frame, chunk_number == 0)
         done += len(frame)
@@ -212,12 +212,14 @@ def main(argv=None):
         if args.output is None:
             def show(frame, first):
                 if run.threshold is None:
-                    shown = [f"{label}\t{score:.4f}" for label, score in zip(frame["label"], frame["score"])]
+                    shown = [f"{label}\t{score:.4f}"
+                             for label, score in zip(frame["label"], frame["score"], strict=True)]
                 else:  # the labels over the threshold (or -), then every label's score
                     scores = frame[[f"score_{name}" for name in run.labels]].to_numpy()
-                    shown = [f"{labels or '-'}\t" + " ".join(f"{name}={p:.4f}" for name, p in zip(run.labels, row))
-                             for labels, row in zip(frame["labels"], scores)]
-                for line, text in zip(shown, frame[column]):
+                    shown = [f"{labels or '-'}\t" + " ".join(f"{name}={p:.4f}"
+                                                             for name, p in zip(run.labels, row, strict=True))
+                             for labels, row in zip(frame["labels"], scores, strict=True)]
+                for line, text in zip(shown, frame[column], strict=True):
                     print(f"{line}\t{' '.join(str(text).split())}")
                 sys.stdout.flush()
             predict(run, chunks, column, batch_size, show)

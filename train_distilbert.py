@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -29,10 +30,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.data import BR_TAG, clean
 from textclf.metrics import all_logits, batch_loss
-from textclf.parallel import autocast_for, leader_first, progress, run_precision
+from textclf.parallel import accumulating, autocast_for, leader_first, progress, run_precision
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError
-from textclf.training import Run, main as run_main
+from textclf.training import Run
+from textclf.training import main as run_main
 
 # ----------------------------------------------------------------------------------------------- settings
 # data
@@ -64,7 +66,7 @@ GRAD_CLIP = 1.0  # clip the gradient norm to this, 0 = off
 SEED = 123  # model head initialisation, shuffling and dropout
 # system
 DEVICE = "auto"  # auto = cuda if available (under torchrun cuda:LOCAL_RANK), else cpu
-PRECISION = "auto"  # auto = bf16 where native (Ampere+ GPUs, CPUs with AVX512-BF16/AMX), fp16 + scaler on older GPUs, else fp32
+PRECISION = "auto"  # auto = bf16 where native (Ampere+ GPUs, CPUs with AVX512-BF16/AMX), fp16 + scaler on older GPUs
 COMPILE = False  # torch.compile the model; pays off only on long runs
 FUSED_ADAMW = True  # AdamW as one fused kernel (CUDA, CPU, MPS, XPU): the same update, rounded apart; 10x on a CPU
 LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
@@ -129,7 +131,8 @@ def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, trunca
             cache = torch.load(path, weights_only=True)
             if cache["key"] == key:
                 return cache["ids"], cache["offsets"]
-        except Exception as e:  # a damaged cache is rebuilt, never trusted
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+            # a damaged cache is rebuilt, never trusted
             print(f"token cache {path} is unreadable ({type(e).__name__}); rebuilding it")
     ids, offsets = tokenize(texts, tokenizer, max_length, truncation, head_tokens)
     atomic_write(path, lambda f: torch.save({"key": key, "ids": ids, "offsets": offsets}, f))
@@ -141,18 +144,6 @@ def collate(indices, ids, offsets, labels, pad_id, pad_to=None):
     input_ids, lengths = pad_batch(indices, ids, offsets, pad_id, pad_to)
     attention_mask = torch.arange(input_ids.shape[1]) < lengths[:, None]
     return input_ids, attention_mask.long(), labels[np.asarray(indices)]
-
-
-def train_step(model, batch, step_examples, autocast, scaler, threshold=0.5):
-    """Forward and backward of one batch. The loss is summed over the batch and divided by step_examples (the
-    examples of the whole optimizer step, over the number of processes under torchrun, whose all-reduce averages):
-    gradient accumulation and data-parallel training give exactly the gradient of the full batch."""
-    input_ids, attention_mask, labels = batch
-    with autocast:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    loss_sum, correct = batch_loss(logits, labels, threshold)
-    scaler.scale(loss_sum / step_examples).backward()
-    return loss_sum.detach(), correct
 
 
 def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1):
@@ -220,7 +211,7 @@ def from_pretrained(load, name, **kwargs):
 def run(settings, given, held):
     r = Run(settings, given, held, POSITIVE_SETTINGS, check_settings)  # settings, processes, OUT_DIR
     s, device = r.s, r.device
-    precision, why = run_precision(s["PRECISION"], device, r.recorded_at_start("precision"))
+    precision, why = run_precision(s["PRECISION"], device, r.recorded.get("precision"))
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
     frame = r.load_data()
@@ -254,25 +245,35 @@ def run(settings, given, held):
         forward_model, device_ids=[device] if device.type == "cuda" else None)
     r.resume({"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}, precision=precision)
 
-    def optimizer_step():
-        scaler.unscale_(optimizer)
-        if s["GRAD_CLIP"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    # train, keeping the best epoch's model; then test it, reloaded from disk exactly as a user would
+    # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
     print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
           f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why})")
-    score = lambda m, batches: evaluate(m, batches, data, pad_id, device, autocast, r.rank, r.world)  # noqa: E731
-    r.fit(forward_model, train_model,
-          train_step=lambda m, batch, n: train_step(m, batch, n, autocast, scaler, s["THRESHOLD"]),
-          optimizer_step=optimizer_step, evaluate=score,
-          save_best=lambda epoch: save_model(model, tokenizer, r.out_dir / "model", stale=r.out_dir / "metrics.json"),
-          collate=lambda indices: collate(indices, *data, pad_id))
-    best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model",  # noqa: E731
+    score = lambda m, batches: evaluate(m, batches, data, pad_id, device, autocast, r.rank, r.world)
+    for epoch in r.epochs():  # PATIENCE may end them early
+        train_model.train()  # dropout on: from_pretrained and evaluation leave the model in eval mode
+        for batch in r.batches(epoch, lambda indices: collate(indices, *data, pad_id)):  # this process's share
+            input_ids, attention_mask, labels = batch.tensors
+            with accumulating(train_model, batch.ends_step):  # under torchrun, gradients all-reduced once a step
+                with autocast:
+                    logits = train_model(input_ids=input_ids, attention_mask=attention_mask).logits
+                loss_sum, correct = batch_loss(logits, labels, s["THRESHOLD"])  # summed over the batch, in fp32
+                # / the step's examples (over the processes, which DDP averages): accumulated batches and processes
+                # give exactly the gradient of the whole step's batch
+                scaler.scale(loss_sum / batch.step_examples).backward()
+            if batch.ends_step:
+                scaler.unscale_(optimizer)  # clip the true gradients
+                if s["GRAD_CLIP"] > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
+                scaler.step(optimizer)  # fp16: skipped where the gradients overflowed
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            r.record(batch, loss_sum, correct)  # progress bar, divergence check; a stop request checkpoints here
+        r.end_epoch(epoch, score(forward_model, r.valid_batches),  # keeps a better epoch's model, then a checkpoint
+                    lambda epoch: save_model(model, tokenizer, r.out_dir / "model", r.out_dir / "metrics.json"))
+
+    # test the best epoch's model, reloaded from disk exactly as a user would
+    best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model",
                                                                      attn_implementation="sdpa").to(device)
     return r.finish(best, model, score, f"{r.out_dir / 'model'}/", precision=precision, precision_chosen_by=why)
 

@@ -24,10 +24,11 @@ from torch import nn
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.data import clean
 from textclf.metrics import all_logits, batch_loss
-from textclf.parallel import progress
+from textclf.parallel import accumulating, progress
 from textclf.runfolder import atomic_write
 from textclf.settings import RecipeError, label_columns
-from textclf.training import Run, main as run_main
+from textclf.training import Run
+from textclf.training import main as run_main
 
 # ----------------------------------------------------------------------------------------------- settings
 # data
@@ -107,16 +108,6 @@ class LSTMClassifier(nn.Module):
         return self.head(last)
 
 
-def train_step(model, batch, step_examples, threshold=0.5):
-    """Forward and backward of one batch. The loss is summed over the batch and divided by step_examples (the
-    examples of the whole optimizer step, over the number of processes under torchrun, whose all-reduce averages):
-    gradient accumulation and data-parallel training give exactly the gradient of the full batch."""
-    ids, lengths, labels = batch
-    loss_sum, correct = batch_loss(model(ids, lengths), labels, threshold)
-    (loss_sum / step_examples).backward()
-    return loss_sum.detach(), correct
-
-
 def evaluate(model, batches, data, device, rank=0, world=1):
     """The model's logits over batches (all_logits()), without gradients."""
     return all_logits(model, lambda m, batch: m(batch[0], batch[1]), batches, lambda indices: collate(indices, *data),
@@ -147,7 +138,8 @@ def predict(texts, out_dir="runs/lstm"):
         logits = model(batch[0], batch[1])
     if model.threshold is None:
         return [(model.labels[int(p.argmax())], float(p.max())) for p in logits.softmax(-1)]
-    return [[(label, float(q)) for label, q in zip(model.labels, p) if q > model.threshold] for p in logits.sigmoid()]
+    return [[(label, float(q)) for label, q in zip(model.labels, p, strict=True) if q > model.threshold]
+            for p in logits.sigmoid()]
 
 
 def check_settings(s, given):
@@ -174,25 +166,32 @@ def run(settings, given, held):
         model, device_ids=[device] if device.type == "cuda" else None)
     r.resume({"model": model, "optimizer": optimizer})
 
-    def optimizer_step():
-        if s["GRAD_CLIP"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     def save_best(epoch):  # the weights with the vocabulary and labels they go with, replaced together
         best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab, "labels": r.names}
         atomic_write(r.out_dir / "model.pt", lambda f: torch.save(best, f), stale=r.out_dir / "metrics.json")
 
-    # train, keeping the best epoch's model; then test it, reloaded from disk exactly as predict() does
+    # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
     majority = pd.DataFrame(r.labels[:r.n_train].numpy().reshape(r.n_train, -1)).value_counts(normalize=True).iloc[0]
     print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | vocabulary {len(vocab):,} | "
           f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
           f"{s['GRAD_ACCUM_STEPS']} | {device} x {r.world} | majority-class accuracy {majority:.4f}")
-    score = lambda m, batches: evaluate(m, batches, data, device, r.rank, r.world)  # noqa: E731
-    r.fit(model, train_model, train_step=lambda m, batch, n: train_step(m, batch, n, s["THRESHOLD"]),
-          optimizer_step=optimizer_step, evaluate=score, save_best=save_best,
-          collate=lambda indices: collate(indices, *data))
+    score = lambda m, batches: evaluate(m, batches, data, device, r.rank, r.world)
+    for epoch in r.epochs():  # PATIENCE may end them early
+        train_model.train()
+        for batch in r.batches(epoch, lambda indices: collate(indices, *data)):  # this process's share
+            ids, lengths, labels = batch.tensors
+            with accumulating(train_model, batch.ends_step):  # under torchrun, gradients all-reduced once a step
+                loss_sum, correct = batch_loss(train_model(ids, lengths), labels, s["THRESHOLD"])  # batch's sum
+                (loss_sum / batch.step_examples).backward()  # the mean over the optimizer step's examples
+            if batch.ends_step:
+                if s["GRAD_CLIP"] > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            r.record(batch, loss_sum, correct)  # progress bar, divergence check; a stop request checkpoints here
+        r.end_epoch(epoch, score(model, r.valid_batches), save_best)
+
+    # test the best epoch's model, reloaded from disk exactly as predict() does
     return r.finish(lambda: load_model(r.out_dir, device)[0], model, score, r.out_dir / "model.pt")
 
 

@@ -5,7 +5,7 @@
     python benchmarks/benchmark.py --data ../shared/data/imdb/movie_data.csv.gz
 
 Reference style (as in the lecture notebook): every review padded to 512 tokens and stored as its own tensor,
-batches of a plain shuffle, fp32, eager attention, AdamW. Ours: the functions of train_distilbert.py itself,
+batches of a plain shuffle, fp32, eager attention, AdamW. Ours: train_distilbert.py's loop body and functions,
 length-grouped batches padded to their longest review, SDPA attention, bf16 autocast and fused AdamW on CUDA.
 The LSTM compares pack_padded_sequence on shuffled batches with train_lstm_baseline.py's length-grouped
 padded batches. Review lengths come from the real IMDb reviews when --data and a BERT tokenizer are at hand
@@ -24,14 +24,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_distilbert as td  # noqa: E402
-import train_lstm_baseline as tl  # noqa: E402
-from textclf.batches import loader, make_batches, to_device  # noqa: E402
-from textclf.data import read_reviews  # noqa: E402
-from textclf.parallel import auto_precision, autocast_for  # noqa: E402
+import train_distilbert as td
+import train_lstm_baseline as tl
+from textclf.batches import loader, make_batches, to_device
+from textclf.data import read_reviews
+from textclf.metrics import batch_loss
+from textclf.parallel import auto_precision, autocast_for
 
-SMALL_CPU_CONFIG = dict(dim=256, n_layers=4, n_heads=4, hidden_dim=1024)  # so the CPU run takes minutes
-BASE_CONFIG = dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072)  # distilbert-base-uncased
+SMALL_CPU_CONFIG = {"dim": 256, "n_layers": 4, "n_heads": 4, "hidden_dim": 1024}  # so the CPU run takes minutes
+BASE_CONFIG = {"dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072}  # distilbert-base-uncased
 
 
 class PeakMemory:
@@ -163,9 +164,12 @@ def distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=F
             batches = grouped[:n_batches]
             collated = iter(loader(batches, lambda b: td.collate(b, ids, offsets, labels, 0), device))
 
-            def step(batch):
-                batch = to_device(next(collated), device)
-                td.train_step(forward_model, batch, len(batch[2]), autocast, scaler)
+            def step(batch):  # train_distilbert.py's loop body, one batch a step, no clipping
+                input_ids, attention_mask, target = to_device(next(collated), device)
+                with autocast:
+                    logits = forward_model(input_ids=input_ids, attention_mask=attention_mask).logits
+                loss_sum, _ = batch_loss(logits, target, 0.5)
+                scaler.scale(loss_sum / len(target)).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -177,9 +181,9 @@ def distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=F
         examples = sum(len(b) for b in timed)
         real_tokens = sum(int(lengths[b].sum()) for b in timed)
         flops = sum(6 * non_embedding * len(b) * t + 12 * cfg.n_layers * cfg.dim * len(b) * t * t
-                    for b, t in zip(timed, padded[warmup:]))
+                    for b, t in zip(timed, padded[warmup:], strict=True))
         rows.append({"variant": name, "examples/s": examples / seconds, "real tokens/s": real_tokens / seconds,
-                     "padding": 1 - real_tokens / sum(len(b) * t for b, t in zip(timed, padded[warmup:])),
+                     "padding": 1 - real_tokens / sum(len(b) * t for b, t in zip(timed, padded[warmup:], strict=True)),
                      "peak memory": memory.peak, "TFLOP/s": flops / seconds / 1e12, "seconds": seconds})
     return rows
 
@@ -214,9 +218,10 @@ def lstm_rows(texts, device, steps, warmup, hidden_dim):
             batches = make_batches(lengths, 128, torch.Generator().manual_seed(0), grouped=True)[:n_batches]
             collated = iter(loader(batches, lambda b: tl.collate(b, ids, offsets, labels), device))
 
-            def step(batch):
-                batch = to_device(next(collated), device)
-                tl.train_step(model, batch, len(batch[2]))
+            def step(batch):  # train_lstm_baseline.py's loop body, one batch a step
+                padded, lens, target = to_device(next(collated), device)
+                loss_sum, _ = batch_loss(model(padded, lens), target, 0.5)
+                (loss_sum / len(target)).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, make_reviews, write_csv
+from test_training import comparable
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 import train_distilbert as td
 import train_lstm_baseline as tl
-from conftest import cli, make_reviews, write_csv
-from test_training import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def torchrun(script, args, cwd=ROOT):
     """Run script under torchrun with 2 processes on this CPU; returns the finished process."""
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
 
 
 def close(single, parallel):
@@ -69,7 +69,8 @@ def test_lstm_under_torchrun_matches_one_process_and_resumes(tmp_path, reviews):
     assert "error" not in done.stdout and done.stdout.count("best epoch") == 1  # rank 0 alone prints
 
     # SIGTERM to torchrun, which forwards it to every process
-    (tmp_path / "interrupt.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), script="train_lstm_baseline", step=5, rank=0,
+    (tmp_path / "interrupt.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), script="train_lstm_baseline", step=5,
+                                                                 rank=0,
                                                                  target="os.getppid()", signal="SIGTERM"))
     stopped = torchrun(tmp_path / "interrupt.py", cli(**settings, out_dir=tmp_path / "resumed"))
     assert stopped.returncode != 0 and (tmp_path / "resumed" / "checkpoint.pt").exists()
@@ -106,7 +107,8 @@ def test_distilbert_under_torchrun_matches_one_process(tmp_path, reviews, tiny_m
 
 def test_a_process_that_dies_ends_the_run_naming_it_not_a_hang(tmp_path, reviews):
     # one process dies (out of host memory, a lost node)
-    (tmp_path / "die.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), script="train_lstm_baseline", step=3, rank=1, target="os.getpid()",
+    (tmp_path / "die.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), script="train_lstm_baseline", step=3, rank=1,
+                                                           target="os.getpid()",
                                                            signal="SIGKILL"))
     done = torchrun(tmp_path / "die.py", cli(data_url=reviews, data_dir=tmp_path / "data", train_size=600,
                                              valid_size=200, test_size=200, vocab_size=60, embedding_dim=8,

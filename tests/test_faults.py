@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import make_reviews, write_csv
+from test_reliability import SCRIPTS, distilbert_args, fails, files_under, lstm_args
+from test_training import comparable
 
 import textclf.runfolder
 import train_distilbert as td
 import train_lstm_baseline as tl
-from conftest import make_reviews, write_csv
-from test_reliability import SCRIPTS, distilbert_args, fails, files_under, lstm_args
-from test_training import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def small_disk(tmp_path):
         if shutil.which("mount") is None:
             pytest.skip("no mount command here")
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode:
             pytest.skip(f"cannot mount a small filesystem here: {done.stderr.strip()}")
         mounts.append(folder)
@@ -56,7 +56,7 @@ def small_disk(tmp_path):
 
     yield make
     for folder in mounts:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
 
 
 def hidden(path):
@@ -198,7 +198,7 @@ def test_a_kill_during_the_download_leaves_nothing_the_next_run_trips_on(tmp_pat
     args = lstm_args(tmp_path, url, epochs=1)
     run = subprocess.Popen([sys.executable, "train_lstm_baseline.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    partial = lambda: [p for p in (tmp_path / "data").glob(".movie_data.csv.gz.*.tmp") if p.stat().st_size]  # noqa
+    partial = lambda: [p for p in (tmp_path / "data").glob(".movie_data.csv.gz.*.tmp") if p.stat().st_size]
     wait_for(lambda: (tmp_path / "data").exists() and partial())
     run.send_signal(how)
     _, err = run.communicate(timeout=60)
@@ -366,7 +366,7 @@ def test_a_mistyped_model_name_without_the_hub_is_one_line(tmp_path):
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv").as_uri()
     done = subprocess.run([sys.executable, "train_distilbert.py",
                            *distilbert_args(tmp_path, csv, "distilbert-base-uncasd")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          text=True, timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
         "error: MODEL_NAME (--model-name) 'distilbert-base-uncasd' is neither a local folder nor a model the "

@@ -7,9 +7,20 @@ import sys
 import pytest
 import torch
 
-from textclf.parallel import (agreed, all_sum, autocast_for, broadcast_weights, choose_precision, gathered, leader,
-                              local_leader, process_device, run_precision, share)
-from textclf.parallel import progress
+from textclf.parallel import (
+    agreed,
+    all_sum,
+    autocast_for,
+    broadcast_weights,
+    choose_precision,
+    gathered,
+    leader,
+    local_leader,
+    process_device,
+    progress,
+    run_precision,
+    share,
+)
 from textclf.settings import RecipeError
 from textclf.training import own_random_state, stop_check_due
 
@@ -68,9 +79,9 @@ def test_auto_precision_asks_for_native_bf16():
     """is_bf16_supported() counts emulation as support: T4 and V100 ran emulated bf16 instead of fp16."""
     assert choose_precision("cuda", native_bf16=True) == ("bf16", "a CUDA GPU with native bf16")  # A100, H100
     assert choose_precision("cuda", native_bf16=False) == ("fp16", "a CUDA GPU without native bf16")  # T4, V100
-    assert choose_precision("cpu", True, "amx_bf16") == ("bf16", "the CPU computes bf16 natively: amx_bf16")
-    assert choose_precision("cpu", False) == ("fp32", "the CPU has no native bf16")
-    assert choose_precision("mps", False) == ("fp32", "mps")
+    assert choose_precision("cpu", "amx_bf16") == ("bf16", "the CPU computes bf16 natively: amx_bf16")
+    assert choose_precision("cpu", "") == ("fp32", "the CPU has no native bf16")
+    assert choose_precision("mps", "") == ("fp32", "mps")
 
 
 def test_a_resumed_run_keeps_its_precision(monkeypatch):
@@ -113,9 +124,10 @@ def test_one_process_gathers_and_broadcasts_to_itself(monkeypatch):
 def test_a_cuda_process_joins_with_nccl_on_its_own_gpu_and_a_long_timeout(monkeypatch):
     """start_processes() on a simulated 8-GPU machine, process 3: NCCL bound to cuda:3 (device_id), and a timeout
     that outlasts a first tokenization (NCCL's default is 10 minutes)."""
-    import textclf.parallel as parallel
+    from textclf import parallel
     joined, current = {}, []
-    monkeypatch.setenv("WORLD_SIZE", "8"), monkeypatch.setenv("LOCAL_RANK", "3"), monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    for name, value in {"WORLD_SIZE": "8", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8"}.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setattr(parallel.dist, "init_process_group", lambda backend, **kw: joined.update(kw, backend=backend))

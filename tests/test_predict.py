@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import cli, make_reviews, write_csv
+from test_reliability import fails
 
 import compare
 import predict
 import train_distilbert as td
 import train_lstm_baseline as tl
-from conftest import cli, make_reviews, write_csv
-from test_reliability import fails
 from textclf.parallel import auto_precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_texts_from_arguments_and_standard_input(runs, capsys, monkeypatch, kind
     predict.main([str(runs[kind]), *texts])
     from_arguments = capsys.readouterr().out.splitlines()
     assert len(from_arguments) == 2
-    labels, scores, shown = zip(*(line.split("\t") for line in from_arguments))
+    labels, scores, shown = zip(*(line.split("\t") for line in from_arguments), strict=True)
     assert labels == ("positive", "negative") and all(0.5 <= float(score) <= 1 for score in scores)
     assert shown == ("a wonderful superb film", "an awful boring movie with a tab")
 
@@ -166,7 +166,7 @@ def test_device_errors_are_not_called_a_damaged_model(runs, monkeypatch):
 
 def test_command_line_reads_standard_input(runs):
     done = subprocess.run([sys.executable, "predict.py", str(runs["distilbert"]), "-"], cwd=ROOT, text=True,
-                          input="a wonderful superb film\nan awful boring movie\n", capture_output=True, timeout=120)
+                          input="a wonderful superb film\nan awful boring movie\n", capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert [line.split("\t")[0] for line in done.stdout.splitlines()] == ["positive", "negative"]
 
@@ -175,7 +175,7 @@ def test_a_reader_that_stops_early_is_not_an_error(runs):
     """python predict.py RUN - | head -n 1: the pipe closes after the first line."""
     done = subprocess.run(f"yes 'a wonderful superb film' | head -n 30000 | {sys.executable} predict.py "
                           f"{runs['lstm']} - | head -n 1", shell=True, cwd=ROOT, text=True, capture_output=True,
-                          timeout=120)
+                          timeout=120, check=False)
     assert done.stdout.startswith("positive\t") and len(done.stdout.splitlines()) == 1
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 

@@ -9,12 +9,12 @@ import weakref
 
 import pytest
 import torch
+from conftest import make_reviews, write_csv
+from test_reliability import SCRIPTS, fails, files_under, lstm_args
 
 import train_distilbert as td
 import train_lstm_baseline as tl
 from textclf import training
-from conftest import make_reviews, write_csv
-from test_reliability import SCRIPTS, fails, files_under, lstm_args
 
 
 @pytest.fixture(params=SCRIPTS)
@@ -51,7 +51,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(scr
     straight = module.main(args(tmp_path / "straight", csv.as_uri(), **extra))
 
     if stop_at == "mid-epoch":
-        interrupt_at(module, monkeypatch, "train_step", 5)
+        interrupt_at(module, monkeypatch, "batch_loss", 5)
     else:  # Ctrl-C while epoch 1 is being validated
         interrupt_at(module, monkeypatch, "evaluate", 1)
     with pytest.raises(SystemExit) as exit:
@@ -80,16 +80,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(scr
 def test_a_second_ctrl_c_stops_at_once(script, tmp_path, tiny_model, monkeypatch, capsys):
     module, args = script
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
-    real_train_step, calls = module.train_step, []
+    real_batch_loss, calls = module.batch_loss, []
 
     def wrapped(*a, **k):
         calls.append(1)
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGINT)  # the first asks for a checkpoint after this step
             os.kill(os.getpid(), signal.SIGINT)  # the second stops here, before the step
-        return real_train_step(*a, **k)
+        return real_batch_loss(*a, **k)
 
-    monkeypatch.setattr(module, "train_step", wrapped)
+    monkeypatch.setattr(module, "batch_loss", wrapped)
     extra = {"model": tiny_model} if module is td else {}
     with pytest.raises(SystemExit) as exit:
         module.main(args(tmp_path, csv.as_uri(), **extra))
@@ -104,7 +104,7 @@ def test_resume_refuses_other_settings_other_data_or_no_checkpoint(tmp_path, mon
     csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
     fails(tl, lstm_args(tmp_path, csv.as_uri(), resume=True), "nothing to resume",
           str(tmp_path / "out" / "checkpoint.pt"))
-    interrupt_at(tl, monkeypatch, "train_step", 3)
+    interrupt_at(tl, monkeypatch, "batch_loss", 3)
     with pytest.raises(SystemExit):
         tl.main(lstm_args(tmp_path, csv.as_uri()))
     monkeypatch.undo()
@@ -119,7 +119,7 @@ def test_a_run_on_a_relative_data_path_resumes_from_another_folder(tmp_path, mon
     (tmp_path / "here").mkdir(), (tmp_path / "elsewhere").mkdir()
     write_csv(make_reviews(1_000, seed=8), tmp_path / "here" / "reviews.csv")
     monkeypatch.chdir(tmp_path / "here")
-    interrupt_at(tl, monkeypatch, "train_step", 3)
+    interrupt_at(tl, monkeypatch, "batch_loss", 3)
     with pytest.raises(SystemExit):
         tl.main(lstm_args(tmp_path, "reviews.csv"))
     monkeypatch.undo()
@@ -134,7 +134,7 @@ def test_a_run_on_a_relative_data_path_resumes_from_another_folder(tmp_path, mon
 
 def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, monkeypatch):
     csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
-    interrupt_at(tl, monkeypatch, "train_step", 3)
+    interrupt_at(tl, monkeypatch, "batch_loss", 3)
     with pytest.raises(SystemExit):
         tl.main(lstm_args(tmp_path, csv.as_uri()))
     monkeypatch.undo()
@@ -149,14 +149,14 @@ def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, monkeypatch):
 def test_non_finite_loss_stops_with_the_step_and_the_setting_to_change(script, tmp_path, tiny_model, monkeypatch):
     module, args = script
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
-    real_train_step, calls = module.train_step, []
+    real_batch_loss, calls = module.batch_loss, []
 
     def poisoned(*a, **k):  # the 7th batch's loss overflows
         calls.append(1)
-        loss_sum, correct = real_train_step(*a, **k)
+        loss_sum, correct = real_batch_loss(*a, **k)
         return (loss_sum * float("inf") if len(calls) == 7 else loss_sum), correct
 
-    monkeypatch.setattr(module, "train_step", poisoned)
+    monkeypatch.setattr(module, "batch_loss", poisoned)
     extra = {"model": tiny_model} if module is td else {}
     fails(module, args(tmp_path, csv.as_uri(), log_every=5, **extra), "training diverged at epoch 1, batch 7: the loss is inf",
           "lower --learning-rate")
@@ -169,18 +169,20 @@ def test_weights_that_diverge_in_the_last_step_are_never_kept(script, tmp_path, 
     module, args = script
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
     batches = 38 if module is td else 19  # 600 reviews in batches of 16 and 32
-    real_train_step, calls = module.train_step, []
+    optimizer = torch.optim.AdamW if module is td else torch.optim.Adam
+    real_step, calls = optimizer.step, []
 
-    def poisoned(model, *a, **k):
+    def poisoned(self, *a, **k):  # the optimizer step after the last batch of epoch 2 leaves NaN weights
         calls.append(1)
-        result = real_train_step(model, *a, **k)
+        result = real_step(self, *a, **k)
         if len(calls) == 2 * batches:
             with torch.no_grad():
-                for parameter in model.parameters():
-                    parameter.fill_(float("nan"))
+                for group in self.param_groups:
+                    for parameter in group["params"]:
+                        parameter.fill_(float("nan"))
         return result
 
-    monkeypatch.setattr(module, "train_step", poisoned)
+    monkeypatch.setattr(optimizer, "step", poisoned)
     extra = {"model": tiny_model} if module is td else {}
     fails(module, args(tmp_path, csv.as_uri(), **extra), "training diverged after epoch 2: the validation logits are "
           "not finite", "lower --learning-rate", "Nothing of this epoch was kept")
@@ -222,7 +224,7 @@ def test_out_of_memory_gives_the_batch_size_advice(script, tmp_path, tiny_model,
     def out_of_memory(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(module, "train_step", out_of_memory)
+    monkeypatch.setattr(module, "batch_loss", out_of_memory)
     extra = {"model": tiny_model} if module is td else {}
     text = fails(module, args(tmp_path, csv.as_uri(), batch_size=16, **extra), "out of GPU memory",
                  "lower --batch-size (e.g. 8) and raise --grad-accum-steps (e.g. 2) for the same effective batch")
@@ -296,3 +298,24 @@ def test_what_a_run_leaves_in_reference_cycles_is_freed_before_its_process_group
     finally:
         gc.enable()
     assert freed == [True]
+
+
+# ------------------------------------------------------------------------------------- the loop's batches
+def test_batches_say_when_the_optimizer_steps_and_over_how_many_examples(tmp_path, monkeypatch):
+    """600 reviews in batches of 32 (one of 24, somewhere: the batches are shuffled) and 3 batches a step: the
+    optimizer steps after batches 3, 6, ... 18 and after the last (19); each batch's summed loss is divided by its
+    step's examples (96, or 88 for the step with the short batch, or the last step's)."""
+    seen, real = [], training.Run.record
+
+    def record(self, batch, loss_sum, correct):
+        seen.append((batch.index, batch.ends_step, batch.step_examples, batch.weight, len(batch.tensors[2])))
+        return real(self, batch, loss_sum, correct)
+
+    monkeypatch.setattr(training.Run, "record", record)
+    csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
+    tl.main(lstm_args(tmp_path, csv.as_uri(), epochs=1, grad_accum_steps=3))
+    assert [index for index, *_ in seen] == list(range(19))
+    assert [index + 1 for index, ends, *_ in seen if ends] == [3, 6, 9, 12, 15, 18, 19]
+    sizes = [size for *_, size in seen]
+    assert sorted(sizes) == [24] + [32] * 18 and all(weight == 1 for *_, weight, _ in seen)
+    assert [examples for _, _, examples, *_ in seen] == [sum(sizes[i - i % 3:i - i % 3 + 3]) for i in range(19)]

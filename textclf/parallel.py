@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .settings import RecipeError
 
-TIMEOUT = timedelta(minutes=60)  # a collective's limit: NCCL's default of 10 minutes is shorter than a first tokenization
+TIMEOUT = timedelta(minutes=60)  # a collective's limit: NCCL's default of 10 minutes is less than a first tokenization
 
 
 def resolve_device(name):
@@ -40,30 +40,25 @@ def cpu_bf16():
     return " and ".join(flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags)
 
 
-def choose_precision(device_type, native_bf16, cpu_flags=""):
-    """PRECISION=auto's rule as (precision, why), from what the device computes natively: bf16 autocast on a CUDA GPU
-    with bf16 (Ampere and newer; fp16 with the scaler on T4, V100 and older, which only emulate bf16), and on a CPU
-    with native bf16 instructions (measured here: as accurate as fp32, 2.2x as fast at 128 tokens, 1.2x at 512);
-    fp32 elsewhere."""
+def choose_precision(device_type, native_bf16):
+    """PRECISION=auto's rule as (precision, why), from whether the device computes bf16 natively (native_bf16: true, or
+    the CPU's flags that say so): bf16 autocast on a CUDA GPU with it (Ampere and newer; fp16 with the scaler on T4,
+    V100 and older, which only emulate bf16), and on a CPU with it (measured here: as accurate as fp32, 2.2x as fast
+    at 128 tokens, 1.2x at 512); fp32 elsewhere."""
     if device_type == "cuda":
         return ("bf16", "a CUDA GPU with native bf16") if native_bf16 else ("fp16", "a CUDA GPU without native bf16")
     if device_type == "cpu" and native_bf16:
-        return "bf16", f"the CPU computes bf16 natively: {cpu_flags}"
+        return "bf16", f"the CPU computes bf16 natively: {native_bf16}"
     return "fp32", "the CPU has no native bf16" if device_type == "cpu" else device_type
 
 
-def native_bf16(device):
-    """Whether device computes bf16 natively (not emulated): compute capability 8.0 or newer on CUDA (or ROCm), the
-    avx512_bf16 or amx_bf16 instructions on a CPU."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):  # is_bf16_supported() asks the current device; emulation does not count
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-    return device.type == "cpu" and bool(cpu_bf16())
-
-
 def auto_precision(device):
-    """PRECISION=auto on this device, as (precision, why): choose_precision() of what it computes natively."""
-    return choose_precision(device.type, native_bf16(device), cpu_bf16() if device.type == "cpu" else "")
+    """PRECISION=auto on this device: choose_precision() of what it computes natively, not emulated (CUDA compute
+    capability 8.0 or newer, or ROCm; a CPU's avx512_bf16 or amx_bf16)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # is_bf16_supported() asks the current device
+            return choose_precision("cuda", torch.cuda.is_bf16_supported(including_emulation=False))
+    return choose_precision(device.type, cpu_bf16() if device.type == "cpu" else "")
 
 
 def run_precision(setting, device, recorded=None):
@@ -103,7 +98,7 @@ def start_processes(device_setting):
     """(device, rank, world): under torchrun join the others (NCCL on CUDA, gloo on the CPU; each process on its own
     GPU, process_device()). Only rank 0 prints to stdout. The timeout of a collective is TIMEOUT, so that the other
     processes wait out a long first data preparation (a download, the token cache)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return resolve_device(device_setting), 0, 1
     local, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -144,6 +139,13 @@ def share(batch, rank, world):
     left, a stand-in of weight 0 (the first example), as every process takes part in the gradient all-reduce."""
     part = batch[rank::world]
     return (part, 1) if len(part) else (batch[:1], 0)
+
+
+def accumulating(model, ends_step):
+    """DDP's no_sync() for a batch after which the optimizer does not step: its gradients only accumulate, and the
+    all-reduce runs once a step, with the step's last batch. Nothing to do for one process."""
+    syncs = ends_step or not isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    return contextlib.nullcontext() if syncs else model.no_sync()
 
 
 def all_sum(tensor, world):

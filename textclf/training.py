@@ -1,6 +1,9 @@
-"""A training run from the command line to metrics.json around a script's own model and steps, and the signals
-(Ctrl-C, SIGTERM) that stop it."""
+"""What a script's training loop calls, from the command line to metrics.json: the run's start, its epochs and
+batches (resumed where a checkpoint left off), the record of each batch and epoch, checkpoints, the signals (Ctrl-C,
+SIGTERM) that stop it at one, and the final test. The loop itself (forward, backward, optimizer step) is the
+script's."""
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -17,8 +20,18 @@ import torch.distributed as dist
 from .batches import loader, make_batches, to_device
 from .data import check_labels, file_sha256, load_reviews, split, targets
 from .metrics import better, scores, shown
-from .parallel import (agreed, all_sum, barrier, broadcast_weights, gathered, leader, leader_first, progress, share,
-                       start_processes)
+from .parallel import (
+    agreed,
+    all_sum,
+    barrier,
+    broadcast_weights,
+    gathered,
+    leader,
+    leader_first,
+    progress,
+    share,
+    start_processes,
+)
 from .runfolder import atomic_write, locked, remove_stale
 from .settings import RecipeError, check_settings, label_columns, parse_settings, resolve_run
 
@@ -58,12 +71,14 @@ class Run:
         self.out_dir = Path(settings["OUT_DIR"])
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         s, self.checkpoint = resolve_run(settings, given, self.checkpoint_path)
+        self.recorded = (self.checkpoint or {}).get("recorded", {})  # what a resumed run resolved when it began
         check_settings(s, positive)
         self.s = s = check(s, given)
         self.device, self.rank, self.world = start_processes(s["DEVICE"])
         if leader():
             held.enter_context(locked(self.out_dir))  # a second run into OUT_DIR is refused while this one lasts
             remove_stale(self.out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
+        held.push(self.ended)
         print("settings: " + json.dumps(s))
 
     def load_data(self):
@@ -110,10 +125,6 @@ class Run:
         print(f"resuming {self.checkpoint_path}: epoch {self.state['epoch']}, batch {self.state['batch']}/"
               f"{math.ceil(self.n_train / self.s['BATCH_SIZE'])}")
 
-    def recorded_at_start(self, name):
-        """What a resumed run recorded under name when it began (resume(**recorded)); None for a new run."""
-        return (self.checkpoint or {}).get("recorded", {}).get(name)
-
     def save_checkpoint(self, **state):
         """The run as it stands, written by rank 0, with every process's random state (dropout draws differ)."""
         self.state.update(state)
@@ -124,98 +135,102 @@ class Run:
         if leader():
             atomic_write(self.checkpoint_path, lambda f: torch.save(checkpoint, f))
 
-    def fit(self, model, train_model, train_step, optimizer_step, evaluate, save_best, collate):
-        """The epochs from where the run stands: epoch() trains, evaluate(model, batches) validates, save_best(epoch)
-        keeps a better epoch's model (rank 0), and a checkpoint follows each epoch and each stop request. PATIENCE
-        epochs without a better one end the run early (all processes alike: they share the validation scores)."""
+    def epochs(self):
+        """The epochs left, from the checkpoint's; PATIENCE ends them early (end_epoch()). While they last, Ctrl-C and
+        SIGTERM stop the run at a checkpoint: after an optimizer step (record()) or an epoch (end_epoch())."""
+        signals.requested, signals.deferred, self.training = False, True, True
+        for epoch in range(self.state["epoch"], self.s["EPOCHS"] + 1):
+            if self.state.get("stopped_early_at"):  # (checkpoints from before PATIENCE lack it)
+                break
+            yield epoch
+        signals.deferred, self.training = False, False
+
+    def batches(self, epoch, collate):
+        """The epoch's training batches as Batch objects (this process's share, collated by collate(indices), on the
+        device), from the checkpoint's batch on: the same batches when resumed (seeded with SEED + epoch)."""
+        s, state, world, accum = self.s, self.state, self.world, self.s["GRAD_ACCUM_STEPS"]
+        generator = torch.Generator().manual_seed(s["SEED"] + epoch)
+        batches = make_batches(self.lengths[:self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
+        self.epoch, self.epoch_start = epoch, time.perf_counter() - state["seconds"]
+        self.batch_losses = torch.zeros(len(batches), device=self.device)
+        self.batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
+        self.correct = torch.tensor(state["correct"], device=self.device)
+        self.shares = [share(batch, self.rank, world) for batch in batches]  # under torchrun: this process's part
+        self.bar = progress(loader([part for part, _ in self.shares[state["batch"]:]], collate, self.device),
+                            desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
+        for i, tensors in enumerate(self.bar, start=state["batch"]):
+            first, weight, self.batch_index = i - i % accum, self.shares[i][1], i
+            yield Batch(to_device(tensors, self.device), i, (i + 1) % accum == 0 or i + 1 == len(batches),
+                        sum(map(len, batches[first:first + accum])) / world if weight else math.inf, weight)
+        self.bar.close()
+        self.train_seconds = time.perf_counter() - self.epoch_start
+
+    def record(self, batch, loss_sum, correct):
+        """A trained batch's summed loss and correct count: the epoch's sums; the mean loss on the progress bar every
+        LOG_EVERY batches (not finite: the run stops, diverged); after an optimizer step, a stop request ends the run
+        with a checkpoint, all processes after the same step."""
+        s, i, n = self.s, batch.index, len(self.batch_losses)
+        self.batch_losses[i], self.correct = loss_sum.detach() * batch.weight, self.correct + correct * batch.weight
+        if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == n:
+            examples = sum(len(part) * weight for part, weight in self.shares[:i + 1])  # 0 where all were stand-ins
+            loss = self.batch_losses[:i + 1].sum().item() / max(examples, 1)
+            if not math.isfinite(loss):
+                bad = int(torch.nonzero(~torch.isfinite(self.batch_losses[:i + 1]))[0])
+                raise self.diverged(f"at epoch {self.epoch}, batch {bad + 1}",
+                                    f"the loss is {self.batch_losses[bad].item()}")
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        if batch.ends_step and stop_check_due(i + 1, n, s["GRAD_ACCUM_STEPS"], s["LOG_EVERY"], self.world) and agreed(
+                signals.requested, self.device, self.world):  # all processes stop after this step
+            losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
+            self.save_checkpoint(epoch=self.epoch, batch=i + 1, batch_losses=losses[:i + 1].tolist(),
+                                 correct=correct.item(), seconds=time.perf_counter() - self.epoch_start)
+            raise Interrupted(signals.requested)
+
+    def end_epoch(self, epoch, logits, save_best):
+        """The epoch's validation logits scored (not finite: the run stops, diverged) and printed beside its training
+        numbers; save_best(epoch) (rank 0) keeps a better epoch's model; then a checkpoint. PATIENCE epochs without a
+        better one end the run early (all processes alike: they share the scores); so does a stop request."""
         s, state, a = self.s, self.state, self.n_train
-        signals.requested, signals.deferred = False, True  # Ctrl-C and SIGTERM now stop at a checkpoint
-        try:
-            for epoch in range(state["epoch"], s["EPOCHS"] + 1):
-                if state.get("stopped_early_at"):  # resumed after the epoch that ended the run
-                    break
-                model.train()  # from_pretrained returns a model in eval mode (dropout off)
-                epoch_start = time.perf_counter() - state["seconds"]
-                batch_losses, correct = self.epoch(epoch, epoch_start, train_model, train_step, optimizer_step, collate)
-                train_seconds = time.perf_counter() - epoch_start
-                logits = evaluate(model, self.valid_batches)
-                if not torch.isfinite(logits).all():  # a model that diverged is never kept
-                    raise self.diverged(f"after epoch {epoch}", "the validation logits are not finite")
-                valid = scores(logits, self.labels[a:a + self.n_valid], self.names, s["THRESHOLD"])
-                if not math.isfinite(valid["loss"]):
-                    raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
-                batch_losses, correct = all_sum(batch_losses, self.world), all_sum(correct, self.world)
-                record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / a,
-                          "train_accuracy": correct.item() / a, "valid_loss": valid["loss"],
-                          "valid_accuracy": valid["accuracy"], "seconds": train_seconds,
-                          **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {})}
-                print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy "
-                      f"{record['train_accuracy']:.4f} | valid {shown(valid)} | {train_seconds:.1f} s")
-                state["history"].append(record)
-                if better(valid, state["best_valid"]):
-                    state.update(best_valid=valid, best_epoch=epoch)
-                    if leader():
-                        save_best(epoch)
-                if s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
-                    state["stopped_early_at"] = epoch
-                    print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} "
-                          f"for {s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
-                self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
-                if state.get("stopped_early_at"):  # (checkpoints from before PATIENCE lack it)
-                    break
-                if agreed(signals.requested, self.device, self.world) and epoch < s["EPOCHS"]:
-                    raise Interrupted(signals.requested or signal.SIGTERM)
-        except torch.OutOfMemoryError as e:
+        if not torch.isfinite(logits).all():  # a model that diverged is never kept
+            raise self.diverged(f"after epoch {epoch}", "the validation logits are not finite")
+        valid = scores(logits, self.labels[a:a + self.n_valid], self.names, s["THRESHOLD"])
+        if not math.isfinite(valid["loss"]):
+            raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
+        batch_losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
+        record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / a, "train_accuracy": correct.item() / a,
+                  "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"], "seconds": self.train_seconds,
+                  **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {})}
+        print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy {record['train_accuracy']:.4f} "
+              f"| valid {shown(valid)} | {self.train_seconds:.1f} s")
+        state["history"].append(record)
+        if better(valid, state["best_valid"]):
+            state.update(best_valid=valid, best_epoch=epoch)
+            if leader():
+                save_best(epoch)
+        if s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
+            state["stopped_early_at"] = epoch
+            print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} for "
+                  f"{s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
+        self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
+        if not state.get("stopped_early_at") and agreed(signals.requested, self.device, self.world) and \
+                epoch < s["EPOCHS"]:
+            raise Interrupted(signals.requested or signal.SIGTERM)
+
+    def ended(self, kind, error, traceback):
+        """How the run ends (held's exit): stop requests no longer deferred; out of memory and an optimizer step
+        beyond float32 as what the user can change."""
+        signals.deferred = False
+        s = self.s
+        if isinstance(error, torch.OutOfMemoryError):
             length = f" at --max-length {s['MAX_LENGTH']}" if "MAX_LENGTH" in s else ""
             raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']}{length}: lower --batch-size "
                               f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps (e.g. "
                               f"{s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch"
-                              f"{', or lower --max-length' if length else ''}") from e
-        finally:
-            signals.deferred = False
-
-    def epoch(self, epoch, epoch_start, train_model, train_step, optimizer_step, collate):
-        """One pass from state["batch"] on: train_step(train_model, batch, step_examples) per batch (this process's
-        share of it), optimizer_step() per GRAD_ACCUM_STEPS. Returns this process's batch losses and correct count."""
-        s, state, device, world, accum = self.s, self.state, self.device, self.world, self.s["GRAD_ACCUM_STEPS"]
-        generator = torch.Generator().manual_seed(s["SEED"] + epoch)  # the same batches when resumed
-        batches = make_batches(self.lengths[:self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
-        batch_losses = torch.zeros(len(batches), device=device)
-        batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
-        correct = torch.tensor(state["correct"], device=device)
-        shares = [share(batch, self.rank, world) for batch in batches]  # under torchrun: this process's part
-        bar = progress(loader([part for part, _ in shares[state["batch"]:]], collate, device),
-                       desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
-        for i, batch in enumerate(bar, start=state["batch"]):
-            step_examples = sum(map(len, batches[i - i % accum:i - i % accum + accum]))
-            step_done = (i + 1) % accum == 0 or i + 1 == len(batches)
-            weight = shares[i][1]  # DDP averages the gradients over processes: divide by step_examples / world
-            with train_model.no_sync() if world > 1 and not step_done else contextlib.nullcontext():
-                loss_sum, batch_correct = train_step(train_model, to_device(batch, device),
-                                                     step_examples / world if weight else math.inf)
-            batch_losses[i], correct = loss_sum * weight, correct + batch_correct * weight
-            if step_done:
-                try:
-                    optimizer_step()
-                except RuntimeError as e:  # a learning rate so large that the step is beyond float32
-                    if "overflow" not in str(e):
-                        raise
-                    raise self.diverged(f"at epoch {epoch}, batch {i + 1}", "the optimizer step overflows") from None
-            if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == len(batches):
-                examples = sum(len(part) * weight for part, weight in shares[:i + 1])  # 0 where all were stand-ins
-                loss = batch_losses[:i + 1].sum().item() / max(examples, 1)
-                if not math.isfinite(loss):
-                    bad = int(torch.nonzero(~torch.isfinite(batch_losses[:i + 1]))[0])
-                    raise self.diverged(f"at epoch {epoch}, batch {bad + 1}", f"the loss is {batch_losses[bad].item()}")
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if step_done and stop_check_due(i + 1, len(batches), accum, s["LOG_EVERY"], world) and agreed(
-                    signals.requested, device, world):  # all processes stop after this step
-                batch_losses, correct = all_sum(batch_losses, world), all_sum(correct, world)
-                self.save_checkpoint(epoch=epoch, batch=i + 1, batch_losses=batch_losses[:i + 1].tolist(),
-                                     correct=correct.item(), seconds=time.perf_counter() - epoch_start)
-                raise Interrupted(signals.requested)
-        bar.close()
-        return batch_losses, correct
+                              f"{', or lower --max-length' if length else ''}") from error
+        if isinstance(error, RuntimeError) and "without overflow" in str(error) and getattr(self, "training", False):
+            raise self.diverged(f"at epoch {self.epoch}, batch {self.batch_index + 1}",
+                                "the optimizer step overflows") from None
+        return False
 
     def diverged(self, where, what):
         """The error for a run whose numbers stopped being finite: where, what, and what to try."""
@@ -232,10 +247,8 @@ class Run:
         broadcast_weights(best, self.world)
         test = scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
         train_seconds = sum(record["seconds"] for record in state["history"])
-        devices = [torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)]
-        if self.world > 1:  # what each process ran on
-            devices *= self.world
-            dist.all_gather_object(devices, devices[0])
+        cuda = self.device.type == "cuda"
+        devices = gathered(torch.cuda.get_device_name(self.device) if cuda else str(self.device), self.world)
         print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
               f"trained {train_seconds:.1f} s")
         metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi,
@@ -245,7 +258,7 @@ class Run:
                    "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
                    "train_seconds": train_seconds, "device": devices[0], "devices": devices,
                    "world_size": self.world, **extra, "parameters": sum(p.numel() for p in best.parameters()),
-                   "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None}
+                   "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None}
         if leader():
             atomic_write(self.out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
             self.checkpoint_path.unlink()  # model and metrics.json are what a complete run leaves
@@ -271,6 +284,16 @@ def stop_check_due(batches_done, batches, accum, every, world):
     return world == 1 or last or step % every == 0
 
 
+@dataclasses.dataclass
+class Batch:
+    """One training batch of this process, from Run.batches()."""
+    tensors: list  # collate()'s tensors, on the device
+    index: int  # in the epoch, from 0
+    ends_step: bool  # the optimizer steps after this batch
+    step_examples: float  # the step's examples over the processes (DDP averages); inf for a weightless stand-in
+    weight: int  # 1, or 0 for a stand-in (this process had no review of the batch)
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM: main() stops with one line and exit status 128 + the signal's number."""
 
@@ -280,8 +303,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Signals:
-    """Ctrl-C and SIGTERM stop at once, also where the shell ignored SIGINT (a background job). While fit() defers
-    them, the first only sets .requested (a preempted machine): training stops after the optimizer step with a
+    """Ctrl-C and SIGTERM stop at once, also where the shell ignored SIGINT (a background job). While Run.epochs()
+    defers them, the first only sets .requested (a preempted machine): training stops after the optimizer step with a
     checkpoint. A second one stops at once."""
     deferred = requested = False
 
