@@ -79,7 +79,7 @@ def plot(runs, output):
     import matplotlib.pyplot as plt
 
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-    for (name, m), color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs)):
+    for (name, m), color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs), strict=False):
         epochs = [e["epoch"] for e in m["epochs"]]
         for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
             axes.plot(epochs, [e.get(f"train_{key}", math.nan) for e in m["epochs"]], "o-", color=color,

@@ -51,7 +51,7 @@ def main(argv=None):
         cases = [("one 10 MB text (--input)", ["--input", str(work / "long.csv"), "--output", str(work / "out.csv")],
                   work / "empty", lambda: len(pd.read_csv(work / "out.csv"))),
                  (f"{args.lines:,} lines (stdin)", ["-"], work / "lines.txt",
-                  lambda: sum(1 for _ in open(work / "stdout.txt")))]
+                  lambda: len((work / "stdout.txt").read_text().splitlines()))]
         for name, options, stdin, rows in cases:
             status, peak, seconds = measure([sys.executable, "predict.py", run, *options], stdin, work / "stdout.txt")
             print(f"| {Path(run).name} | {name} | {status} | {rows() if status == 0 else '-'} | {peak:,} MiB | "

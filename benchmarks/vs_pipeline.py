@@ -25,9 +25,9 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import predict  # noqa: E402
-from textclf.data import clean  # noqa: E402
-from textclf.parallel import resolve_device  # noqa: E402
+import predict
+from textclf.data import clean
+from textclf.parallel import resolve_device
 
 
 def best_of(repeats, work):
@@ -85,7 +85,7 @@ def main(argv=None):
         ours_s, ours_labels, ours_precision = ours(args.run_dir, texts, device, "fp32" if fp32 else "auto",
                                                    args.repeats)
         theirs_s, theirs_labels, theirs_precision = theirs(args.run_dir, texts, device, fp32, args.repeats, cleaned)
-        same = sum(a == b for a, b in zip(ours_labels, theirs_labels)) / len(texts)
+        same = sum(a == b for a, b in zip(ours_labels, theirs_labels, strict=True)) / len(texts)
         name = ("both fp32" if fp32 else "defaults") + (", pipeline given cleaned texts" if cleaned else "")
         print(f"| {name}: predict.py {ours_precision}, pipeline {theirs_precision} | "
               f"{len(texts) / ours_s:,.1f} | {len(texts) / theirs_s:,.1f} | {theirs_s / ours_s:.2f}x | {same:.2%} |",

@@ -7,7 +7,8 @@ instead) and the reference-style loop, on the same model, reviews, split, hyperp
 Each seed trains one epoch with each tool: batch 16, AdamW at 5e-5 with weight decay 0.01 on weight matrices,
 10% linear warm-up then linear decay, gradient clipping at 1.0; length-grouped batches for ours and the Trainer
 (`train_sampling_strategy="group_by_length"`); `--precision` (on CUDA PRECISION=auto's choice: bf16 autocast, or
-fp16 with the scaler on a GPU without native bf16; fp32 on the CPU unless `--precision bf16`). The reference (as in the lecture notebook) pads every review to MAX_LENGTH, keeps one tensor
+fp16 with the scaler on a GPU without native bf16; fp32 on the CPU unless `--precision bf16`). The reference (as in
+the lecture notebook) pads every review to MAX_LENGTH, keeps one tensor
 per review, draws plain shuffled batches, uses eager attention, fp32 and the default AdamW; it runs once, for
 speed. The bare step runs once too: our batches, collated beforehand, through nothing but forward, backward,
 clipping, the fused AdamW step and the schedule, the floor that any tool's loop adds its own time to. All but the
@@ -31,10 +32,10 @@ import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_distilbert as td  # noqa: E402
-from textclf.batches import make_batches, to_device  # noqa: E402
-from textclf.data import clean, read_reviews, split  # noqa: E402
-from textclf.parallel import auto_precision, autocast_for  # noqa: E402
+import train_distilbert as td
+from textclf.batches import make_batches, to_device
+from textclf.data import clean, read_reviews, split
+from textclf.parallel import auto_precision, autocast_for
 
 HYPER = {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "grad_clip": 1.0}
 
@@ -54,7 +55,7 @@ def ours(args, seed, work):
 def encoded(frame, tokenizer, max_length):
     """The reviews as the Trainer takes them: token ids (cleaned and truncated as ours) and labels."""
     ids = tokenizer([clean(text) for text in frame["text"]], truncation=True, max_length=max_length)["input_ids"]
-    return [{"input_ids": i, "labels": int(label)} for i, label in zip(ids, frame["label"])]
+    return [{"input_ids": i, "labels": int(label)} for i, label in zip(ids, frame["label"], strict=True)]
 
 
 def trainer(args, seed, work, train, test):
@@ -88,7 +89,8 @@ def reference(args, seed, train, test):
     def tensors(frame):
         encoding = tokenizer([clean(text) for text in frame["text"]], truncation=True, padding="max_length",
                              max_length=args.max_length, return_tensors="pt")
-        return list(zip(encoding["input_ids"], encoding["attention_mask"], torch.tensor(frame["label"].to_numpy())))
+        return list(zip(encoding["input_ids"], encoding["attention_mask"], torch.tensor(frame["label"].to_numpy()),
+                        strict=True))
 
     train_items, test_items = tensors(train), tensors(test)
     torch.manual_seed(seed)

@@ -5,13 +5,20 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
-                          DistilBertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification)
+from conftest import NEGATIVE, NEUTRAL, POSITIVE, cli, write_csv
+from test_reliability import distilbert_args, fails
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+)
 
 import predict
 import train_distilbert as td
-from conftest import NEGATIVE, NEUTRAL, POSITIVE, cli, write_csv
-from test_reliability import distilbert_args, fails
 
 WORDS = NEUTRAL + POSITIVE + NEGATIVE  # each one WordPiece token of the tiny vocabulary
 

@@ -11,7 +11,7 @@ def test_training_batches_are_a_shuffled_partition():
         batches = make_batches(lengths, 32, torch.Generator().manual_seed(1), grouped)
         assert len(batches) == 32 and sorted(np.concatenate(batches)) == list(range(1_000))
         again = make_batches(lengths, 32, torch.Generator().manual_seed(1), grouped)
-        assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # same seed, same epoch
+        assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))  # same seed, same epoch
     spread = np.mean([np.ptp(lengths[b]) for b in make_batches(lengths, 32, torch.Generator(), True)])
     assert spread < 60  # similar lengths share a batch (random batches spread over ~470)
 

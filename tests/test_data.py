@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_reviews, write_csv
 
 import train_distilbert
-from conftest import make_reviews, write_csv
 from textclf.data import clean, first_invalid_utf8, load_reviews, read_reviews, split
 from textclf.settings import RecipeError
 
@@ -17,7 +17,7 @@ IMDB = train_distilbert.DEFAULTS  # TEXT_COLUMN review, LABEL_COLUMNS sentiment,
 def test_split_takes_rows_in_file_order():
     df = pd.DataFrame({"review": [f"review {i}" for i in range(50_000)], "sentiment": np.arange(50_000) % 2})
     train, valid, test = split(df, 35_000, 5_000, 10_000)
-    assert list(train.index) == list(range(0, 35_000))
+    assert list(train.index) == list(range(35_000))
     assert list(valid.index) == list(range(35_000, 40_000))
     assert list(test.index) == list(range(40_000, 50_000))
     train, valid, test = split(df, 2_000, 500, 300)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import cli, make_reviews, write_csv
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import train_lstm_baseline as tl
-from conftest import cli, make_reviews, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_a_text_of_a_million_characters_trains_and_predicts_in_bounded_memory(tm
     df.loc[3, "review"] = ("a great film " * 80_000)[:1_000_000]
     csv = write_csv(df, tmp_path / "long.csv")
     done = subprocess.run([sys.executable, "-c", LONG_TEXT_RUN, str(csv), str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     peak_mib = int(done.stdout.split()[-1])
     assert peak_mib < 2_500, peak_mib

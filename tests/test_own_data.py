@@ -8,6 +8,8 @@ import tarfile
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import NEGATIVE, POSITIVE, make_reviews, write_csv
+from test_reliability import SCRIPTS, distilbert_args, fails, files_under, lstm_args
 from transformers import pipeline
 
 import train_distilbert as td
@@ -15,8 +17,6 @@ import train_lstm_baseline as tl
 from textclf.data import load_reviews, read_reviews, split, targets
 from textclf.metrics import scores
 from textclf.settings import RecipeError, parse_settings
-from conftest import NEGATIVE, POSITIVE, make_reviews, write_csv
-from test_reliability import SCRIPTS, distilbert_args, fails, files_under, lstm_args
 
 FILLER = ["the", "movie", "film", "was", "and", "it", "a", "of"]
 TOPICS = {"praise": POSITIVE, "complaint": NEGATIVE, "story": ["plot", "actor", "scene", "story"]}
@@ -126,7 +126,7 @@ def test_fractions_shuffle_and_the_command_line(tmp_path):
     shuffled = split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4)
     assert shuffled[0]["text"].tolist() != train["text"].tolist()
     assert sorted(pd.concat(shuffled)["text"], key=int) == df["text"].tolist()  # a permutation of all rows
-    assert all(a.equals(b) for a, b in zip(shuffled, split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4)))
+    assert all(a.equals(b) for a, b in zip(shuffled, split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4), strict=True))
     assert [len(part) for part in split(df, 0.5, 20, 0.3)] == [50, 20, 30]
 
 
@@ -157,7 +157,7 @@ def test_the_imdb_file_through_other_columns_and_format_gives_the_same_numbers(t
     default = tl.main(lstm_args(tmp_path, csv.as_uri(), out_dir=tmp_path / "a"))
     generic = tl.main(lstm_args(tmp_path, str(jsonl), text_column="text", label_columns="y",
                                 label_names="negative,positive", out_dir=tmp_path / "b"))
-    untimed = lambda metrics: [{k: v for k, v in r.items() if k != "seconds"} for r in metrics["epochs"]]  # noqa: E731
+    untimed = lambda metrics: [{k: v for k, v in r.items() if k != "seconds"} for r in metrics["epochs"]]
     assert untimed(default) == untimed(generic)
     for key in ("valid", "test", "labels", "best_epoch", "valid_accuracy", "test_accuracy"):
         assert default[key] == generic[key], key
@@ -190,7 +190,7 @@ def test_the_stanford_archive_becomes_a_csv_once(tmp_path, capsys):
     texts = frame["text"].tolist()
     assert len(texts) == 12 and all(t.startswith("train") for t in texts[:6]) and all(t.startswith("test") for t in texts[6:])
     assert sorted(texts[:6]) == sorted(f"train {w} review {i}<br />" for w in ("awful", "great") for i in range(3))
-    assert all((label == 1) == ("great" in text) for text, label in zip(texts, frame["label"]))
+    assert all((label == 1) == ("great" in text) for text, label in zip(texts, frame["label"], strict=True))
     assert "unlabelled" not in texts and "writing" in capsys.readouterr().out
     again = load_reviews(str(archive), tmp_path / "data", td.DEFAULTS)  # the CSV is reused, not written again
     assert again[1].equals(frame) and "writing" not in capsys.readouterr().out
@@ -269,7 +269,7 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
     predicted = pd.read_json(tmp_path / "predicted.jsonl", lines=True, dtype=False)
     assert list(predicted.columns)[-4:] == ["labels", "score_good", "score_bad", "score_plot"]
     over = predicted[["score_good", "score_bad", "score_plot"]].to_numpy() > 0.5
-    assert predicted["labels"].fillna("").tolist() == [",".join(n for n, o in zip(["good", "bad", "plot"], row) if o)
+    assert predicted["labels"].fillna("").tolist() == [",".join(n for n, o in zip(["good", "bad", "plot"], row, strict=True) if o)
                                                        for row in over]
     truth = predicted[["good", "bad", "plot"]].to_numpy().astype(bool)
     test_accuracy = json.loads((tmp_path / "out" / "metrics.json").read_text())["test_accuracy"]
@@ -282,7 +282,7 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
 
     compare.main([str(tmp_path / "out")])
     header, _, row = capsys.readouterr().out.splitlines()
-    cells = dict(zip(*([cell.strip() for cell in line.strip("|").split("|")] for line in (header, row))))
+    cells = dict(zip(*([cell.strip() for cell in line.strip("|").split("|")] for line in (header, row)), strict=True))
     assert cells["script"] == "train_lstm_baseline.py" and cells["run"] == "out"
     assert float(cells["test macro ROC AUC"]) == pytest.approx(metrics["test"]["macro_roc_auc"], abs=5e-5)
     assert float(cells["valid macro ROC AUC"]) == pytest.approx(metrics["valid"]["macro_roc_auc"], abs=5e-5)

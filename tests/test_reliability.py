@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import cli, make_reviews, write_csv
 
 import textclf.data
-from textclf.data import read_reviews
 import train_distilbert as td
 import train_lstm_baseline as tl
-from conftest import cli, make_reviews, write_csv
+from textclf.data import read_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,7 +168,7 @@ def test_texts_over_several_lines_still_load(tmp_path):
     text = 'Scores so far:\n10,9\n8, and "a classic",\nsays the critic'
     rows = [f'"{text.replace(chr(34), chr(34) * 2)}",1', '"a dull film",0', '"two\r\nlines",1']
     (tmp_path / "multi.csv").write_text("review,sentiment\n" + "\n".join(rows) + "\n")
-    frame, names = read_reviews(tmp_path / "multi.csv", None, td.DEFAULTS)
+    frame, _ = read_reviews(tmp_path / "multi.csv", None, td.DEFAULTS)
     assert frame["text"].tolist() == [text, "a dull film", "two\r\nlines"] and frame["label"].tolist() == [1, 0, 1]
 
 
@@ -225,7 +225,7 @@ def test_the_command_line_prints_one_error_line_and_exits_1(tmp_path):
     csv = write_csv(pd.DataFrame({"text": ["a"], "sentiment": [1]}), tmp_path / "reviews.csv")
     result = subprocess.run([sys.executable, str(ROOT / "train_lstm_baseline.py"), f"--data-url={csv.as_uri()}",
                              f"--data-dir={tmp_path / 'data'}", f"--out-dir={tmp_path / 'out'}"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "has no review column" in result.stderr and "Traceback" not in result.stderr
@@ -241,5 +241,5 @@ def test_a_damaged_token_cache_is_rebuilt(tmp_path, tiny_model):
     [cache] = tmp_path.glob("tokens-*.pt")
     cache.write_bytes(cache.read_bytes()[:100])  # a half-written file from some other tool
     again = td.cached_token_ids(texts, tokenizer, 64, tmp_path, "sha")
-    assert all(torch.equal(a, b) for a, b in zip(expected, again))
+    assert all(torch.equal(a, b) for a, b in zip(expected, again, strict=True))
     assert torch.load(cache, weights_only=True)["key"]["data_sha256"] == "sha"

@@ -46,6 +46,6 @@ def test_help_shows_the_scripts_docstring_and_every_setting_with_its_comment(nam
     out = capsys.readouterr().out
     assert exit.value.code == 0 and script.__doc__.splitlines()[0] in out
     out = "".join(out.split())  # argparse wraps long lines
-    for name, value in script.DEFAULTS.items():
-        assert f"--{name.lower().replace('_', '-')}" in out and f"default:{value}" in out
+    for setting, value in script.DEFAULTS.items():
+        assert f"--{setting.lower().replace('_', '-')}" in out and f"default:{value}" in out
     assert "passesoverthetrainingsplit(default:" in out  # the settings block's comments explain each one

@@ -34,7 +34,7 @@ def pad_batch(indices, ids, offsets, pad_id, width=None):
     indices = torch.as_tensor(np.asarray(indices))
     lengths = offsets[indices + 1] - offsets[indices]
     padded = torch.full((len(indices), int(lengths.max()) if width is None else width), pad_id, dtype=torch.int64)
-    for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist())):
+    for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist(), strict=True)):
         padded[row, :n] = ids[i:i + n]
     return padded, lengths
 

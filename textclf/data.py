@@ -135,7 +135,7 @@ def read_reviews(path, name, settings):
     with open(path, "rb") as f:
         head = f.read(512)
     gzipped = head[:2] == b"\x1f\x8b"
-    kind = next((kind for kind in ("tsv", "jsonl") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.I)), "csv")
+    kind = next((kind for kind in ("tsv", "jsonl") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.IGNORECASE)), "csv")
     if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         raise RecipeError(f"{name} is an HTML page (an error or login page?), not the data file")
     try:

@@ -28,7 +28,7 @@ def all_logits(model, forward, batches, collate, width, device, rank, world):
     logits = torch.zeros(sum(map(len, batches)), width, device=device)
     mine = batches[rank::world]
     bar = progress(loader(mine, collate, device), desc="evaluate", leave=False)
-    for batch, indices in zip(bar, mine):  # the bar first: zip() exhausts it, so it ends at 100%
+    for batch, indices in zip(bar, mine, strict=True):  # the bar first: zip() exhausts it, so it ends at 100%
         logits[torch.as_tensor(indices - first, device=device)] = forward(model, to_device(batch, device)).float()
     model.train()
     return all_sum(logits, world).cpu()
@@ -56,7 +56,7 @@ def scores(logits, targets, names, threshold):
 def better(result, best):
     """Whether validation scores beat the best (None at first): by accuracy, multi-label by macro ROC AUC."""
     key = "macro_roc_auc" if "roc_auc" in result else "accuracy"
-    value = lambda r: -1.0 if r[key] is None else r[key]  # noqa: E731
+    value = lambda r: -1.0 if r[key] is None else r[key]
     return best is None or value(result) > value(best)
 
 

@@ -82,7 +82,7 @@ def is_url(name):
 def resolve_run(settings, given, checkpoint_path):
     """(settings, checkpoint): with RESUME the checkpoint's settings, and those given must agree with them. Without,
     an unfinished run is never overwritten. A local DATA_URL is made absolute, so that --resume works anywhere."""
-    absolute = lambda url: url if is_url(url) else str(Path(url).expanduser().absolute())  # noqa: E731
+    absolute = lambda url: url if is_url(url) else str(Path(url).expanduser().absolute())
     settings = {**settings, "DATA_URL": absolute(settings["DATA_URL"])}
     if "DATA_URL" in given:
         given = {**given, "DATA_URL": settings["DATA_URL"]}
