@@ -72,14 +72,22 @@ def table(runs):
     return "\n".join(lines)
 
 
-def plot(runs, output):
-    """Loss and accuracy per epoch of every run: training solid, validation dashed, the best epoch starred."""
+def figure_of(runs):
+    """Loss and accuracy per epoch of every run: training solid, validation dashed, the best epoch starred; a colour
+    a run (the default ten, then tab20's, then evenly spaced), and the legend below the plots, however many runs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-    for (name, m), color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs), strict=False):
+    columns = min(4, len(runs))  # legend columns
+    legend_rows = -(-2 * len(runs) // columns)
+    height = 4.5 + 0.25 * max(0, legend_rows - 2)  # inches: a quarter more a legend row beyond two
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(12, height), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(runs) > len(colors):
+        colors = [plt.get_cmap("tab20")(i) for i in range(len(runs))] if len(runs) <= 20 else \
+            [plt.get_cmap("turbo")(i / (len(runs) - 1)) for i in range(len(runs))]
+    for (name, m), color in zip(runs, colors, strict=False):
         epochs = [e["epoch"] for e in m["epochs"]]
         for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
             axes.plot(epochs, [e.get(f"train_{key}", math.nan) for e in m["epochs"]], "o-", color=color,
@@ -96,9 +104,16 @@ def plot(runs, output):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = loss_axes.get_legend_handles_labels()
-    columns = min(2, len(runs))  # a column per run: its training and validation lines one above the other
     figure.legend(handles, labels, loc="lower center", ncol=columns, frameon=False)
-    figure.tight_layout(rect=(0, 0.055 * -(-len(labels) // columns), 1, 1))
+    figure.tight_layout(rect=(0, 0.25 * legend_rows / height, 1, 1))
+    return figure
+
+
+def plot(runs, output):
+    """figure_of(runs) as a PNG (or any format matplotlib writes) at output."""
+    import matplotlib.pyplot as plt
+
+    figure = figure_of(runs)
     output = Path(output)
     atomic_write(output, lambda f: figure.savefig(f, format=output.suffix.lstrip(".") or "png"))
     plt.close(figure)
@@ -108,6 +123,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="OUT_DIR of a finished run (or its metrics.json)")
     parser.add_argument("--output", help="draw the learning curves into this PNG")
+    parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
     args = parser.parse_args(argv)
     try:
         if args.output:  # before anything is drawn or written

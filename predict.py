@@ -32,8 +32,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import train_distilbert as td
 import train_lstm_baseline as tl
 from textclf.batches import make_batches, to_device
+from textclf.data import SURROGATE, jsonl_frames
 from textclf.parallel import auto_precision, autocast_for, progress, resolve_device
-from textclf.runfolder import atomic_write
+from textclf.runfolder import atomic_write, usable_folder
 from textclf.settings import RecipeError
 
 CHUNK = 10_000  # texts read, sorted, classified and written at a time
@@ -49,7 +50,9 @@ class Run:
             raise RecipeError(f"{run_dir} holds no finished run (no metrics.json); pass the OUT_DIR of a run of "
                               f"train_distilbert.py or train_lstm_baseline.py that ran to the end")
         try:
-            self.settings = json.loads((run_dir / "metrics.json").read_text())["settings"]
+            saved = json.loads((run_dir / "metrics.json").read_text())["settings"]
+            defaults = td.DEFAULTS if (run_dir / "model").is_dir() else tl.DEFAULTS  # for what an older run lacks
+            self.settings = {**defaults, "TRUNCATION": "head", "HEAD_TOKENS": 0, **saved}  # older runs: head only
         except (ValueError, KeyError, TypeError) as e:
             raise RecipeError(f"{run_dir / 'metrics.json'} is not a training script's metrics.json "
                               f"({type(e).__name__}: {e})") from None
@@ -58,6 +61,8 @@ class Run:
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, SafetensorError) as e:
             if not damaged(e):  # out of memory, a CUDA error: the device's, not the model's
                 raise
+            if "trust_remote_code" in str(e):
+                raise RecipeError(td.needs_code(run_dir / "model")) from None
             raise RecipeError(f"the model in {run_dir} is damaged ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:100]}); train the run again or restore its files") from None
         self.device = device  # auto: the training script's rule (bf16 on CUDA and on CPUs with native bf16)
@@ -69,15 +74,16 @@ class Run:
         """The model and preprocessing of either script's run."""
         if (run_dir / "model" / "config.json").exists():  # train_distilbert.py: a save_pretrained folder
             self.kind = "distilbert"
-            tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
-            model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", attn_implementation="sdpa")
+            model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", trust_remote_code=False,
+                                                                       attn_implementation="sdpa")  # never its code
+            tokenizer = AutoTokenizer.from_pretrained(run_dir / "model", trust_remote_code=False)
+            td.check_tokenizer(tokenizer, model, run_dir / "model")
             self.model, self.pad_id = model.to(device).eval(), tokenizer.pad_token_id
             self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
             multi = model.config.problem_type == "multi_label_classification"
             self.threshold = self.settings["THRESHOLD"] if multi else None
             self.encode = lambda texts: td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"],
-                                                    self.settings.get("TRUNCATION", "head"),  # older runs: head
-                                                    self.settings.get("HEAD_TOKENS", 0))
+                                                    self.settings["TRUNCATION"], self.settings["HEAD_TOKENS"])
         elif (run_dir / "model.pt").exists():  # train_lstm_baseline.py: weights and vocabulary
             self.kind = "lstm"
             self.model, vocab = tl.load_model(run_dir, device)
@@ -128,6 +134,8 @@ def read_chunks(texts, input_path, text_column):
             raise RecipeError("no input: give texts as arguments, --input FILE, or - to read one text per line "
                               "from standard input")
         if texts == ["-"]:
+            if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach predict()'s check, not a traceback
+                sys.stdin.reconfigure(errors="surrogateescape")
             lines = (line.rstrip("\r\n") for line in sys.stdin if line.strip())  # a blank line holds no text
             while chunk := list(itertools.islice(lines, CHUNK)):
                 yield pd.DataFrame({text_column: chunk})
@@ -136,20 +144,20 @@ def read_chunks(texts, input_path, text_column):
         return
     path = Path(input_path)
     if not path.is_file():
-        raise RecipeError(f"--input {path} does not exist")
+        raise RecipeError(f"--input {path} {'is a folder; give a file' if path.is_dir() else 'does not exist'}")
     kind = file_format(path, "--input")
-    if kind == ".jsonl":
-        reader = pd.read_json(path, lines=True, chunksize=CHUNK, dtype=False)
-    else:
-        reader = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: str},
-                             keep_default_na=False)
     try:
+        reader = jsonl_frames(path, path.suffix == ".gz", f"--input {path}", CHUNK) if kind == ".jsonl" else \
+            pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: str},
+                        keep_default_na=False)
         for frame in reader:
             if text_column not in frame.columns:
                 raise RecipeError(f"--input {path} has no column {text_column!r} (it has {list(frame.columns)[:8]}); "
                                   f"name the text column with --text-column")
             yield frame
-    except (OSError, EOFError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:  # ValueError: bad JSON
+    except pd.errors.EmptyDataError:
+        raise RecipeError(f"--input {path} is empty: it needs a header and a text a line") from None
+    except (OSError, EOFError, ValueError, pd.errors.ParserError) as e:
         raise RecipeError(f"--input {path} is not a readable {kind[1:]} file ({type(e).__name__}: {e})") from None
 
 
@@ -171,6 +179,13 @@ def predict(run, chunks, text_column, batch_size, write):
             rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
             raise RecipeError(f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
                               f"(0-based, header not counted); every text needs at least one word")
+        surrogate = texts.astype(str).str.contains(SURROGATE)  # how Python keeps bytes that are not UTF-8
+        if surrogate.any():
+            row = int(np.flatnonzero(surrogate)[0])
+            byte = ord(SURROGATE.search(str(texts.iloc[row])).group()) - 0xDC00
+            what = f"the byte {byte:#04x}" if 0x80 <= byte <= 0xFF else "a lone surrogate escape"
+            raise RecipeError(f"the text in row {done + row} (0-based, header not counted) is not UTF-8: it holds "
+                              f"{what}; convert the input to UTF-8, e.g. iconv -f latin1 -t utf-8")
         logits = run.logits(texts.astype(str).tolist(), batch_size)
         if run.threshold is None:
             scores, best = logits.softmax(-1).max(-1)
@@ -207,7 +222,7 @@ def main(argv=None):
             raise RecipeError(f"--batch-size must be a positive number of texts, got {args.batch_size}")
         run = Run(args.run_dir, resolve_device(args.device), args.precision)
         batch_size = run.settings["EVAL_BATCH_SIZE"] if args.batch_size is None else args.batch_size
-        column = (args.text_column or run.settings.get("TEXT_COLUMN", "review")) if args.input else "text"
+        column = (args.text_column or run.settings["TEXT_COLUMN"]) if args.input else "text"
         chunks = read_chunks(args.texts, args.input, column)
         if args.output is None:
             def show(frame, first):
@@ -225,6 +240,7 @@ def main(argv=None):
             predict(run, chunks, column, batch_size, show)
             return
         output = Path(args.output)
+        usable_folder(output.parent, "--output's folder")
         kind = file_format(output, "--output")
 
         def write_all(binary):

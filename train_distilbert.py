@@ -82,6 +82,8 @@ LAYER = re.compile(r"\.(?:transformer|encoder)\.layers?\.(\d+)\.")  # a paramete
 
 def check_settings(s, given):
     """This script's own settings, beyond those every run checks; HEAD_TOKENS filled in where it leaves no tail."""
+    if s["MAX_LENGTH"] < 3:
+        raise RecipeError(f"MAX_LENGTH (--max-length) must be at least 3 ([CLS], a token, [SEP]), got {s['MAX_LENGTH']}")
     if not 0 <= s["WARMUP_RATIO"] < 1 or s["WEIGHT_DECAY"] < 0 or s["GRAD_CLIP"] < 0:
         raise RecipeError("WARMUP_RATIO must be in [0, 1), WEIGHT_DECAY and GRAD_CLIP must not be negative")
     if not 0 < s["LR_DECAY"] <= 1:
@@ -193,11 +195,13 @@ def parameter_groups(model, learning_rate, weight_decay, lr_decay):
 
 
 def from_pretrained(load, name, **kwargs):
-    """load(name) from a local folder or the hub; a mistyped name, no hub access or a folder that holds no
-    model is one line that says so."""
+    """load(name) from a local folder or the hub, never running code from it; a mistyped name, no hub access, a
+    folder that holds no model or one that needs code of its own is one line that says so."""
     try:
-        return load(name, **kwargs)
+        return load(name, trust_remote_code=False, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: damaged weights
+        if "trust_remote_code" in str(e):
+            raise RecipeError(needs_code(name)) from None
         reason = str(e).strip().splitlines()[0][:160]
         if Path(name).is_dir():
             raise RecipeError(f"MODEL_NAME (--model-name) {name} is a folder but holds no model that transformers "
@@ -208,6 +212,20 @@ def from_pretrained(load, name, **kwargs):
                           f"--model-name /path/to/model") from None
 
 
+def needs_code(name):
+    return (f"the model in {name} needs Python code of its own to load (config.json's auto_map), and this collection "
+            f"never runs code from a model folder; use a model that transformers supports as it is")
+
+
+def check_tokenizer(tokenizer, model, folder):
+    """A tokenizer that cannot be the model's (far fewer tokens than the model has embeddings) is refused: a folder
+    without its vocabulary file loads the special tokens alone, and every word becomes [UNK]."""
+    if len(tokenizer) * 2 < model.config.vocab_size:
+        raise RecipeError(f"the tokenizer in {folder} has {len(tokenizer):,} tokens for a model with "
+                          f"{model.config.vocab_size:,}: its vocabulary file (tokenizer.json, or vocab.txt) is missing; "
+                          f"save the tokenizer beside the model (tokenizer.save_pretrained)")
+
+
 def run(settings, given, held):
     r = Run(settings, given, held, POSITIVE_SETTINGS, check_settings)  # settings, processes, OUT_DIR
     s, device = r.s, r.device
@@ -215,8 +233,6 @@ def run(settings, given, held):
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
     frame = r.load_data()
-    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
-    tokenizer.model_max_length = s["MAX_LENGTH"]  # saved with the model: pipeline() truncates as the run trained
     torch.manual_seed(s["SEED"])
     model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"], num_labels=len(r.names),
                             id2label=dict(enumerate(r.names)), label2id={name: i for i, name in enumerate(r.names)},
@@ -224,6 +240,9 @@ def run(settings, given, held):
                             ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
                             dtype=torch.float32,  # fp32 weights to train, whatever the checkpoint stores (fp16, bf16)
                             attn_implementation="sdpa").to(device)
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
+    tokenizer.model_max_length = s["MAX_LENGTH"]  # saved with the model: pipeline() truncates as the run trained
+    check_tokenizer(tokenizer, model, s["MODEL_NAME"])
     if s["MAX_LENGTH"] > model.config.max_position_embeddings:
         raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
                           f"{model.config.max_position_embeddings} tokens")
@@ -273,7 +292,7 @@ def run(settings, given, held):
                     lambda epoch: save_model(model, tokenizer, r.out_dir / "model", r.out_dir / "metrics.json"))
 
     # test the best epoch's model, reloaded from disk exactly as a user would
-    best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model",
+    best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False,
                                                                      attn_implementation="sdpa").to(device)
     return r.finish(best, model, score, f"{r.out_dir / 'model'}/", precision=precision, precision_chosen_by=why)
 

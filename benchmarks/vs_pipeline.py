@@ -56,7 +56,8 @@ def ours(run_dir, texts, device, precision, repeats):
 def theirs(run_dir, texts, device, fp32, repeats, cleaned=False):
     """pipeline as users call it; fp32 is the model's own dtype, which pipeline keeps by default."""
     classifier = transformers.pipeline("text-classification", model=str(Path(run_dir) / "model"), batch_size=64,
-                                       truncation=True, device=device, dtype=torch.float32 if fp32 else "auto")
+                                       truncation=True, device=device, dtype=torch.float32 if fp32 else "auto",
+                                       trust_remote_code=False)
     texts = [clean(text) for text in texts] if cleaned else texts
     seconds, out = best_of(repeats, lambda: classifier(texts))
     return seconds, [o["label"] for o in out], str(classifier.model.dtype).replace("torch.", "")

@@ -60,9 +60,10 @@ def encoded(frame, tokenizer, max_length):
 
 def trainer(args, seed, work, train, test):
     """transformers.Trainer with the same model, data and hyperparameters: (training seconds, test accuracy)."""
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name, trust_remote_code=False)
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2, attn_implementation="sdpa")
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2, trust_remote_code=False,
+                                                               attn_implementation="sdpa")
     cuda = args.device.startswith("cuda")
     training = transformers.TrainingArguments(
         output_dir=str(work / f"trainer-{seed}"), per_device_train_batch_size=HYPER["batch_size"],
@@ -84,7 +85,7 @@ def reference(args, seed, train, test):
     """The lecture-style loop: every review padded to MAX_LENGTH as its own tensor, shuffled batches, fp32,
     eager attention, default AdamW, the same schedule and clipping: (training seconds, test accuracy)."""
     device = torch.device(args.device)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name, trust_remote_code=False)
 
     def tensors(frame):
         encoding = tokenizer([clean(text) for text in frame["text"]], truncation=True, padding="max_length",
@@ -94,7 +95,7 @@ def reference(args, seed, train, test):
 
     train_items, test_items = tensors(train), tensors(test)
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2,
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2, trust_remote_code=False,
                                                                attn_implementation="eager").to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=HYPER["learning_rate"], weight_decay=HYPER["weight_decay"])
     loader = torch.utils.data.DataLoader(train_items, batch_size=HYPER["batch_size"], shuffle=True)
@@ -128,7 +129,7 @@ def bare(args, seed, train, tokens, pad_id):
                               torch.Generator().manual_seed(seed))
     batches = [to_device(td.collate(b, ids, offsets, labels, pad_id), device) for b in batches]
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2,
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_name, num_labels=2, trust_remote_code=False,
                                                                attn_implementation="sdpa").to(device).train()
     optimizer = torch.optim.AdamW(td.parameter_groups(model, HYPER["learning_rate"], HYPER["weight_decay"], 1.0),
                                   lr=HYPER["learning_rate"], fused=True)
@@ -192,7 +193,7 @@ def main():
                                         else "fp32")
     reviews, _ = read_reviews(args.data, None, td.DEFAULTS)
     train, _, test = split(reviews, args.train_size, args.valid_size, args.test_size)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name, trust_remote_code=False)
     tokens = td.tokenize(train["text"].tolist(), tokenizer, args.max_length)  # ids and offsets, head-truncated
     lengths = (tokens[1][1:] - tokens[1][:-1]).numpy()
     real_tokens = int(lengths.sum())

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from conftest import make_reviews, write_csv
 
+import textclf.data
 import train_distilbert
 from textclf.data import clean, first_invalid_utf8, load_reviews, read_reviews, split
 from textclf.settings import RecipeError
@@ -99,3 +100,54 @@ def test_the_first_byte_that_is_not_utf8_is_found_line_by_line_in_plain_and_gzip
     assert first_invalid_utf8(tmp_path / "a.csv.gz", True) == (4, b"\xe9")
     with pytest.raises(RecipeError, match=r"a.csv.gz is not UTF-8 text: line 4 \(the header is line 1\) holds the byte b'\\xe9'"):
         read_reviews(tmp_path / "a.csv.gz", None, IMDB)
+
+
+# ------------------------------------------------------------------------------------- reliability, round four
+def test_texts_are_read_exactly_as_written(tmp_path):
+    """pandas read a column whose every text is a number as numbers: 007 became 7.0 and 1e5 100000.0."""
+    (tmp_path / "codes.csv").write_text("review,sentiment\n007,1\n1e5,0\nN/A,1\nNone,0\n")
+    frame, _ = read_reviews(tmp_path / "codes.csv", None, IMDB)
+    assert frame["text"].tolist() == ["007", "1e5", "N/A", "None"] and frame["label"].tolist() == [1, 0, 1, 0]
+
+
+def test_jsonl_lines_that_are_not_objects_or_text_are_named_by_line(tmp_path):
+    for line, what in [("null", "null"), ("7", "a int"), ("[1, 2]", "a list")]:
+        (tmp_path / "odd.jsonl").write_text('{"review": "a film", "sentiment": 1}\n' + line + "\n")
+        with pytest.raises(RecipeError, match=rf"odd.jsonl: line 2 is {what}, not a JSON object \(one object a line\)"):
+            read_reviews(tmp_path / "odd.jsonl", None, IMDB)
+    (tmp_path / "odd.jsonl").write_text('{"review": "a film", "sentiment": 1}\n{"review": "a \\ud800 b", "sentiment": 0}\n')
+    with pytest.raises(RecipeError, match=r"odd.jsonl: line 2 holds a lone surrogate escape .* in review, which is"):
+        read_reviews(tmp_path / "odd.jsonl", None, IMDB)
+
+
+def test_a_download_that_trickles_fails_instead_of_lasting_forever(tmp_path, monkeypatch):
+    """A byte every 20 s never tripped the 60 s timeout of a read: a download now needs 16 kB a minute (here 16 kB
+    in 0.5 s)."""
+    import http.server
+    import threading
+    import time
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(40):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(textclf.data, "STALL", (0.5, 16_384))
+    url = f"http://127.0.0.1:{server.server_port}/slow.csv"
+    try:
+        with pytest.raises(RecipeError, match=r"could not download .* \(the server sent \d+ bytes in the last 0.5 s\)"):
+            load_reviews(url, tmp_path / "data", IMDB)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list((tmp_path / "data").iterdir()) == []

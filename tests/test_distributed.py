@@ -78,6 +78,7 @@ def test_lstm_under_torchrun_matches_one_process_and_resumes(tmp_path, reviews):
             f"with: torchrun <its options> train_lstm_baseline.py --out-dir {tmp_path / 'resumed'} --resume"
             ) in stopped.stderr
     assert stopped.stderr.count("interrupted (SIGTERM)") == 1  # one line, from rank 0
+    assert "--resume (torchrun reports the stop as a failure; the checkpoint is complete)" in stopped.stderr
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]
     assert state["batch"] == 8  # both processes stopped after the same optimizer step: the 4th (2 batches each)
     resumed = torchrun("train_lstm_baseline.py", [f"--out-dir={tmp_path / 'resumed'}", "--resume"])
@@ -206,3 +207,15 @@ def test_two_machines_that_share_no_filesystem_finish_with_metrics_on_the_first(
     assert not (tmp_path / "node1" / "runs" / "two" / "metrics.json").exists()
     for rank in (0, 1):  # each machine downloaded nothing, and tokenized into its own DATA_DIR
         assert list((tmp_path / f"node{rank}" / "data").glob("tokens-*.pt"))
+
+
+def test_a_data_error_under_torchrun_is_one_line_and_every_process_stops(tmp_path):
+    """Rank 0 printed the error line, then rank 1 died in the barrier with gloo's traceback ("Connection closed by
+    peer"). Now the others learn of the failure and stop quietly; torchrun reports the exit status."""
+    csv = write_csv(make_reviews(300).rename(columns={"review": "body"}), tmp_path / "bad.csv")
+    done = torchrun("train_lstm_baseline.py", cli(data_url=csv, data_dir=tmp_path / "data", out_dir=tmp_path / "out",
+                                                  train_size=200, valid_size=50, test_size=50))
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and "has no review column" in errors[0], done.stderr[-3000:]
+    assert "Connection closed by peer" not in done.stderr and "gloo" not in done.stderr, done.stderr[-3000:]

@@ -228,6 +228,11 @@ BAD = {
                           {"text_column": "body", "label_columns": "topic", "train_size": 30, "valid_size": 5,
                            "test_size": 0.2},
                           ["the test split holds the class 'story', which the training split never has"]),
+    "a multi-label column all 0 in training": (make_tags(60).assign(bad=0), {"text_column": "comment_text",
+                                                                             "label_columns": "good,bad"},
+                                               [("the training split has bad = 0 in every row: nothing to learn for "
+                                                "that label; if the file is sorted by label, pass --shuffle true; drop "
+                                                "bad from --label-columns, or give more rows")]),
     "empty text": (make_topics(60).assign(body=lambda d: d["body"].where(d.index != 4, " ")),
                    {"text_column": "body", "label_columns": "topic"}, ["empty or missing body in row 4 (0-based"]),
     "fractions over 1": (make_topics(60), {"train_size": 0.8, "valid_size": 0.2, "test_size": 0.1},
@@ -294,3 +299,10 @@ def test_multi_label_columns_may_be_called_label_or_text(tmp_path):
     frame, names = read_reviews(write_csv(df, tmp_path / "d.csv"), None, settings)
     assert names == ["label", "text"] and frame["text"].tolist() == ["a", "b", "c"]
     assert targets(frame, names).tolist() == [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
+
+
+def test_the_advice_to_shuffle_is_not_given_to_a_run_that_shuffled(tmp_path):
+    data = write_csv(make_tags(60).assign(bad=1), tmp_path / "mine.csv")
+    text = fails(tl, lstm_args(tmp_path, str(data), text_column="comment_text", label_columns="good,bad", shuffle=True,
+                               train_size=40, valid_size=10, test_size=10), "the training split has bad = 1 in every row")
+    assert "--shuffle" not in text

@@ -128,7 +128,8 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):
     fails(predict, [run, "a text", "--batch-size", "many"], "argument --batch-size: invalid int value: 'many'")
     fails(predict, [run, "--input", str(source), "--output", str(tmp_path / "out.xlsx")], "unknown format '.xlsx'")
     (tmp_path / "broken.jsonl").write_text('{"review": "fine"}\n{"review": \n')
-    fails(predict, [run, "--input", str(tmp_path / "broken.jsonl"), "--output", output], "is not a readable jsonl file")
+    fails(predict, [run, "--input", str(tmp_path / "broken.jsonl"), "--output", output],
+          "broken.jsonl: line 2 is not JSON (Expecting value at column 13)")
     assert not list(tmp_path.glob("*out*")) and not list(tmp_path.glob(".*"))  # no output, not even a temp file
 
 
@@ -231,3 +232,110 @@ def test_compare_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(SystemExit) as exit:
         compare.main([str(tmp_path)])
     assert str(exit.value.code).startswith("error: ") and "metrics.json" in str(exit.value.code)
+
+
+# ------------------------------------------------------------------------------------- reliability, round four
+def custom_code_folder(tiny_model, path, marker):
+    """A model folder whose config.json asks for its own Python code (auto_map, an unknown model_type); the code
+    writes marker when it runs."""
+    shutil.copytree(tiny_model, path)
+    config = json.loads((path / "config.json").read_text())
+    config.update(model_type="strange-custom", auto_map={"AutoConfig": "custom.Config",
+                                                         "AutoModelForSequenceClassification": "custom.Model"})
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return path
+
+
+def test_code_in_a_model_folder_never_runs(runs, tmp_path, tiny_model):
+    """transformers asked "run the custom code? [y/N]" on standard input: with predict.py RUN -, the user's first
+    texts answered it, the folder's code ran and those texts were missing from the output."""
+    marker = tmp_path / "ran"
+    run = tmp_path / "run"
+    shutil.copytree(runs["distilbert"], run)
+    shutil.rmtree(run / "model")
+    custom_code_folder(tiny_model, run / "model", marker)
+    done = subprocess.run([sys.executable, "predict.py", str(run), "-"], cwd=ROOT, input="y\nyes\n1\na fine film\n",
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1 and done.stdout == "" and not marker.exists() and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"error: the model in {run / 'model'} needs Python code of its own to load "
+                                   f"(config.json's auto_map), and this collection never runs code from a model "
+                                   f"folder; use a model that transformers supports as it is")
+    custom = custom_code_folder(tiny_model, tmp_path / "custom", marker)
+    csv = write_csv(make_reviews(1_100), tmp_path / "reviews.csv")
+    fails(td, cli(data_url=csv, data_dir=tmp_path / "data", model_name=custom, out_dir=tmp_path / "out", **SIZES),
+          f"the model in {custom} needs Python code of its own", "never runs code from a model folder")
+    assert not marker.exists()
+
+
+def test_a_model_folder_without_its_vocabulary_file_is_refused(runs, tmp_path, tiny_model):
+    """Without tokenizer.json the tokenizer loaded with its 5 special tokens: every word [UNK], predict.py scored 0.49
+    on a run's own test split, and training learnt nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["distilbert"], run)
+    (run / "model" / "tokenizer.json").unlink()
+    fails(predict, [str(run), "a film"], f"the tokenizer in {run / 'model'} has 5 tokens for a model with 56",
+          "its vocabulary file (tokenizer.json, or vocab.txt) is missing")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "tokenizer.json").unlink()
+    csv = write_csv(make_reviews(1_100), tmp_path / "reviews.csv")
+    fails(td, cli(data_url=csv, data_dir=tmp_path / "data", model_name=model, out_dir=tmp_path / "out", **SIZES),
+          f"the tokenizer in {model} has 5 tokens")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_bytes_that_are_not_utf8_are_one_line(runs):
+    """Standard input and arguments that are not UTF-8 (a Latin-1 file): a traceback from the tokenizer before."""
+    for kind in ("distilbert", "lstm"):
+        done = subprocess.run([sys.executable, "predict.py", str(runs[kind]), "-"], cwd=ROOT, capture_output=True,
+                              input="a fine film\ncaf\xe9 au lait\n".encode("latin-1"), timeout=120, check=False)
+        assert done.returncode == 1 and b"Traceback" not in done.stderr, done.stderr
+        assert done.stderr.decode().strip().splitlines()[-1] == ("error: the text in row 1 (0-based, header not counted) is not UTF-8: "
+                                                "it holds the byte 0xe9; convert the input to UTF-8, e.g. iconv -f "
+                                                "latin1 -t utf-8")
+        done = subprocess.run([sys.executable.encode(), b"predict.py", str(runs[kind]).encode(), b"caf\xe9"],
+                              cwd=ROOT, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 1 and b"is not UTF-8: it holds the byte 0xe9" in done.stderr
+
+
+def test_odd_input_files_are_one_line(runs, tmp_path):
+    (tmp_path / "empty.csv").write_bytes(b"")
+    fails(predict, [str(runs["lstm"]), "--input", str(tmp_path / "empty.csv")],
+          f"--input {tmp_path / 'empty.csv'} is empty")
+    fails(predict, [str(runs["lstm"]), "--input", str(tmp_path)], f"--input {tmp_path} is a folder; give a file")
+    for line, what in [("null", "null"), ("7", "a int"), ('["a film"]', "a list")]:
+        (tmp_path / "odd.jsonl").write_text('{"review": "a fine film"}\n' + line + "\n")
+        fails(predict, [str(runs["lstm"]), "--input", str(tmp_path / "odd.jsonl")],
+              f"--input {tmp_path / 'odd.jsonl'}: line 2 is {what}, not a JSON object (one object a line)")
+
+
+def test_a_metrics_file_that_lacks_a_setting_takes_the_scripts_default(runs, tmp_path, capsys):
+    for kind in ("distilbert", "lstm"):
+        run = tmp_path / kind
+        shutil.copytree(runs[kind], run)
+        metrics = json.loads((run / "metrics.json").read_text())
+        for name in ("EVAL_BATCH_SIZE", "THRESHOLD", "TEXT_COLUMN"):
+            del metrics["settings"][name]
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        predict.main([str(run), "a wonderful superb film"])
+        assert capsys.readouterr().out.startswith("positive\t")
+
+
+def test_compare_with_no_runs_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit:
+        compare.main([])
+    assert str(exit.value.code) == "error: the following arguments are required: runs"
+
+
+def test_compare_draws_twenty_runs_apart(runs):
+    """20 runs: the colours repeated after 10, and the legend covered the plots."""
+    metrics = json.loads((runs["lstm"] / "metrics.json").read_text())
+    figure = compare.figure_of([(f"run {i}", metrics) for i in range(20)])
+    colors = {tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+              for line in figure.axes[0].get_lines()}
+    assert len(colors) == 20
+    figure.canvas.draw()
+    legend = figure.legends[0].get_window_extent()
+    assert all(legend.y1 <= axes.get_tightbbox().y0 for axes in figure.axes)  # below the plots, labels included
+    assert len(figure.legends[0].get_texts()) == 40

@@ -219,6 +219,61 @@ def test_distilbert_specific_settings_are_checked(tmp_path, tiny_model):
     fails(td, distilbert_args(tmp_path, "x", precision="fp8"), "PRECISION (--precision) must be auto, bf16, fp16")
     fails(td, distilbert_args(tmp_path, csv.as_uri(), tiny_model, max_length=1000),
           "MAX_LENGTH (--max-length) is 1000", "reads at most 128 tokens")
+    for length, truncation in [(1, "head"), (2, "head"), (1, "head+tail")]:  # too short for a token: refused up
+        fails(td, distilbert_args(tmp_path, csv.as_uri(), tiny_model, max_length=length, truncation=truncation),
+              f"MAX_LENGTH (--max-length) must be at least 3 ([CLS], a token, [SEP]), got {length}")  # not HEAD_TOKENS
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_setting_that_is_a_file_is_one_line_and_creates_nothing(script, tmp_path):
+    module, args = script
+    (tmp_path / "notes.txt").write_text("mine")
+    fails(module, args(tmp_path, "unused", out_dir=tmp_path / "notes.txt"), f"OUT_DIR (--out-dir) {tmp_path / 'notes.txt'} "
+          "is a file; give a folder")
+    fails(module, args(tmp_path, "unused", data_dir=tmp_path / "notes.txt" / "data"), f"DATA_DIR (--data-dir) "
+          f"{tmp_path / 'notes.txt' / 'data'} lies under {tmp_path / 'notes.txt'}, which is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no empty OUT_DIR left behind
+
+
+def test_a_run_never_touches_files_it_did_not_write(tmp_path):
+    """The user's .NAME.DIGITS.tmp and .old files in OUT_DIR and DATA_DIR: deleted or renamed by the start-up clean-up
+    before."""
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    for folder in (tmp_path / "out", tmp_path / "data"):
+        folder.mkdir()
+        (folder / ".notes.2024.tmp").write_text("my notes")
+        (folder / ".photos.1999.old").mkdir()
+        (folder / ".photos.1999.old" / "summer.jpg").write_text("a photo")
+        (folder / ".thesis.12345.old").write_text("chapter 1")
+    tl.main(lstm_args(tmp_path, csv.as_uri(), epochs=1))
+    for folder in (tmp_path / "out", tmp_path / "data"):
+        assert (folder / ".notes.2024.tmp").read_text() == "my notes" and not (folder / "thesis").exists()
+        assert (folder / ".photos.1999.old" / "summer.jpg").read_text() == "a photo"
+        assert (folder / ".thesis.12345.old").read_text() == "chapter 1"
+
+
+def test_a_redirect_loop_is_one_line(script, tmp_path):
+    import http.server
+    import threading
+
+    class Loop(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    module, args = script
+    try:
+        fails(module, args(tmp_path, f"http://127.0.0.1:{server.server_port}/movie_data.csv.gz"), "could not download",
+              "redirect error that would lead to an infinite loop", "save it as")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_command_line_prints_one_error_line_and_exits_1(tmp_path):

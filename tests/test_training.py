@@ -42,7 +42,7 @@ def interrupt_at(module, monkeypatch, function, call):
     monkeypatch.setattr(module, function, wrapped)
 
 
-@pytest.mark.parametrize("stop_at", ["mid-epoch", "end of epoch 1"])
+@pytest.mark.parametrize("stop_at", ["mid-epoch", "end of epoch 1", "the last validation", "the test"])
 def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(script, tmp_path, tiny_model,
                                                                              monkeypatch, capsys, stop_at):
     module, args = script
@@ -52,8 +52,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(scr
 
     if stop_at == "mid-epoch":
         interrupt_at(module, monkeypatch, "batch_loss", 5)
-    else:  # Ctrl-C while epoch 1 is being validated
-        interrupt_at(module, monkeypatch, "evaluate", 1)
+    else:  # Ctrl-C while epoch 1 or 2 (the last: it was ignored, and the run went on to exit 0) or the test is evaluated
+        interrupt_at(module, monkeypatch, "evaluate", {"end of epoch 1": 1, "the last validation": 2, "the test": 3}[stop_at])
     with pytest.raises(SystemExit) as exit:
         module.main(args(tmp_path / "resumed", csv.as_uri(), **extra))
     assert exit.value.code == 130
@@ -127,9 +127,21 @@ def test_a_run_on_a_relative_data_path_resumes_from_another_folder(tmp_path, mon
     checkpoint = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
     assert checkpoint["settings"]["DATA_URL"] == str(tmp_path / "here" / "reviews.csv")
     out = f"--out-dir={tmp_path / 'out'}"
-    fails(tl, [out, "--resume", "--data-url=reviews.csv"], "these differ: DATA_URL")  # not the same file from here
-    metrics = tl.main([out, "--resume", f"--data-url={tmp_path / 'here' / 'reviews.csv'}"])  # the same file
-    assert len(metrics["epochs"]) == 2
+    (tmp_path / "here" / "reviews.csv").rename(tmp_path / "elsewhere" / "moved.csv")  # the data moved
+    fails(tl, [out, "--resume"], f"the run's data file {tmp_path / 'here' / 'reviews.csv'} is not there; if it moved, "
+          "continue with --resume --data-url NEW_PATH")
+    write_csv(make_reviews(1_000, seed=9), tmp_path / "elsewhere" / "other.csv")
+    fails(tl, [out, "--resume", "--data-url=other.csv"], "other.csv is not the file the checkpoint was trained on")
+    metrics = tl.main([out, "--resume", "--data-url=moved.csv"])  # the same file, by its checksum
+    assert len(metrics["epochs"]) == 2 and metrics["settings"]["DATA_URL"] == str(tmp_path / "elsewhere" / "moved.csv")
+
+
+def test_the_resume_command_is_quoted_for_the_shell(tmp_path, monkeypatch, capsys):
+    csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
+    interrupt_at(tl, monkeypatch, "batch_loss", 3)
+    with pytest.raises(SystemExit):
+        tl.main(lstm_args(tmp_path, csv.as_uri(), out_dir=tmp_path / "my runs" / "lstm"))
+    assert f"--out-dir '{tmp_path / 'my runs' / 'lstm'}' --resume" in capsys.readouterr().err
 
 
 def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import http.client
 import json
 import re
 import tarfile
+import time
 import urllib.parse
 import urllib.request
 import zlib
@@ -17,6 +18,8 @@ import torch
 from .parallel import progress
 from .runfolder import atomic_write
 from .settings import RecipeError, is_url, label_columns
+
+STALL = (60, 16_384)  # a download that brings fewer bytes (16 kB) in this many seconds has stalled
 
 
 def file_sha256(path):
@@ -60,19 +63,26 @@ def download(url, data_dir, settings):
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
                 size = int(response.headers.get("Content-Length") or 0) or None
+                window = (time.monotonic(), 0)  # a server that trickles: too few bytes in STALL seconds
                 with progress(total=size, unit="B", unit_scale=True, desc="download") as bar:
-                    while chunk := response.read(1 << 20):
+                    while chunk := response.read1(1 << 20):  # what has arrived, up to 1 MB
                         try:
                             bar.update(f.write(chunk))
                         except OSError as e:  # a full disk: atomic_write() reports it, not as the network's fault
                             e.needed = size
                             raise
+                        if time.monotonic() - window[0] > STALL[0]:
+                            if f.tell() - window[1] < STALL[1]:
+                                raise ConnectionError(f"the server sent {f.tell() - window[1]:,} bytes in the last "
+                                                      f"{STALL[0]} s")
+                            window = (time.monotonic(), f.tell())
             if size and f.tell() < size:
                 raise ConnectionError(f"the connection closed after {f.tell():,} of {size:,} bytes")
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
             if hasattr(e, "needed"):
                 raise
-            raise RecipeError(f"could not download {url} ({e}); fetch it by hand and save it as {path}, "
+            raise RecipeError(f"could not download {url} ({' '.join(str(e).split())}); fetch it by hand and save "
+                              f"it as {path}, "
                               f"or pass --data-url /path/to/{path.name}") from e
         f.flush()
         try:
@@ -140,8 +150,9 @@ def read_reviews(path, name, settings):
         raise RecipeError(f"{name} is an HTML page (an error or login page?), not the data file")
     try:
         compression = "gzip" if gzipped else None
-        df = (pd.read_json(path, lines=True, dtype=False, compression=compression) if kind == "jsonl" else
-              pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression))
+        df = (next(jsonl_frames(path, gzipped, name)) if kind == "jsonl" else
+              pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression, dtype=str,
+                          keep_default_na=False))  # every value as written: "007" stays 007, "N/A" a text
     except UnicodeDecodeError:  # where, and how to convert: pandas names only a position in its buffer
         line, byte = first_invalid_utf8(path, gzipped)
         raise RecipeError(f"{name} is not UTF-8 text: line {line} (the header is line 1) holds the byte {byte!r}; "
@@ -202,6 +213,36 @@ def labelled(df, text_column, columns, label_names, name):
     return frame, names
 
 
+def jsonl_frames(path, gzipped, name, rows=None):
+    """The objects of a JSONL file, one a line, as frames of up to rows (all in one without rows); a line that is no
+    JSON object, or holds a lone surrogate escape (no character), is a RecipeError naming it. Read with json, not
+    pandas, which drops some lone surrogates and names others by a byte position."""
+    records = []
+    with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise RecipeError(f"{name}: line {line} is not JSON ({e.msg} at column {e.pos + 1})") from None
+            if not isinstance(record, dict):
+                what = "null" if record is None else f"a {type(record).__name__}"
+                raise RecipeError(f"{name}: line {line} is {what}, not a JSON object (one object a line)")
+            if bad := next((k for k, v in record.items() if isinstance(v, str) and SURROGATE.search(v)), None):
+                raise RecipeError(f"{name}: line {line} holds a lone surrogate escape (\\ud800 to \\udfff) in "
+                                  f"{bad}, which is no character; write the text itself")
+            records.append(record)
+            if len(records) == rows:
+                yield pd.DataFrame(records)
+                records = []
+    if records or not rows:
+        yield pd.DataFrame(records)
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")  # half of a character: text that is not UTF-8, or a bare JSON escape
+
+
 def first_invalid_utf8(path, gzipped):
     """(line number, byte) of the file's first byte that is not UTF-8, read line by line: it may not fit in memory."""
     with (gzip.open if gzipped else open)(path, "rb") as f:
@@ -255,19 +296,25 @@ def split(df, train_size, valid_size, test_size, shuffle=False, seed=0):
     return df.iloc[:a], df.iloc[a:b], df.iloc[b:needed]
 
 
-def check_labels(train, valid, test, names):
-    """Single-label: the training split has two classes or more, and every class of the others."""
+def check_labels(train, valid, test, names, shuffled):
+    """The training split has something to learn: single-label, two classes or more and every class of the other
+    splits; multi-label, each label both on and off. The advice to shuffle only where the rows were not."""
+    shuffle = "" if shuffled else "if the file is sorted by label, pass --shuffle true; "
     if "label" not in train:
+        for k, label in enumerate(names):
+            if train[k].nunique() < 2:
+                raise RecipeError(f"the training split has {label} = {train[k].iloc[0]} in every row: nothing to "
+                                  f"learn for that label; {shuffle}drop {label} from --label-columns, or give more rows")
         return
     seen = set(train["label"])
     if len(seen) < 2:
-        raise RecipeError(f"the training split holds only the class {names[seen.pop()]!r}; if the file is sorted "
-                          f"by label, pass --shuffle true")
+        raise RecipeError(f"the training split holds only the class {names[seen.pop()]!r}; {shuffle}give more rows "
+                          f"of the other classes")
     for part, frame in (("validation", valid), ("test", test)):
         unseen = sorted(set(frame["label"]) - seen)
         if unseen:
             raise RecipeError(f"the {part} split holds the class {names[unseen[0]]!r}, which the training split never "
-                              f"has; pass --shuffle true or a larger --train-size")
+                              f"has; {'' if shuffled else 'pass --shuffle true or '}a larger --train-size")
 
 
 def targets(frame, names):

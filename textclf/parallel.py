@@ -123,15 +123,30 @@ def local_leader():
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+class PeerFailed(RecipeError):
+    """Another process failed and said why: this one stops quietly (exit status 1)."""
+
+
 @contextlib.contextmanager
 def leader_first(world):
     """The first process of each machine runs the block first (a download, a cache it writes), then the others on
-    it, which find its result: machines that share no filesystem each prepare their own DATA_DIR."""
-    if world > 1 and not local_leader():
-        dist.barrier()
-    yield
-    if world > 1 and local_leader():
-        dist.barrier()
+    it, which find its result: machines that share no filesystem each prepare their own DATA_DIR. Where the block
+    fails in a first process, every process stops: that one with its error, the others with PeerFailed."""
+    if world == 1:
+        yield
+        return
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    first = local_leader()
+    try:
+        if first:
+            yield
+    except BaseException:
+        agreed(True, device, world)  # the others wait for this agreement: they learn of the failure
+        raise
+    if agreed(False, device, world):
+        raise PeerFailed("another process failed")
+    if not first:
+        yield
 
 
 def share(batch, rank, world):

@@ -3,15 +3,30 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 
 from .settings import RecipeError
 
+STALE = re.compile(r"\.(?P<name>.+)\.textclf-(?P<host>.+)-(?P<pid>\d+)\.(?P<kind>tmp|old)")  # temporary()'s names
+
 
 def temporary(path, kind="tmp"):
-    """A hidden name beside path for this process alone: .NAME.PID.tmp (remove_stale() finds it after a kill)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
+    """A hidden name beside path for this process alone, unmistakably this project's: .NAME.textclf-HOST-PID.tmp
+    (remove_stale() finds it after a kill; HOST, as machines may share a folder)."""
+    return path.with_name(f".{path.name}.textclf-{socket.gethostname()}-{os.getpid()}.{kind}")
+
+
+def usable_folder(path, setting):
+    """A RecipeError unless path is a folder or can become one: no file in its place or above it."""
+    for above in [Path(path), *Path(path).parents]:
+        if above.exists():
+            if above.is_dir():
+                return
+            where = "is a file" if above == Path(path) else f"lies under {above}, which is a file"
+            raise RecipeError(f"{setting} {path} {where}; give a folder")
 
 
 def write_error(path, e, needed=None):
@@ -43,16 +58,20 @@ def atomic_write(path, write, stale=None):
         tmp.unlink(missing_ok=True)  # before write_error() measures the free space
         raise write_error(path, cause, getattr(cause, "needed", None)) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(NotADirectoryError):  # no folder there: nothing was written
+            tmp.unlink(missing_ok=True)
 
 
 def remove_stale(folder):
-    """What killed processes left (.NAME.PID.tmp/.old) removed; an .old folder goes back to NAME if that is missing (a
-    kill between the two renames that swap in a new folder)."""
-    for stale in sorted(Path(folder).glob(".*.*.*")):
-        name, pid, kind = (stale.name[1:].rsplit(".", 2) + ["", ""])[:3]
-        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid() or alive(int(pid)):
+    """What this project's killed processes on this machine left in folder (temporary() names whose process is gone)
+    removed; an .old folder goes back to NAME if that is missing (a kill between the two renames that swap in a new
+    folder). Nothing else is touched: not another machine's, not a live process's, not a file of another name."""
+    for stale in sorted(Path(folder).glob(".*.textclf-*")):
+        match = STALE.fullmatch(stale.name)
+        if not match or match["host"] != socket.gethostname() or int(match["pid"]) == os.getpid() or alive(
+                int(match["pid"])):
             continue
+        name, kind = match["name"], match["kind"]
         if kind == "old" and not (stale.parent / name).exists():
             os.replace(stale, stale.parent / name)
             print(f"restored {stale.parent / name} from {stale.name}, left by a process that was killed")
@@ -74,8 +93,10 @@ def alive(pid):
 
 @contextlib.contextmanager
 def locked(folder):
-    """Hold folder for one run; a second is refused. The lock ends with the process, however it ends."""
+    """Hold folder for one run; a second is refused. The lock ends with the process, however it ends. A folder made
+    here and still empty at the end (the run failed before it wrote anything) is removed."""
     folder = Path(folder)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     handle = os.open(folder, os.O_RDONLY)
     try:
@@ -87,3 +108,6 @@ def locked(folder):
         yield
     finally:
         os.close(handle)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: the run's files stay
+                folder.rmdir()

@@ -100,8 +100,13 @@ def resolve_run(settings, given, checkpoint_path):
         raise RecipeError(f"{checkpoint_path} is damaged ({type(e).__name__}) and cannot be resumed; restore it, or "
                           f"delete it to start the run over") from None
     saved = {**settings, **checkpoint["settings"], "RESUME": True, "OUT_DIR": settings["OUT_DIR"]}  # newer settings
+    if "DATA_URL" in given and not is_url(given["DATA_URL"]) and not is_url(saved["DATA_URL"]):
+        saved["DATA_URL"] = given["DATA_URL"]  # the file's new place: the run checks that it is the same file
     differ = [f"{name} ({value!r}, the run has {saved[name]!r})" for name, value in given.items()
               if name in saved and saved[name] != value]
     if differ:
         raise RecipeError(f"--resume continues the run with its own settings, but these differ: {', '.join(differ)}")
+    if not is_url(saved["DATA_URL"]) and not Path(saved["DATA_URL"]).is_file():
+        raise RecipeError(f"the run's data file {saved['DATA_URL']} is not there; if it moved, continue with --resume "
+                          f"--data-url NEW_PATH (the run checks that it is the same file by its checksum)")
     return saved, checkpoint

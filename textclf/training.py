@@ -8,6 +8,7 @@ import gc
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -21,6 +22,7 @@ from .batches import loader, make_batches, to_device
 from .data import check_labels, file_sha256, load_reviews, split, targets
 from .metrics import better, scores, shown
 from .parallel import (
+    PeerFailed,
     agreed,
     all_sum,
     barrier,
@@ -28,11 +30,12 @@ from .parallel import (
     gathered,
     leader,
     leader_first,
+    local_leader,
     progress,
     share,
     start_processes,
 )
-from .runfolder import atomic_write, locked, remove_stale
+from .runfolder import atomic_write, locked, remove_stale, usable_folder
 from .settings import RecipeError, check_settings, label_columns, parse_settings, resolve_run
 
 
@@ -45,13 +48,15 @@ def main(run, defaults, script, argv=None):
     try:
         with contextlib.ExitStack() as held:
             return run(settings, given, held)
-    except RecipeError as e:
-        raise SystemExit(f"error: {e}" if leader() else 1) from None
+    except RecipeError as e:  # one line from each machine's first process (the others' would repeat it)
+        raise SystemExit(f"error: {e}" if local_leader() and not isinstance(e, PeerFailed) else 1) from None
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        launcher = "python" if os.environ.get("WORLD_SIZE", "1") == "1" else "torchrun <its options>"
-        where = (f"the run is saved in {checkpoint}; continue it with: {launcher} {Path(script).name} --out-dir "
-                 f"{checkpoint.parent} --resume") if checkpoint.exists() else "nothing to resume"
+        torchrun = os.environ.get("WORLD_SIZE", "1") != "1"
+        where = (f"the run is saved in {checkpoint}; continue it with: {'torchrun <its options>' if torchrun else 'python'}"
+                 f" {Path(script).name} --out-dir {shlex.quote(str(checkpoint.parent))} --resume"
+                 f"{' (torchrun reports the stop as a failure; the checkpoint is complete)' if torchrun else ''}"
+                 ) if checkpoint.exists() else "nothing to resume"
         if leader():
             print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signum.name}): {where}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
@@ -69,11 +74,13 @@ class Run:
     def __init__(self, settings, given, held, positive, check=lambda s, given: s):
         """Settings checked (positive: names > 0; check: the script's own), processes started, OUT_DIR locked."""
         self.out_dir = Path(settings["OUT_DIR"])
+        usable_folder(self.out_dir, "OUT_DIR (--out-dir)")
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         s, self.checkpoint = resolve_run(settings, given, self.checkpoint_path)
         self.recorded = (self.checkpoint or {}).get("recorded", {})  # what a resumed run resolved when it began
         check_settings(s, positive)
         self.s = s = check(s, given)
+        usable_folder(s["DATA_DIR"], "DATA_DIR (--data-dir)")
         self.device, self.rank, self.world = start_processes(s["DEVICE"])
         if leader():
             held.enter_context(locked(self.out_dir))  # a second run into OUT_DIR is refused while this one lasts
@@ -91,7 +98,7 @@ class Run:
             raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs): put the "
                               f"original back to resume, or start over without --resume in another --out-dir")
         parts = split(rows, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"], s["SHUFFLE"], s["SEED"])
-        check_labels(*parts, self.names)
+        check_labels(*parts, self.names, s["SHUFFLE"])
         self.multi = len(label_columns(s)) > 1
         self.n_train, self.n_valid, self.n_test = map(len, parts)
         return pd.concat(parts)
@@ -212,8 +219,7 @@ class Run:
             print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} for "
                   f"{s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
         self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
-        if not state.get("stopped_early_at") and agreed(signals.requested, self.device, self.world) and \
-                epoch < s["EPOCHS"]:
+        if agreed(signals.requested, self.device, self.world):  # also after the last epoch: the test comes later
             raise Interrupted(signals.requested or signal.SIGTERM)
 
     def ended(self, kind, error, traceback):
