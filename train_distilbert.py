@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from textclf.batches import flat_token_ids, pad_batch
+from textclf.card import model_card
 from textclf.data import BR_TAG, clean
 from textclf.metrics import all_logits, batch_loss
 from textclf.parallel import accumulating, autocast_for, leader_first, progress, run_precision
@@ -71,7 +72,8 @@ COMPILE = False  # torch.compile the model; pays off only on long runs
 FUSED_ADAMW = True  # AdamW as one fused kernel (CUDA, CPU, MPS, XPU): the same update, rounded apart; 10x on a CPU
 LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
 EVAL_BATCH_SIZE = 64  # reviews per forward pass in evaluation
-LOG_EVERY = 20  # batches between progress-bar loss updates (each one waits for the GPU)
+LOG_EVERY = 20  # batches between progress-bar and TensorBoard updates (each one waits for the GPU)
+TENSORBOARD = True  # curves in OUT_DIR/tensorboard/ for `tensorboard --logdir runs` (needs tensorboard); False = off
 OUT_DIR = "runs/distilbert"  # metrics.json, model/ and the resumable checkpoint.pt
 RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
@@ -279,22 +281,24 @@ def run(settings, given, held):
                 # / the step's examples (over the processes, which DDP averages): accumulated batches and processes
                 # give exactly the gradient of the whole step's batch
                 scaler.scale(loss_sum / batch.step_examples).backward()
+            grad_norm = None  # the gradients' norm before clipping, at an optimizer step
             if batch.ends_step:
-                scaler.unscale_(optimizer)  # clip the true gradients
-                if s["GRAD_CLIP"] > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
+                scaler.unscale_(optimizer)  # clip the true gradients (GRAD_CLIP 0: measure them only)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"] or math.inf)
                 scaler.step(optimizer)  # fp16: skipped where the gradients overflowed
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            r.record(batch, loss_sum, correct)  # progress bar, divergence check; a stop request checkpoints here
+            r.record(batch, loss_sum, correct, grad_norm)  # progress bar, TensorBoard, divergence; a stop checkpoints
         r.end_epoch(epoch, score(forward_model, r.valid_batches),  # keeps a better epoch's model, then a checkpoint
                     lambda epoch: save_model(model, tokenizer, r.out_dir / "model", r.out_dir / "metrics.json"))
 
     # test the best epoch's model, reloaded from disk exactly as a user would
     best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False,
                                                                      attn_implementation="sdpa").to(device)
-    return r.finish(best, model, score, f"{r.out_dir / 'model'}/", precision=precision, precision_chosen_by=why)
+    card = lambda metrics: atomic_write(r.out_dir / "model" / "README.md",  # the hub's model card
+                                        lambda f: f.write(str(model_card(metrics, r.out_dir / "model")).encode()))
+    return r.finish(best, model, score, f"{r.out_dir / 'model'}/", card, precision=precision, precision_chosen_by=why)
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ Same data, download and split as train_distilbert.py. Every UPPER_CASE setting b
 the shell as --lower-case-name VALUE (or =VALUE); --help lists them. Writes OUT_DIR/metrics.json,
 OUT_DIR/model.pt (the best epoch's weights, settings and vocabulary, one file); predict() reloads it.
 """
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ SEED = 123  # initialisation and shuffling
 DEVICE = "auto"  # auto = cuda if available (under torchrun cuda:LOCAL_RANK), else cpu
 LENGTH_GROUPING = True  # train on batches of similar-length reviews (less padding); False = plain shuffle
 EVAL_BATCH_SIZE = 256  # reviews per forward pass in evaluation
-LOG_EVERY = 20  # batches between progress-bar loss updates (each one waits for the GPU)
+LOG_EVERY = 20  # batches between progress-bar and TensorBoard updates (each one waits for the GPU)
+TENSORBOARD = True  # curves in OUT_DIR/tensorboard/ for `tensorboard --logdir runs` (needs tensorboard); False = off
 OUT_DIR = "runs/lstm"  # metrics.json, model.pt and the resumable checkpoint.pt
 RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
@@ -183,12 +185,12 @@ def run(settings, given, held):
             with accumulating(train_model, batch.ends_step):  # under torchrun, gradients all-reduced once a step
                 loss_sum, correct = batch_loss(train_model(ids, lengths), labels, s["THRESHOLD"])  # batch's sum
                 (loss_sum / batch.step_examples).backward()  # the mean over the optimizer step's examples
-            if batch.ends_step:
-                if s["GRAD_CLIP"] > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"])
+            grad_norm = None  # the gradients' norm before clipping, at an optimizer step
+            if batch.ends_step:  # GRAD_CLIP 0: the norm is measured, nothing clipped
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["GRAD_CLIP"] or math.inf)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            r.record(batch, loss_sum, correct)  # progress bar, divergence check; a stop request checkpoints here
+            r.record(batch, loss_sum, correct, grad_norm)  # progress bar, TensorBoard, divergence; a stop checkpoints
         r.end_epoch(epoch, score(model, r.valid_batches), save_best)
 
     # test the best epoch's model, reloaded from disk exactly as predict() does

@@ -109,7 +109,7 @@ def test_a_resumed_run_keeps_the_precision_auto_chose_when_it_began(tmp_path, ti
         len(calls) == 3 and os.kill(os.getpid(), signal.SIGINT)) or real(*a))
     with pytest.raises(SystemExit):
         td.main(run_args(tmp_path, tiny_model, reviews_csv))
-    assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["recorded"] == {"precision": "bf16"}
+    assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["recorded"]["precision"] == "bf16"
     monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: "")
     monkeypatch.setattr(td, "batch_loss", real)
     metrics = td.main([f"--out-dir={tmp_path / 'out'}", "--resume"])

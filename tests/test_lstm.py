@@ -101,7 +101,7 @@ def test_a_new_run_never_pairs_its_vocabulary_or_metrics_with_an_old_model(tmp_p
         tl.main(run_args(tmp_path, second, epochs=1, out_dir=tmp_path / "out", vocab_size=50))
     assert ((tmp_path / "out" / "metrics.json").read_text(), (tmp_path / "out" / "model.pt").read_bytes()) == before
     assert [label for label, _ in tl.predict(["a wonderful superb film"], tmp_path / "out")] == ["positive"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "model.pt", "tensorboard"]
 
     calls = []  # now the run dies after its first model is saved: the old results no longer describe it
 
@@ -114,7 +114,7 @@ def test_a_new_run_never_pairs_its_vocabulary_or_metrics_with_an_old_model(tmp_p
     monkeypatch.setattr(tl, "evaluate", dies_in_the_test_evaluation)
     with pytest.raises(RuntimeError):
         tl.main(run_args(tmp_path, second, epochs=1, out_dir=tmp_path / "out", vocab_size=50))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint.pt", "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint.pt", "model.pt", "tensorboard"]
     assert (tmp_path / "out" / "model.pt").read_bytes() != before[1]
 
 

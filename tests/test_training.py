@@ -319,9 +319,9 @@ def test_batches_say_when_the_optimizer_steps_and_over_how_many_examples(tmp_pat
     step's examples (96, or 88 for the step with the short batch, or the last step's)."""
     seen, real = [], training.Run.record
 
-    def record(self, batch, loss_sum, correct):
+    def record(self, batch, *rest):
         seen.append((batch.index, batch.ends_step, batch.step_examples, batch.weight, len(batch.tensors[2])))
-        return real(self, batch, loss_sum, correct)
+        return real(self, batch, *rest)
 
     monkeypatch.setattr(training.Run, "record", record)
     csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")

@@ -40,6 +40,15 @@ def cpu_bf16():
     return " and ".join(flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags)
 
 
+def cpu_name():
+    """The CPU's model name, as Linux gives it in /proc/cpuinfo; '' if not known."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
 def choose_precision(device_type, native_bf16):
     """PRECISION=auto's rule as (precision, why), from whether the device computes bf16 natively (native_bf16: true, or
     the CPU's flags that say so): bf16 autocast on a CUDA GPU with it (Ampere and newer; fp16 with the scaler on T4,

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .batches import loader, make_batches, to_device
+from .board import Board
 from .data import check_labels, file_sha256, load_reviews, split, targets
 from .metrics import better, scores, shown
 from .parallel import (
@@ -115,7 +116,7 @@ class Run:
     def resume(self, parts, **recorded):
         """parts ({name: model, optimizer, ...}) and recorded (what the run resolved when it began, e.g. its precision)
         go into every checkpoint; --resume restores them and each process's random state."""
-        self.parts, self.recorded = parts, recorded
+        self.parts, self.recorded = parts, {**self.recorded, **recorded}
         self.state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
                       "stopped_early_at": None, "batch_losses": [], "correct": 0, "seconds": 0.0}
         if self.checkpoint is None:
@@ -145,7 +146,12 @@ class Run:
     def epochs(self):
         """The epochs left, from the checkpoint's; PATIENCE ends them early (end_epoch()). While they last, Ctrl-C and
         SIGTERM stop the run at a checkpoint: after an optimizer step (record()) or an epoch (end_epoch())."""
-        signals.requested, signals.deferred, self.training = False, True, True
+        signals.requested, signals.deferred, self.training, self.grad_norm = False, True, True, None
+        s, accum = self.s, self.s["GRAD_ACCUM_STEPS"]
+        self.steps_per_epoch = math.ceil(math.ceil(self.n_train / s["BATCH_SIZE"]) / accum)
+        started = self.recorded.setdefault("tensorboard", time.strftime("%Y%m%d-%H%M%S"))  # this run's folder
+        self.board = Board(self.out_dir / "tensorboard" / started, self.step(self.state["epoch"], self.state["batch"]),
+                           s["TENSORBOARD"] and leader())
         for epoch in range(self.state["epoch"], self.s["EPOCHS"] + 1):
             if self.state.get("stopped_early_at"):  # (checkpoints from before PATIENCE lack it)
                 break
@@ -165,6 +171,7 @@ class Run:
         self.shares = [share(batch, self.rank, world) for batch in batches]  # under torchrun: this process's part
         self.bar = progress(loader([part for part, _ in self.shares[state["batch"]:]], collate, self.device),
                             desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
+        self.sizes, self.window = list(map(len, batches)), (time.perf_counter(), state["batch"])  # since the last log
         for i, tensors in enumerate(self.bar, start=state["batch"]):
             first, weight, self.batch_index = i - i % accum, self.shares[i][1], i
             yield Batch(to_device(tensors, self.device), i, (i + 1) % accum == 0 or i + 1 == len(batches),
@@ -172,12 +179,14 @@ class Run:
         self.bar.close()
         self.train_seconds = time.perf_counter() - self.epoch_start
 
-    def record(self, batch, loss_sum, correct):
-        """A trained batch's summed loss and correct count: the epoch's sums; the mean loss on the progress bar every
-        LOG_EVERY batches (not finite: the run stops, diverged); after an optimizer step, a stop request ends the run
-        with a checkpoint, all processes after the same step."""
+    def record(self, batch, loss_sum, correct, grad_norm=None):
+        """A trained batch's summed loss and correct count (and at an optimizer step the gradient norm before
+        clipping): the epoch's sums; every LOG_EVERY batches the mean loss on the progress bar (not finite: the run
+        stops, diverged) and on TensorBoard with the learning rate, the gradient norm and reviews per second; after
+        an optimizer step, a stop request ends the run with a checkpoint, all processes after the same step."""
         s, i, n = self.s, batch.index, len(self.batch_losses)
         self.batch_losses[i], self.correct = loss_sum.detach() * batch.weight, self.correct + correct * batch.weight
+        self.grad_norm = self.grad_norm if grad_norm is None else grad_norm
         if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == n:
             examples = sum(len(part) * weight for part, weight in self.shares[:i + 1])  # 0 where all were stand-ins
             loss = self.batch_losses[:i + 1].sum().item() / max(examples, 1)
@@ -186,12 +195,32 @@ class Run:
                 raise self.diverged(f"at epoch {self.epoch}, batch {bad + 1}",
                                     f"the loss is {self.batch_losses[bad].item()}")
             self.bar.set_postfix(loss=f"{loss:.4f}")
+            self.log(i)
         if batch.ends_step and stop_check_due(i + 1, n, s["GRAD_ACCUM_STEPS"], s["LOG_EVERY"], self.world) and agreed(
                 signals.requested, self.device, self.world):  # all processes stop after this step
             losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
             self.save_checkpoint(epoch=self.epoch, batch=i + 1, batch_losses=losses[:i + 1].tolist(),
                                  correct=correct.item(), seconds=time.perf_counter() - self.epoch_start)
             raise Interrupted(signals.requested)
+
+    def log(self, i):
+        """TensorBoard at batch i: the loss of this process's batches since the last log, the learning rate, the
+        last gradient norm, and the reviews per second of all processes (once a step: LOG_EVERY may be less than
+        GRAD_ACCUM_STEPS)."""
+        (since, first), step = self.window, self.step(self.epoch, i + 1)
+        if self.board.writer is None or step == self.board.last_step:
+            return
+        self.board.last_step = step
+        examples = sum(len(part) * weight for part, weight in self.shares[first:i + 1])
+        seconds, self.window = time.perf_counter() - since, (time.perf_counter(), i + 1)
+        self.board.scalars({"train/loss": self.batch_losses[first:i + 1].sum().item() / max(examples, 1),
+                            "train/grad_norm": None if self.grad_norm is None else float(self.grad_norm),
+                            "train/reviews_per_second": sum(self.sizes[first:i + 1]) / seconds}, step)
+        self.board.learning_rates(self.parts["optimizer"].param_groups, step)
+
+    def step(self, epoch, batches_done):
+        """The optimizer steps taken when batches_done batches of epoch are: TensorBoard's x."""
+        return (epoch - 1) * self.steps_per_epoch + math.ceil(batches_done / self.s["GRAD_ACCUM_STEPS"])
 
     def end_epoch(self, epoch, logits, save_best):
         """The epoch's validation logits scored (not finite: the run stops, diverged) and printed beside its training
@@ -210,6 +239,9 @@ class Run:
         print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy {record['train_accuracy']:.4f} "
               f"| valid {shown(valid)} | {self.train_seconds:.1f} s")
         state["history"].append(record)
+        self.board.scalars({"train/epoch_loss": record["train_loss"], "train/epoch_accuracy": record["train_accuracy"],
+                            "valid/loss": valid["loss"], "valid/accuracy": valid["accuracy"],
+                            "valid/macro_roc_auc": valid.get("macro_roc_auc")}, self.step(epoch + 1, 0))
         if better(valid, state["best_valid"]):
             state.update(best_valid=valid, best_epoch=epoch)
             if leader():
@@ -226,6 +258,8 @@ class Run:
         """How the run ends (held's exit): stop requests no longer deferred; out of memory and an optimizer step
         beyond float32 as what the user can change."""
         signals.deferred = False
+        if getattr(self, "board", None):
+            self.board.close()
         s = self.s
         if isinstance(error, torch.OutOfMemoryError):
             length = f" at --max-length {s['MAX_LENGTH']}" if "MAX_LENGTH" in s else ""
@@ -245,10 +279,11 @@ class Run:
         return RecipeError(f"training diverged {where}: {what}; lower --learning-rate (now {self.s['LEARNING_RATE']})"
                            f"{tip}. Nothing of this epoch was kept")
 
-    def finish(self, load, model, evaluate, saved, **extra):
+    def finish(self, load, model, evaluate, saved, card=None, **extra):
         """The best epoch's model, reloaded by load() as a user would (rank 0; the other processes take its weights
         into model: they may run on machines that cannot see its files), scored on the test split; then metrics.json
-        (settings, epochs, the best epoch's scores, time, hardware, extra) replaces the checkpoint."""
+        (settings, epochs, the best epoch's scores, time, hardware, extra) replaces the checkpoint, after card(metrics)
+        (rank 0) has written what the model folder says of itself."""
         best, state, b = load() if leader() else model, self.state, self.n_train + self.n_valid
         broadcast_weights(best, self.world)
         test = scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
@@ -265,7 +300,14 @@ class Run:
                    "train_seconds": train_seconds, "device": devices[0], "devices": devices,
                    "world_size": self.world, **extra, "parameters": sum(p.numel() for p in best.parameters()),
                    "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None}
+        final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_macro_f1": test.get("macro_f1"),
+                 "test_macro_roc_auc": test.get("macro_roc_auc"), "valid_accuracy": state["best_valid"]["accuracy"]}
+        self.board.scalars({f"test/{k[5:]}": v for k, v in final.items() if k.startswith("test_")},
+                           self.step(len(state["history"]) + 1, 0))
+        self.board.end(self.s, final)
         if leader():
+            if card:
+                card(metrics)
             atomic_write(self.out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
             self.checkpoint_path.unlink()  # model and metrics.json are what a complete run leaves
         print(f"wrote {self.out_dir / 'metrics.json'} and {saved}")

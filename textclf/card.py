@@ -1,0 +1,75 @@
+"""The model card (README.md) of a finished run's model folder, as the Hugging Face hub shows it: metadata and the
+evaluation results (model-index) by huggingface_hub, then what was trained on what, how, how well, and how to use it."""
+import re
+import urllib.parse
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .parallel import cpu_name
+
+
+def model_card(metrics, folder):
+    """metrics.json's numbers as a ModelCard for the model in folder: base_model where MODEL_NAME is a hub name, the
+    labels, the test accuracy and macro-F1 (multi-label: macro ROC AUC) as evaluation results."""
+    s, test, multi, names = metrics["settings"], metrics["test"], metrics["multi_label"], metrics["labels"]
+    data = Path(urllib.parse.urlparse(s["DATA_URL"]).path).name
+    second = ("roc_auc", "macro ROC AUC", test["macro_roc_auc"]) if multi else ("f1", "macro-F1", test["macro_f1"])
+    results = [EvalResult(task_type="text-classification", dataset_type=data, dataset_name=data, dataset_split="test",
+                          metric_type=kind, metric_name=name, metric_value=value)
+               for kind, name, value in [("accuracy", "exact-match accuracy" if multi else "accuracy", test["accuracy"]),
+                                         second] if value is not None]
+    hub_name = not Path(s["MODEL_NAME"]).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s["MODEL_NAME"])
+    card = ModelCardData(base_model=s["MODEL_NAME"] if hub_name else None, pipeline_tag="text-classification",
+                         library_name="transformers", tags=["text-classification"], labels=names,
+                         model_name=Path(s["OUT_DIR"]).name, eval_results=results)
+    ex, order = metrics["examples"], "shuffled with SEED" if s["SHUFFLE"] else "in file order"
+    device = metrics["device"] if metrics["device"] != "cpu" else f"CPU ({cpu_name() or 'model unknown'})"
+    processes = f" x {metrics['world_size']}" if metrics["world_size"] > 1 else ""
+    shown = "undefined" if second[2] is None else f"{second[2]:.4f}"
+    settings = ["MODEL_NAME", "MAX_LENGTH", "TRUNCATION", "HEAD_TOKENS", "EPOCHS", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
+                "LEARNING_RATE", "WARMUP_RATIO", "WEIGHT_DECAY", "LR_DECAY", "GRAD_CLIP", "PATIENCE", "SEED"]
+    table = lambda header, rows: "\n".join(
+        ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    epochs = [(e["epoch"], *(f"{e[k]:.4f}" for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")),
+               f"{e['seconds']:.1f}") for e in metrics["epochs"]]
+    confusion = "" if multi else "Rows: the true class; columns: the predicted one.\n\n" + table(
+        ["true \\ predicted", *names], [(name, *row) for name, row in zip(names, test["confusion_matrix"], strict=True)])
+    body = f"""# {Path(s['OUT_DIR']).name}
+
+`{s['MODEL_NAME']}` fine-tuned for {'multi' if multi else 'single'}-label text classification ({', '.join(names)}) by
+`train_distilbert.py`.
+
+## Training data
+
+`{data}`: {ex['train']:,} training, {ex['valid']:,} validation and {ex['test']:,} test texts (`{s['TEXT_COLUMN']}`,
+labels from `{s['LABEL_COLUMNS']}`), split {order}.
+
+## Settings
+
+{table(["setting", "value"], [(f"`{k}`", s[k]) for k in settings if k in s] + [("precision", metrics.get("precision"))])}
+
+## Training
+
+{table(["epoch", "train loss", "train accuracy", "valid loss", "valid accuracy", "seconds"], epochs)}
+
+The model is epoch {metrics['best_epoch']}'s, the best on validation. Trained in {metrics['train_seconds']:.1f} s on
+{device}{processes}.
+
+## Test
+
+Accuracy {test['accuracy']:.4f}, {second[1]} {shown} on the {ex['test']:,} test texts.
+
+{confusion}
+
+## Use
+
+```python
+from transformers import pipeline
+classify = pipeline("text-classification", model="{folder}")  # or the name you upload it as
+classify("A wonderful, moving film.")
+```
+
+or with the run's own preprocessing: `python predict.py {s['OUT_DIR']} "a text"`.
+"""
+    return ModelCard(f"---\n{card.to_yaml()}\n---\n\n{body}")
