@@ -22,6 +22,9 @@ def test_a_run_writes_a_model_card_the_hub_reads(tmp_path, tiny_model):
     accuracy, f1 = data.eval_results
     assert (accuracy.metric_type, accuracy.metric_value) == ("accuracy", metrics["test_accuracy"])
     assert (f1.metric_type, f1.metric_value, f1.dataset_name) == ("f1", metrics["test"]["macro_f1"], "reviews.csv")
+    import compare
+    row = compare.table([("out", metrics)]).splitlines()[-1].split("|")
+    assert f"Accuracy {row[-2].strip()}" in card.text  # compare.py's test accuracy, and the card's
     for line in ["`reviews.csv`: 600 training, 200 validation and 200 test texts",
                  f"| 2 | {metrics['epochs'][1]['train_loss']:.4f} |", f"Accuracy {metrics['test_accuracy']:.4f}",
                  "| true \\ predicted | negative | positive |", 'classify = pipeline("text-classification"']:

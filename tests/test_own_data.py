@@ -269,6 +269,8 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
     metrics = tl.main(lstm_args(tmp_path, str(data), text_column="comment_text", label_columns="good,bad,plot",
                                 learning_rate=0.02, epochs=6, train_size=600, valid_size=200, test_size=200))
     assert metrics["test"]["macro_roc_auc"] > 0.9
+    from test_board import curves
+    assert len(curves(tmp_path / "out")[0]["valid/macro_roc_auc"]) == 6  # on TensorBoard too, each epoch
     capsys.readouterr()
     predict.main([str(tmp_path / "out"), "--input", str(data), "--output", str(tmp_path / "predicted.jsonl")])
     predicted = pd.read_json(tmp_path / "predicted.jsonl", lines=True, dtype=False)
