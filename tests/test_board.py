@@ -87,3 +87,14 @@ def test_accumulated_batches_log_once_a_step(tmp_path):
     tl.main(SCRIPTS["lstm"][1](tmp_path, csv.as_uri(), epochs=1, log_every=1, grad_accum_steps=3))
     scalars, _ = curves(tmp_path / "out")
     assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5, 6, 7]  # 19 batches, 7 steps
+
+
+def test_without_the_tensorboard_package_a_run_says_what_to_do(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "torch.utils.tensorboard" else real_import(name, *a, **k))
+    csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
+    from test_reliability import fails
+    fails(tl, SCRIPTS["lstm"][1](tmp_path, csv.as_uri(), epochs=1), "TENSORBOARD needs the tensorboard package: pip "
+          "install tensorboard, or pass --tensorboard false")

@@ -4,19 +4,20 @@ from .settings import RecipeError
 
 
 class Board:
-    """A SummaryWriter when on (TENSORBOARD, rank 0), else nothing. x is the optimizer step; a resumed run starts
+    """A SummaryWriter in rank 0 when on (TENSORBOARD), else nothing. x is the optimizer step; a resumed run starts
     at its checkpoint's step, and what the interrupted run wrote after it is purged (no step twice)."""
 
-    def __init__(self, folder, step, on):
+    def __init__(self, folder, step, on, leader):
         self.writer, self.last_step = None, None
         if not on:
             return
-        try:
+        try:  # in every process: a missing package stops them all alike
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise RecipeError("TENSORBOARD needs the tensorboard package: pip install tensorboard, or pass "
                               "--tensorboard false") from None
-        self.writer = SummaryWriter(folder, purge_step=step + 1 if step else None)
+        if leader:
+            self.writer = SummaryWriter(folder, purge_step=step + 1 if step else None)
 
     def scalars(self, values, step):
         """{tag: number} at step; None values (an undefined ROC AUC) are left out."""

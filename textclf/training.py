@@ -151,7 +151,7 @@ class Run:
         self.steps_per_epoch = math.ceil(math.ceil(self.n_train / s["BATCH_SIZE"]) / accum)
         started = self.recorded.setdefault("tensorboard", time.strftime("%Y%m%d-%H%M%S"))  # this run's folder
         self.board = Board(self.out_dir / "tensorboard" / started, self.step(self.state["epoch"], self.state["batch"]),
-                           s["TENSORBOARD"] and leader())
+                           s["TENSORBOARD"], leader())
         for epoch in range(self.state["epoch"], self.s["EPOCHS"] + 1):
             if self.state.get("stopped_early_at"):  # (checkpoints from before PATIENCE lack it)
                 break
