@@ -9,8 +9,9 @@
     torchrun --standalone --nproc_per_node=8 train_distilbert.py         # data-parallel on 8 GPUs, the same recipe
 
 Every UPPER_CASE setting below can be overridden from the shell as --lower-case-name VALUE (or =VALUE);
---help lists them with their defaults. Writes OUT_DIR/metrics.json and OUT_DIR/model/ (the best epoch,
-loadable with AutoModelForSequenceClassification.from_pretrained or pipeline("text-classification")).
+--help lists them with their defaults. Writes OUT_DIR/metrics.json, OUT_DIR/model/ (the best epoch, loadable
+with AutoModelForSequenceClassification.from_pretrained or pipeline("text-classification"), with its model card
+README.md) and TensorBoard curves in OUT_DIR/tensorboard/. The training loop is run()'s, top to bottom.
 """
 import errno
 import hashlib

@@ -11,7 +11,8 @@
 
 Same data, download and split as train_distilbert.py. Every UPPER_CASE setting below can be overridden from
 the shell as --lower-case-name VALUE (or =VALUE); --help lists them. Writes OUT_DIR/metrics.json,
-OUT_DIR/model.pt (the best epoch's weights, settings and vocabulary, one file); predict() reloads it.
+OUT_DIR/model.pt (the best epoch's weights, settings and vocabulary, one file; predict() reloads it) and
+TensorBoard curves in OUT_DIR/tensorboard/. The training loop is run()'s, top to bottom.
 """
 import math
 from pathlib import Path
