@@ -30,23 +30,23 @@ def resolve_device(name):
     return device
 
 
-def cpu_bf16():
-    """The CPU's native bf16 instructions (avx512_bf16, amx_bf16), as Linux names them in /proc/cpuinfo; '' if none
-    or not known."""
+def cpuinfo():
+    """/proc/cpuinfo, where Linux describes the CPU; '' where there is none."""
     try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
+
+
+def cpu_bf16():
+    """The CPU's native bf16 instructions (avx512_bf16, amx_bf16), as cpuinfo() names them; '' if none or not known."""
+    flags = set(cpuinfo().split())
     return " and ".join(flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags)
 
 
 def cpu_name():
-    """The CPU's model name, as Linux gives it in /proc/cpuinfo; '' if not known."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    """The CPU's model name, as cpuinfo() gives it; '' if not known."""
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo().splitlines() if line.startswith("model name")), "")
 
 
 def choose_precision(device_type, native_bf16):
