@@ -74,8 +74,8 @@ class Run:
         """The model and preprocessing of either script's run."""
         if (run_dir / "model" / "config.json").exists():  # train_distilbert.py: a save_pretrained folder
             self.kind = "distilbert"
-            model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", trust_remote_code=False,
-                                                                       attn_implementation="sdpa")  # never its code
+            model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model",
+                                                                       trust_remote_code=False)  # never its code
             tokenizer = AutoTokenizer.from_pretrained(run_dir / "model", trust_remote_code=False)
             td.check_tokenizer(tokenizer, model, run_dir / "model")
             self.model, self.pad_id = model.to(device).eval(), tokenizer.pad_token_id

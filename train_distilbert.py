@@ -1,8 +1,10 @@
-"""Fine-tune DistilBERT on the 50,000 IMDb movie reviews (or your own texts) with a plain PyTorch training loop.
+"""Fine-tune DistilBERT (or DeBERTa-v3, ModernBERT, RoBERTa, a GPT-2, Llama or Qwen decoder...) on the 50,000 IMDb movie
+reviews (or your own texts) with a plain PyTorch training loop.
 
     python train_distilbert.py                                   # the full recipe: 3 epochs, 512 tokens
     python train_distilbert.py --epochs 1 --max-length 128 --train-size 2000   # a quick run
     python train_distilbert.py --model-name /path/to/model --data-url /path/to/movie_data.csv.gz
+    python train_distilbert.py --model-name answerdotai/ModernBERT-base --learning-rate 3e-5   # another checkpoint
     python train_distilbert.py --data-url tickets.csv --text-column body --label-columns queue --shuffle true
                                --train-size 0.8 --valid-size 0.1 --test-size 0.1   # your own data, e.g. 12 classes
     python train_distilbert.py --out-dir runs/distilbert --resume          # continue an interrupted run
@@ -15,6 +17,7 @@ README.md) and TensorBoard curves in OUT_DIR/tensorboard/. The training loop is 
 """
 import errno
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -51,13 +54,14 @@ TRAIN_SIZE = 35_000  # the first rows of the file (or a fraction of them, e.g. 0
 VALID_SIZE = 5_000  # the next rows: choose the best epoch
 TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
 # model
-MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, weights and tokenizer
+MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, weights and tokenizer (README: Which checkpoint)
 MAX_LENGTH = 512  # tokens per review, longer ones are truncated
 TRUNCATION = "head+tail"  # what a review over MAX_LENGTH keeps: head+tail = first HEAD_TOKENS + last ones; head = first
 HEAD_TOKENS = 128  # with head+tail: tokens kept from the start, the rest from the end; MAX_LENGTH // 4 if it leaves no room
 # optimisation
 BATCH_SIZE = 16  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
+GRADIENT_CHECKPOINTING = False  # recompute each layer's activations in the backward pass: far less memory, slower
 EPOCHS = 3  # passes over the training split
 PATIENCE = 0  # epochs without a better validation score before stopping, 0 = off; the schedule stays EPOCHS long
 LEARNING_RATE = 5e-5  # AdamW peak learning rate
@@ -80,7 +84,8 @@ RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
 POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "MAX_LENGTH", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
                      "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
-LAYER = re.compile(r"\.(?:transformer|encoder)\.layers?\.(\d+)\.")  # a parameter of layer N, for LR_DECAY
+LAYER = re.compile(r"\.(?:layers?|h)\.(\d+)\.")  # a parameter of layer N (encoder.layer.N, layers.N, h.N), for LR_DECAY
+EMBEDDING = re.compile(r"embed|\.wte\.|\.wpe\.|relative_attention_bias|encoder\.LayerNorm\.")  # below layer 0
 
 
 def check_settings(s, given):
@@ -105,16 +110,18 @@ def check_settings(s, given):
 
 def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chunk=2_000):
     """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]]).
-    A review over max_length keeps its first tokens (head) or, with head+tail (Sun et al. 2019), [CLS], its first
-    head_tokens and its last tokens, [SEP] included, up to max_length."""
-    pieces = []
+    A review over max_length keeps its first tokens (head) or, with head+tail (Sun et al. 2019), the special tokens
+    before it ([CLS]; none for GPT-2), its first head_tokens and its last tokens, [SEP] included, up to max_length."""
+    pieces, bare = [], tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    before = next((i for i in range(len(full)) if full[i:i + len(bare)] == bare), 0)  # [CLS]: 1
     for start in progress(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
         batch = [clean(text) for text in texts[start:start + chunk]]
         if truncation == "head":
             pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
         else:  # verbose=False: the untruncated lengths are expected here, not a mistake to warn about
-            tail = max_length - 1 - head_tokens
-            pieces += [p if len(p) <= max_length else p[:1 + head_tokens] + p[-tail:]
+            tail = max_length - before - head_tokens
+            pieces += [p if len(p) <= max_length else p[:before + head_tokens] + p[-tail:]
                        for p in tokenizer(batch, verbose=False)["input_ids"]]
     return flat_token_ids(pieces)
 
@@ -180,18 +187,22 @@ def save_model(model, tokenizer, path, stale):
 
 def parameter_groups(model, learning_rate, weight_decay, lr_decay):
     """AdamW parameter groups: weight decay on matrices only and, with lr_decay < 1, layer-wise learning rates (Sun
-    et al. 2019): the head and the top layer at learning_rate, each layer below x lr_decay, the embeddings last.
-    Layers are found by name: ...transformer.layer.N (DistilBERT) or ...encoder.layer.N (BERT, RoBERTa, MiniLM)."""
+    et al. 2019): the head, a final norm and the top layer at learning_rate, each layer below x lr_decay, the
+    embeddings last with every embedding-like parameter (ELECTRA's projection, DeBERTa's relative position embeddings
+    and their norm, MPNet's relative attention bias). Layers are found by name: ...layer.N (BERT, DistilBERT, RoBERTa,
+    XLM-R, ELECTRA, MPNet, DeBERTa), ...layers.N (ModernBERT, Llama, Qwen) or ...h.N (GPT-2)."""
     names = dict(model.named_parameters())
     layer_of = {name: int(m.group(1)) for name in names if (m := LAYER.search(name))} if lr_decay != 1 else {}
     if lr_decay != 1 and not layer_of:
-        raise RecipeError(f"LR_DECAY (--lr-decay) needs a model whose layers are named like encoder.layer.N or "
-                          f"transformer.layer.N (BERT, DistilBERT, RoBERTa); {type(model).__name__} has none; "
-                          f"use --lr-decay 1")
+        why = ("shares one set of weights among all its layers (ALBERT): no layer has weights of its own to learn "
+               "slower" if any(".albert_layer_groups." in name for name in names) else
+               "has no layers named like encoder.layer.N, layers.N or h.N")
+        raise RecipeError(f"LR_DECAY (--lr-decay) gives each layer its own learning rate, but {type(model).__name__} "
+                          f"{why}; use --lr-decay 1")
     top = max(layer_of.values(), default=0)
     groups = {}
     for name, p in names.items():
-        depth = top + 1 if ".embeddings." in name else top - layer_of[name] if name in layer_of else 0
+        depth = top - layer_of[name] if name in layer_of else top + 1 if EMBEDDING.search(name) else 0
         groups.setdefault((lr_decay ** depth if layer_of else 1.0, p.ndim >= 2), []).append(p)
     return [{"params": params, "lr": learning_rate * scale, "weight_decay": weight_decay if matrix else 0.0}
             for (scale, matrix), params in sorted(groups.items(), key=lambda g: (-g[0][0], not g[0][1]))]
@@ -202,9 +213,12 @@ def from_pretrained(load, name, **kwargs):
     folder that holds no model or one that needs code of its own is one line that says so."""
     try:
         return load(name, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: damaged weights
+    except (OSError, ValueError, ImportError, SafetensorError) as e:  # SafetensorError: damaged weights
         if "trust_remote_code" in str(e):
             raise RecipeError(needs_code(name)) from None
+        if package := missing_package(name, e):
+            raise RecipeError(f"the tokenizer of {name} needs the package {package}, which is not installed here: "
+                              f"pip install {package}") from None
         reason = str(e).strip().splitlines()[0][:160]
         if Path(name).is_dir():
             raise RecipeError(f"MODEL_NAME (--model-name) {name} is a folder but holds no model that transformers "
@@ -213,6 +227,14 @@ def from_pretrained(load, name, **kwargs):
         raise RecipeError(f"MODEL_NAME (--model-name) {name!r} is neither a local folder nor a model the Hugging "
                           f"Face hub could provide ({reason}); check the name, or pass a local folder with "
                           f"--model-name /path/to/model") from None
+
+
+def missing_package(name, error):
+    """The package a tokenizer needs that is not installed: sentencepiece for a SentencePiece vocabulary (a folder's
+    spm.model; transformers then speaks of tiktoken), or the one the error names."""
+    spm = list(Path(name).glob("*.model")) or "tiktoken" in str(error)
+    return next((p for p in ("sentencepiece", "tiktoken") if (p in str(error) or spm and p == "sentencepiece")
+                 and importlib.util.find_spec(p) is None), None)
 
 
 def needs_code(name):
@@ -229,6 +251,34 @@ def check_tokenizer(tokenizer, model, folder):
                           f"save the tokenizer beside the model (tokenizer.save_pretrained)")
 
 
+def ready(model, tokenizer, s):
+    """The checkpoint made ready for this run, or refused with the reason: a pad token where it has none (GPT-2 and
+    Llama pad with their end-of-text token), its id in the config where that has none (Qwen), so that a decoder's head
+    finds each text's last non-pad token; MAX_LENGTH within what the model reads; gradient checkpointing on request."""
+    check_tokenizer(tokenizer, model, s["MODEL_NAME"])
+    if tokenizer.pad_token is None:
+        if (tokenizer.eos_token or tokenizer.unk_token) is None:
+            raise RecipeError(f"the tokenizer of {s['MODEL_NAME']} has no pad, end-of-text or unknown token to pad "
+                              f"batches with; add one (tokenizer.add_special_tokens) and save it beside the model")
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token  # saved with the model, as is the config's
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    table = getattr(model.config, "max_position_embeddings", math.inf)
+    reserved = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", -1) + 1  # RoBERTa: the pad id + 1
+    own = tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else math.inf  # 1e30: not set
+    if s["MAX_LENGTH"] > min(table - reserved, own):
+        why = ("its tokenizer's model_max_length (a model this script saved keeps its MAX_LENGTH there)" if own <
+               table - reserved else f"{table} position embeddings" + f", {reserved} of them reserved" * bool(reserved))
+        raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
+                          f"{min(table - reserved, own)} tokens ({why})")
+    tokenizer.model_max_length = s["MAX_LENGTH"]  # saved with the model: pipeline(truncation=True) cuts there
+    if s["GRADIENT_CHECKPOINTING"] and not model.supports_gradient_checkpointing:
+        raise RecipeError(f"{type(model).__name__} does not support gradient checkpointing in transformers; use "
+                          f"--gradient-checkpointing false (and a smaller --batch-size with --grad-accum-steps)")
+    if s["GRADIENT_CHECKPOINTING"]:  # non-reentrant: works under DDP and keeps dropout's draws; older transformers:
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)({"use_reentrant": False})
+
+
 def run(settings, given, held):
     r = Run(settings, given, held, POSITIVE_SETTINGS, check_settings)  # settings, processes, OUT_DIR
     s, device = r.s, r.device
@@ -241,14 +291,9 @@ def run(settings, given, held):
                             id2label=dict(enumerate(r.names)), label2id={name: i for i, name in enumerate(r.names)},
                             problem_type="multi_label_classification" if r.multi else "single_label_classification",
                             ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
-                            dtype=torch.float32,  # fp32 weights to train, whatever the checkpoint stores (fp16, bf16)
-                            attn_implementation="sdpa").to(device)
+                            dtype=torch.float32).to(device)  # fp32 weights to train, whatever the checkpoint stores
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
-    tokenizer.model_max_length = s["MAX_LENGTH"]  # saved with the model: pipeline() truncates as the run trained
-    check_tokenizer(tokenizer, model, s["MODEL_NAME"])
-    if s["MAX_LENGTH"] > model.config.max_position_embeddings:
-        raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
-                          f"{model.config.max_position_embeddings} tokens")
+    ready(model, tokenizer, s)  # pad token, MAX_LENGTH, gradient checkpointing
     with leader_first(r.world):
         ids, offsets = cached_token_ids(frame["text"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
                                         r.data_sha256, s["TRUNCATION"], s["HEAD_TOKENS"])
@@ -269,7 +314,8 @@ def run(settings, given, held):
 
     # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
     print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
-          f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why})")
+          f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why}) | "
+          f"{model.config._attn_implementation} attention")  # SDPA where the model has it, else eager
     score = lambda m, batches: evaluate(m, batches, data, pad_id, device, autocast, r.rank, r.world)
     for epoch in r.epochs():  # PATIENCE may end them early
         train_model.train()  # dropout on: from_pretrained and evaluation leave the model in eval mode
@@ -295,8 +341,8 @@ def run(settings, given, held):
                     lambda epoch: save_model(model, tokenizer, r.out_dir / "model", r.out_dir / "metrics.json"))
 
     # test the best epoch's model, reloaded from disk exactly as a user would
-    best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False,
-                                                                     attn_implementation="sdpa").to(device)
+    best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model",
+                                                                     trust_remote_code=False).to(device)
     card = lambda metrics: atomic_write(r.out_dir / "model" / "README.md",  # the hub's model card
                                         lambda f: f.write(str(model_card(metrics, r.out_dir / "model")).encode()))
     return r.finish(best, model, score, f"{r.out_dir / 'model'}/", card, precision=precision, precision_chosen_by=why)

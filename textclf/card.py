@@ -66,10 +66,11 @@ Accuracy {test['accuracy']:.4f}, {second[1]} {shown} on the {ex['test']:,} test 
 
 ```python
 from transformers import pipeline
-classify = pipeline("text-classification", model="{folder}")  # or the name you upload it as
+classify = pipeline("text-classification", model="{folder}", truncation=True)  # or the name you upload it as
 classify("A wonderful, moving film.")
 ```
 
-or with the run's own preprocessing: `python predict.py {s['OUT_DIR']} "a text"`.
+`truncation=True` cuts a text to the {s['MAX_LENGTH']} tokens the model trained on, keeping its start; the run's own
+preprocessing (its cleaning and {s['TRUNCATION']} truncation) is `python predict.py {s['OUT_DIR']} "a text"`.
 """
     return ModelCard(f"---\n{card.to_yaml()}\n---\n\n{body}")
