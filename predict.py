@@ -50,14 +50,16 @@ class Run:
             raise RecipeError(f"{run_dir} holds no finished run (no metrics.json); pass the OUT_DIR of a run of "
                               f"train_distilbert.py or train_lstm_baseline.py that ran to the end")
         try:
-            saved = json.loads((run_dir / "metrics.json").read_text())["settings"]
-            defaults = td.DEFAULTS if (run_dir / "model").is_dir() else tl.DEFAULTS  # for what an older run lacks
+            record = json.loads((run_dir / "metrics.json").read_text())
+            saved, script = record["settings"], record.get("script")  # older runs: known by their model's file
+            script = script or ("train_distilbert.py" if (run_dir / "model").is_dir() else "train_lstm_baseline.py")
+            defaults = td.DEFAULTS if script == "train_distilbert.py" else tl.DEFAULTS  # for what an older run lacks
             self.settings = {**defaults, "TRUNCATION": "head", "HEAD_TOKENS": 0, **saved}  # older runs: head only
         except (ValueError, KeyError, TypeError) as e:
             raise RecipeError(f"{run_dir / 'metrics.json'} is not a training script's metrics.json "
                               f"({type(e).__name__}: {e})") from None
         try:
-            self.load(run_dir, device)
+            self.load(run_dir, device, script)
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, SafetensorError) as e:
             if not damaged(e):  # out of memory, a CUDA error: the device's, not the model's
                 raise
@@ -70,9 +72,10 @@ class Run:
             else "fp32"  # the LSTM runs as it trained
         self.autocast = autocast_for(device, self.precision)
 
-    def load(self, run_dir, device):
-        """The model and preprocessing of either script's run."""
-        if (run_dir / "model" / "config.json").exists():  # train_distilbert.py: a save_pretrained folder
+    def load(self, run_dir, device, script):
+        """The model and preprocessing of the script's run (metrics.json names it: an older run's other model in the
+        same OUT_DIR never answers)."""
+        if script == "train_distilbert.py" and (run_dir / "model" / "config.json").exists():  # save_pretrained's
             self.kind = "distilbert"
             model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model",
                                                                        trust_remote_code=False)  # never its code
@@ -84,14 +87,14 @@ class Run:
             self.threshold = self.settings["THRESHOLD"] if multi else None
             self.encode = lambda texts: td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"],
                                                     self.settings["TRUNCATION"], self.settings["HEAD_TOKENS"])
-        elif (run_dir / "model.pt").exists():  # train_lstm_baseline.py: weights and vocabulary
+        elif script == "train_lstm_baseline.py" and (run_dir / "model.pt").exists():  # weights and vocabulary
             self.kind = "lstm"
             self.model, vocab = tl.load_model(run_dir, device)
             self.labels, self.threshold = self.model.labels, self.model.threshold
             self.encode = lambda texts: tl.encode(texts, vocab, self.model.max_length)
         else:
-            raise RecipeError(f"{run_dir} has metrics.json but neither model/ (train_distilbert.py) nor model.pt "
-                              f"(train_lstm_baseline.py)")
+            raise RecipeError(f"{run_dir}'s metrics.json is a run of {script}, but its model "
+                              f"({'model/' if script == 'train_distilbert.py' else 'model.pt'}) is missing")
 
     @torch.inference_mode()
     def logits(self, texts, batch_size):

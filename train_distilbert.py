@@ -35,7 +35,7 @@ from textclf.batches import flat_token_ids, pad_batch
 from textclf.card import model_card
 from textclf.data import BR_TAG, clean
 from textclf.metrics import all_logits, batch_loss
-from textclf.parallel import accumulating, autocast_for, leader_first, progress, run_precision
+from textclf.parallel import accumulating, agreeing, autocast_for, leader_first, progress, run_precision
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError
 from textclf.training import Run
@@ -282,18 +282,20 @@ def ready(model, tokenizer, s):
 def run(settings, given, held):
     r = Run(settings, given, held, POSITIVE_SETTINGS, check_settings)  # settings, processes, OUT_DIR
     s, device = r.s, r.device
-    precision, why = run_precision(s["PRECISION"], device, r.recorded.get("precision"))
+    precision, why = run_precision(s["PRECISION"], device, r.recorded.get("precision"), r.world)  # alike everywhere
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
     frame = r.load_data()
     torch.manual_seed(s["SEED"])
-    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"], num_labels=len(r.names),
-                            id2label=dict(enumerate(r.names)), label2id={name: i for i, name in enumerate(r.names)},
-                            problem_type="multi_label_classification" if r.multi else "single_label_classification",
-                            ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
-                            dtype=torch.float32).to(device)  # fp32 weights to train, whatever the checkpoint stores
-    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
-    ready(model, tokenizer, s)  # pad token, MAX_LENGTH, gradient checkpointing
+    with agreeing(r.world):  # a model folder missing on one machine stops every process
+        model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"],
+                                num_labels=len(r.names), id2label=dict(enumerate(r.names)),
+                                label2id={name: i for i, name in enumerate(r.names)}, problem_type=(
+                                    "multi_label_classification" if r.multi else "single_label_classification"),
+                                ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
+                                dtype=torch.float32).to(device)  # fp32 weights to train, whatever the checkpoint has
+        tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
+        ready(model, tokenizer, s)  # pad token, MAX_LENGTH, gradient checkpointing
     with leader_first(r.world):
         ids, offsets = cached_token_ids(frame["text"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
                                         r.data_sha256, s["TRUNCATION"], s["HEAD_TOKENS"])
@@ -310,7 +312,8 @@ def run(settings, given, held):
     forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
     train_model = forward_model if r.world == 1 else torch.nn.parallel.DistributedDataParallel(
         forward_model, device_ids=[device] if device.type == "cuda" else None)
-    r.resume({"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}, precision=precision)
+    r.resume({"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}, r.out_dir / "model",
+             precision=precision)
 
     # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
     print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "

@@ -167,7 +167,7 @@ def run(settings, given, held):
     optimizer = torch.optim.Adam(model.parameters(), lr=s["LEARNING_RATE"], fused=device.type == "cuda")
     train_model = model if r.world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None)
-    r.resume({"model": model, "optimizer": optimizer})
+    r.resume({"model": model, "optimizer": optimizer}, r.out_dir / "model.pt")
 
     def save_best(epoch):  # the weights with the vocabulary and labels they go with, replaced together
         best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab, "labels": r.names}

@@ -25,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from textclf.parallel import auto_precision
+from textclf.parallel import auto_precision, cpu_bf16, cpu_name
 
 SIZES = {"train_size": 320, "valid_size": 64, "test_size": 128}  # 20 optimizer steps an epoch at batch 16
 STOP_AT_BATCH = """
@@ -101,8 +101,10 @@ class Checks:
             batches = -(-metrics["examples"]["train"] // metrics["settings"]["BATCH_SIZE"])
             steps = -(-batches // metrics["settings"]["GRAD_ACCUM_STEPS"]) * len(metrics["epochs"])
             speed = steps / metrics["train_seconds"]
-        if not ok and done is not None:
-            note = f"{note} exit {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1][:160]}".strip()
+        if not ok and done is not None:  # the script's own error line, not torchrun's report after it
+            lines = done.stderr.strip().splitlines() or [""]
+            note = f"{note} exit {done.returncode}: {next((l for l in lines if l.startswith('error:')), lines[-1])[:160]}"
+            note = note.strip()
         self.rows.append({"check": name, "passed": bool(ok), "steps_per_second": speed,
                           "peak_gpu_memory": metrics.get("peak_gpu_memory"),
                           "test_accuracy": metrics.get("test_accuracy"), "note": note})
@@ -161,15 +163,19 @@ def main(argv=None):
         raise SystemExit("error: torch sees no CUDA GPU here; run with --device cpu for the CPU checks")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.data is None:
+        if args.data is not None:
+            args.data = Path(args.data).resolve()
+        else:
             args.data = work / "reviews.csv"
             synthetic_reviews(sum(SIZES.values()), seed=1).to_csv(args.data, index=False)
-        model = args.model_name or default_model(work)
+        model = Path(args.model_name).resolve() if args.model_name else default_model(work)  # the checks run in ROOT
         checks = Checks(args, work)
         bert = {"model_name": model, "max_length": args.max_length}
         device = torch.device("cuda:0" if cuda else "cpu")
         auto = auto_precision(device)[0]
-        precisions = ["bf16", "fp16", "fp32"] if not cuda or auto == "bf16" else ["fp16", "fp32"]
+        # what the device computes natively: a CPU emulates fp16 (and bf16 without AVX512-BF16 or AMX) ~100x slower
+        precisions = (["bf16", "fp16", "fp32"] if auto == "bf16" else ["fp16", "fp32"]) if cuda else \
+            ["bf16", "fp32"] if cpu_bf16() else ["fp32"]
         runs = {p: checks.train(f"train_distilbert.py {p}", "train_distilbert.py", f"bert-{p}", **bert, precision=p)
                 for p in precisions}
         if not args.no_compile:
@@ -186,8 +192,9 @@ def main(argv=None):
         if reference:
             checks.predict(f"predict.py on the {auto} run", f"bert-{auto}")
 
-    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine()
-    print(f"\n{name} | torch {torch.__version__} | {datetime.date.today()} | model {Path(str(model)).name} | "
+    name = torch.cuda.get_device_name(0) if cuda else cpu_name() or platform.machine()
+    print(f"\n{name} | {', '.join(precisions)} checked | torch {torch.__version__} | {datetime.date.today()} | "
+          f"model {Path(str(model)).name} | "
           f"{args.max_length} tokens | {SIZES['train_size']} training reviews, 2 epochs\n")
     print("| check | passed | steps/s | peak GPU memory | note |\n|---|---|---|---|---|")
     for row in checks.rows:

@@ -1,7 +1,9 @@
 """The benchmark scripts run end to end on a tiny model and tiny data and print their tables. Their timings are
 not checked here (that is what the scripts are for); only that every variant runs and reports sane numbers."""
 import json
+import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import torch
 from conftest import make_reviews, write_csv
 
-from textclf.parallel import auto_precision
+from textclf.parallel import auto_precision, cpu_bf16, cpu_name
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -86,17 +88,32 @@ def test_predict_memory_counts_every_row_of_both_inputs(tmp_path):
 
 
 def test_gpu_check_runs_every_check_on_a_cpu(tiny_model, tmp_path):
-    """benchmarks/gpu_check.py --device cpu: the checks a GPU box gets (COMPILE aside: minutes on a CPU), each passed,
-    and the table as JSON where --results says."""
-    stdout = run(BENCHMARKS / "gpu_check.py", "--device", "cpu", "--model-name", tiny_model, "--max-length", 32,
-                 "--no-compile", "--results", tmp_path / "results", cwd=tmp_path)
+    """benchmarks/gpu_check.py --device cpu: the checks a GPU box gets (COMPILE aside: minutes on a CPU) in each
+    precision the CPU computes natively, each passed, the CPU named by its model, and the table as JSON where --results
+    says; --model-name and --data relative to where it is started."""
+    shutil.copytree(tiny_model, tmp_path / "model")
+    write_csv(make_reviews(600, seed=4), tmp_path / "reviews.csv")
+    stdout = run(BENCHMARKS / "gpu_check.py", "--device", "cpu", "--model-name", "model", "--data", "reviews.csv",
+                 "--max-length", 32, "--no-compile", "--results", tmp_path / "results", cwd=tmp_path)
     rows = {row[0]: row[1:] for row in table(stdout) if row[0] != "check"}
     auto = auto_precision(torch.device("cpu"))[0]
-    assert list(rows) == ["train_distilbert.py bf16", "train_distilbert.py fp16", "train_distilbert.py fp32",
+    native = ["bf16", "fp32"] if cpu_bf16() else ["fp32"]  # fp16 (and bf16 without AVX512-BF16) is emulated
+    assert list(rows) == [*(f"train_distilbert.py {p}" for p in native),
                           "train_lstm_baseline.py", f"train_distilbert.py {auto}: SIGTERM, --resume",
                           "torchrun x 2, --device cpu: SIGTERM, --resume", f"predict.py on the {auto} run"]
     assert all(passed == "yes" for passed, *_ in rows.values())
-    assert "identical to the uninterrupted run's" in rows[list(rows)[4]][3]  # one process on a CPU: the same bits
+    assert "identical to the uninterrupted run's" in rows[list(rows)[len(native) + 1]][3]  # one process: the same bits
     assert all(float(speed) > 0 for _, speed, *_ in list(rows.values())[:-1])
+    assert f"\n{cpu_name() or platform.machine()} | {', '.join(native)} checked |" in stdout
     saved = json.loads(next((tmp_path / "results").glob("gpu-check_*.json")).read_text())
     assert [row["check"] for row in saved["rows"]] == list(rows) and saved["torch"] == torch.__version__
+
+
+def test_gpu_check_shows_a_failed_checks_error_line_not_torchruns_report():
+    sys.path.insert(0, str(BENCHMARKS))
+    import gpu_check
+
+    checks = gpu_check.Checks(type("Args", (), {"data": "x", "device": "cpu"})(), Path("/nonexistent"))
+    report = "error: the machines read different data\n[W] torchrun: ChildFailedError\n  exitcode: 1\nRoot Cause"
+    checks.add("torchrun x 2", False, done=subprocess.CompletedProcess([], 1, "", report))
+    assert checks.rows[-1]["note"] == "exit 1: error: the machines read different data"

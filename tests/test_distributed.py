@@ -78,7 +78,8 @@ def test_lstm_under_torchrun_matches_one_process_and_resumes(tmp_path, reviews):
             f"with: torchrun <its options> train_lstm_baseline.py --out-dir {tmp_path / 'resumed'} --resume"
             ) in stopped.stderr
     assert stopped.stderr.count("interrupted (SIGTERM)") == 1  # one line, from rank 0
-    assert "--resume (torchrun reports the stop as a failure; the checkpoint is complete)" in stopped.stderr
+    assert ("--resume (machines that share no filesystem need a copy of it at that path first; torchrun reports the "
+            "stop as a failure, the checkpoint is complete)") in stopped.stderr
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]
     assert state["batch"] == 8  # both processes stopped after the same optimizer step: the 4th (2 batches each)
     resumed = torchrun("train_lstm_baseline.py", [f"--out-dir={tmp_path / 'resumed'}", "--resume"])

@@ -30,10 +30,19 @@ def test_a_batch_smaller_than_the_world_gives_a_weightless_stand_in():
     assert share([7], 1, 2) == ([7], 0) and share([7], 0, 2) == ([7], 1)
 
 
+def as_torchrun_worker(monkeypatch, rank=1, local_rank=1, world=2, local_world=2):
+    """The variables torchrun sets in a worker, all of them (a process with some is no worker)."""
+    for name, value in {"RANK": rank, "LOCAL_RANK": local_rank, "WORLD_SIZE": world, "LOCAL_WORLD_SIZE": local_world,
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29500}.items():
+        monkeypatch.setenv(name, str(value))
+
+
 def test_one_process_is_its_own_leader_and_sum(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
-    assert leader() and all_sum(3, 1) == 3 and agreed(2, "cpu", 1) is True and agreed(0, "cpu", 1) is False
-    monkeypatch.setenv("RANK", "1")
+    assert leader() and all_sum(3, 1) == 3 and agreed(2, "cpu", 1) == 2 and agreed(False, "cpu", 1) == 0
+    monkeypatch.setenv("RANK", "1")  # by hand, without the rest of torchrun's variables: not a worker
+    assert leader()
+    as_torchrun_worker(monkeypatch)
     assert not leader()
 
 
@@ -49,7 +58,7 @@ def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch):
 
 
 def test_progress_in_a_process_other_than_rank_0_shows_nothing(monkeypatch, capsys):
-    monkeypatch.setenv("RANK", "1")
+    as_torchrun_worker(monkeypatch)
     for _ in progress(range(50), desc="work"):
         pass
     assert capsys.readouterr().err == ""
@@ -117,7 +126,7 @@ def test_one_process_gathers_and_broadcasts_to_itself(monkeypatch):
     broadcast_weights(layer, 1)
     assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
     assert gathered({"a": 1}, 1) == [{"a": 1}]
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    as_torchrun_worker(monkeypatch, rank=0)
     assert not local_leader()
 
 
@@ -126,8 +135,7 @@ def test_a_cuda_process_joins_with_nccl_on_its_own_gpu_and_a_long_timeout(monkey
     that outlasts a first tokenization (NCCL's default is 10 minutes)."""
     from textclf import parallel
     joined, current = {}, []
-    for name, value in {"WORLD_SIZE": "8", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8"}.items():
-        monkeypatch.setenv(name, value)
+    as_torchrun_worker(monkeypatch, rank=3, local_rank=3, world=8, local_world=8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setattr(parallel.dist, "init_process_group", lambda backend, **kw: joined.update(kw, backend=backend))

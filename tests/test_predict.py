@@ -114,7 +114,8 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):
     (tmp_path / "metrics.json").write_text("{}")
     fails(predict, [str(tmp_path), "a text"], "metrics.json is not a training script's metrics.json (KeyError")
     (tmp_path / "metrics.json").write_text('{"settings": {}}')
-    fails(predict, [str(tmp_path), "a text"], "neither model/ (train_distilbert.py) nor model.pt")
+    fails(predict, [str(tmp_path), "a text"], "metrics.json is a run of train_lstm_baseline.py, but its model "
+          "(model.pt) is missing")
     fails(predict, [run], "no input: give texts as arguments, --input FILE, or -")
     for size in ("-1", "0"):  # -1 once classified with scores from uninitialised memory, 0 meant the default
         fails(predict, [run, "a text", "--batch-size", size], f"--batch-size must be a positive number of texts, got {size}")
@@ -144,7 +145,7 @@ def test_a_damaged_model_is_one_line(runs, tmp_path, kind):
 def test_device_errors_are_not_called_a_damaged_model(runs, monkeypatch):
     """Out of memory and CUDA errors are RuntimeErrors, as a damaged torch file's is: only the last is "damaged"."""
     def failing(error):
-        def load(self, run_dir, device):
+        def load(self, run_dir, device, script):
             raise error
         return load
 

@@ -1,30 +1,44 @@
 """TensorBoard curves of a run in OUT_DIR/tensorboard/ (rank 0): what the loop records, every LOG_EVERY batches and
 each epoch, and the final scores with the run's settings as hyperparameters. `tensorboard --logdir runs` shows them."""
+import sys
+import threading
+
 from .settings import RecipeError
 
 
 class Board:
-    """A SummaryWriter in rank 0 when on (TENSORBOARD), else nothing. x is the optimizer step; a resumed run starts
-    at its checkpoint's step, and what the interrupted run wrote after it is purged (no step twice)."""
+    """A SummaryWriter in rank 0 when on (TENSORBOARD). x is the optimizer step; a resumed run purges what came after
+    its checkpoint's. Curves that cannot be written (no folder, a full disk) end in one line; the run goes on."""
 
     def __init__(self, folder, step, on, leader):
-        self.writer, self.last_step = None, None
-        if not on:
-            return
-        try:  # in every process: a missing package stops them all alike
+        self.writer, self.last_step, self.folder = None, None, folder
+        if on and leader:
             from torch.utils.tensorboard import SummaryWriter
+            self.write(lambda: setattr(self, "writer", SummaryWriter(folder, purge_step=step + 1 if step else None)))
+
+    @staticmethod
+    def check(on):
+        """In every process, before the data: a missing package stops them all alike, at once."""
+        try:
+            on and __import__("torch.utils.tensorboard")
         except ImportError:
             raise RecipeError("TENSORBOARD needs the tensorboard package: pip install tensorboard, or pass "
                               "--tensorboard false") from None
-        if leader:
-            self.writer = SummaryWriter(folder, purge_step=step + 1 if step else None)
+
+    def write(self, action):
+        """action(), or where it cannot write, one line and no more curves."""
+        try:
+            action()
+        except OSError as e:
+            self.writer = None
+            print(f"TensorBoard: could not write {self.folder} ({e.strerror or e}); the run goes on without its "
+                  f"curves", file=sys.stderr)
 
     def scalars(self, values, step):
         """{tag: number} at step; None values (an undefined ROC AUC) are left out."""
-        if self.writer:
-            for tag, value in values.items():
-                if value is not None:
-                    self.writer.add_scalar(tag, value, step)
+        for tag, value in values.items():
+            if value is not None and self.writer:
+                self.write(lambda: self.writer.add_scalar(tag, value, step))  # noqa: B023 (called at once)
 
     def learning_rates(self, groups, step):
         """The optimizer's learning rate, or with layer-wise rates (LR_DECAY) the top and the bottom one."""
@@ -36,11 +50,20 @@ class Board:
         """The run's settings as hyperparameters beside its final scores; then the files are closed."""
         if self.writer:
             hyper = {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool))}
-            self.writer.add_hparams(hyper, {f"hparam/{k}": v for k, v in scores.items() if v is not None},
-                                    run_name=".")
+            self.write(lambda: self.writer.add_hparams(hyper, {f"hparam/{k}": v for k, v in scores.items()
+                                                              if v is not None}, run_name="."))
         self.close()
 
     def close(self):
         if self.writer:
-            self.writer.close()
+            self.write(self.writer.close)
             self.writer = None
+
+
+def quiet_writer_thread(args, previous=threading.excepthook):
+    """The writer thread's failure reaches the run at its next write, as one line: not also as the thread's traceback."""
+    if type(args.thread).__name__ != "_AsyncWriterThread":
+        previous(args)
+
+
+threading.excepthook = quiet_writer_thread

@@ -7,13 +7,15 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .parallel import cpu_name
+from .settings import is_url
 
 
 def model_card(metrics, folder):
     """metrics.json's numbers as a ModelCard for the model in folder: base_model where MODEL_NAME is a hub name, the
     labels, the test accuracy and macro-F1 (multi-label: macro ROC AUC) as evaluation results."""
     s, test, multi, names = metrics["settings"], metrics["test"], metrics["multi_label"], metrics["labels"]
-    data = Path(urllib.parse.urlparse(s["DATA_URL"]).path).name
+    data = Path(urllib.parse.urlparse(s["DATA_URL"]).path if is_url(s["DATA_URL"]) else s["DATA_URL"]).name
+    name = Path(s["OUT_DIR"]).resolve().name  # --out-dir . is named too
     second = ("roc_auc", "macro ROC AUC", test["macro_roc_auc"]) if multi else ("f1", "macro-F1", test["macro_f1"])
     results = [EvalResult(task_type="text-classification", dataset_type=data, dataset_name=data, dataset_split="test",
                           metric_type=kind, metric_name=name, metric_value=value)
@@ -22,20 +24,21 @@ def model_card(metrics, folder):
     hub_name = not Path(s["MODEL_NAME"]).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s["MODEL_NAME"])
     card = ModelCardData(base_model=s["MODEL_NAME"] if hub_name else None, pipeline_tag="text-classification",
                          library_name="transformers", tags=["text-classification"], labels=names,
-                         model_name=Path(s["OUT_DIR"]).name, eval_results=results)
+                         model_name=name, eval_results=results)
     ex, order = metrics["examples"], "shuffled with SEED" if s["SHUFFLE"] else "in file order"
     device = metrics["device"] if metrics["device"] != "cpu" else f"CPU ({cpu_name() or 'model unknown'})"
     processes = f" x {metrics['world_size']}" if metrics["world_size"] > 1 else ""
     shown = "undefined" if second[2] is None else f"{second[2]:.4f}"
     settings = ["MODEL_NAME", "MAX_LENGTH", "TRUNCATION", "HEAD_TOKENS", "EPOCHS", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
                 "LEARNING_RATE", "WARMUP_RATIO", "WEIGHT_DECAY", "LR_DECAY", "GRAD_CLIP", "PATIENCE", "SEED"]
-    table = lambda header, rows: "\n".join(
-        ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    row = lambda cells: "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"  # a | in a label
+    table = lambda header, rows: "\n".join([row(header), "|---" * len(header) + "|", *map(row, rows)])
     epochs = [(e["epoch"], *(f"{e[k]:.4f}" for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")),
                f"{e['seconds']:.1f}") for e in metrics["epochs"]]
     confusion = "" if multi else "Rows: the true class; columns: the predicted one.\n\n" + table(
-        ["true \\ predicted", *names], [(name, *row) for name, row in zip(names, test["confusion_matrix"], strict=True)])
-    body = f"""# {Path(s['OUT_DIR']).name}
+        ["true \\ predicted", *names], [(name, *counts) for name, counts in zip(names, test["confusion_matrix"], strict=True)]
+    ) if len(names) <= 20 else f"The confusion matrix of the {len(names)} classes is in the run's metrics.json."
+    body = f"""# {name}
 
 `{s['MODEL_NAME']}` fine-tuned for {'multi' if multi else 'single'}-label text classification ({', '.join(names)}) by
 `train_distilbert.py`.

@@ -214,9 +214,8 @@ def labelled(df, text_column, columns, label_names, name):
 
 
 def jsonl_frames(path, gzipped, name, rows=None):
-    """The objects of a JSONL file, one a line, as frames of up to rows (all in one without rows); a line that is no
-    JSON object, or holds a lone surrogate escape (no character), is a RecipeError naming it. Read with json, not
-    pandas, which drops some lone surrogates and names others by a byte position."""
+    """The objects of a JSONL file, one a line, as frames of up to rows (one without rows); a line that is no JSON
+    object, or holds a lone surrogate escape, is a RecipeError naming it (pandas drops some, names others by byte)."""
     records = []
     with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8") as f:
         for line, text in enumerate(f, 1):
@@ -262,9 +261,8 @@ def rows(mask):
 
 
 def merged(df, text_column, columns, sep, name):
-    """A stray double quote makes the parser read on to the next quote, so that one text swallows the rows after
-    it, their labels included: a line inside a text that ends with the separator and the row's label values (or,
-    for labels before the text, starts with them) is reported. Multi-line texts without that pattern load."""
+    """A stray double quote makes one text swallow the rows after it: a line inside a text that ends with the
+    separator and label values (or, labels first, starts with them) is reported; other multi-line texts load."""
     values = "|".join(map(re.escape, sorted({str(v).strip() for c in columns for v in df[c].dropna().unique()})))
     label = rf'"?\s*(?:{values})\s*"?'
     row_end = re.compile(rf'(?:{re.escape(sep)}{label}){{{len(columns)}}}\r?\n|\n(?:{label}{re.escape(sep)}){{{len(columns)}}}')

@@ -20,9 +20,8 @@ def batch_loss(logits, targets, threshold):
 
 @torch.inference_mode()
 def all_logits(model, forward, batches, collate, width, device, rank, world):
-    """forward(model, batch)'s float32 logits, in order, for batches of a contiguous range of examples (collate turns
-    indices into a batch), in eval mode and without gradients. Each process takes every world-th batch; the sum
-    over processes has each example's logits once."""
+    """forward(model, batch)'s float32 logits, in order, for batches of a contiguous range of examples (collate makes
+    a batch of indices), in eval mode without gradients; each process takes every world-th batch, summed after."""
     model.eval()
     first = min(int(b.min()) for b in batches)
     logits = torch.zeros(sum(map(len, batches)), width, device=device)

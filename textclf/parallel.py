@@ -4,6 +4,7 @@ import contextlib
 import io
 import math
 import os
+import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -70,17 +71,29 @@ def auto_precision(device):
     return choose_precision(device.type, cpu_bf16() if device.type == "cpu" else "")
 
 
-def run_precision(setting, device, recorded=None):
-    """(precision, why) of a run: PRECISION unless it is auto; auto resolves once, when the run begins, and a resumed
-    run keeps what it recorded then (recorded), also on a device that would choose otherwise."""
+def run_precision(setting, device, recorded=None, world=1):
+    """(precision, why) of a run: PRECISION unless it is auto; auto resolves once, when the run begins, alike on every
+    machine (same_everywhere()); a resumed run keeps what it recorded then, also where a device would choose otherwise."""
     if setting != "auto":
         return setting, "PRECISION"
     if recorded is None:
-        return auto_precision(device)
+        precision, why = auto_precision(device)
+        return same_everywhere(gathered((socket.gethostname(), precision), world)), why
     here, _ = auto_precision(device)
     return recorded, "PRECISION=auto when the run began" + ("" if here == recorded else
                                                              f"; {device.type} here would choose {here}, but a resumed "
                                                              f"run keeps its precision")
+
+
+def same_everywhere(choices):
+    """The precision that every process chose, from [(host, precision)] of each: machines that choose differently (an
+    A100 beside a V100: bf16 and fp16 with the scaler) would train their copies apart, so they are refused."""
+    hosts = {precision: sorted({h for h, p in choices if p == precision}) for _, precision in choices}
+    if len(hosts) > 1:
+        raise RecipeError("PRECISION=auto chooses differently on these machines' GPUs: " + "; ".join(
+            f"{precision} on {', '.join(names)}" for precision, names in sorted(hosts.items())) +
+            "; pass the same --precision to all (fp16 runs on every CUDA GPU), or use GPUs of one kind")
+    return choices[0][1]
 
 
 def autocast_for(device, precision):
@@ -103,14 +116,29 @@ def process_device(setting, local_rank, local_world, cuda_available):
     return setting
 
 
+TORCHRUN = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # it sets them all
+
+
+def torchrun_env():
+    """{RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE} of a torchrun worker (all of TORCHRUN set), else None."""
+    if not all(name in os.environ for name in TORCHRUN):
+        return None
+    return {name: int(os.environ[name]) for name in TORCHRUN[:4]}
+
+
 def start_processes(device_setting):
-    """(device, rank, world): under torchrun join the others (NCCL on CUDA, gloo on the CPU; each process on its own
-    GPU, process_device()). Only rank 0 prints to stdout. The timeout of a collective is TIMEOUT, so that the other
-    processes wait out a long first data preparation (a download, the token cache)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """(device, rank, world): under torchrun join the others (NCCL on each process's GPU, gloo on the CPU) with
+    TIMEOUT for a collective (the others wait out a first download and tokenization). Only rank 0 prints."""
+    given = [name for name in TORCHRUN if name in os.environ]
+    if given and len(given) < len(TORCHRUN):
+        raise RecipeError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} set but not "
+                          f"{', '.join(name for name in TORCHRUN if name not in given)}: a data-parallel run starts "
+                          f"with torchrun, which sets them all; unset {' '.join(given)} for one process")
+    env = torchrun_env()
+    world = env["WORLD_SIZE"] if env else 1
     if world == 1:
         return resolve_device(device_setting), 0, 1
-    local, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    local, local_world = env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]
     device = resolve_device(process_device(device_setting, local, local_world, torch.cuda.is_available()))
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -124,12 +152,12 @@ def start_processes(device_setting):
 
 def leader():
     """True in the process that prints and writes the results: the only one, or rank 0 under torchrun."""
-    return os.environ.get("RANK", "0") == "0"
+    return (env := torchrun_env()) is None or env["RANK"] == 0
 
 
 def local_leader():
     """True in the first process of each machine (LOCAL_RANK 0), which prepares that machine's data."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+    return (env := torchrun_env()) is None or env["LOCAL_RANK"] == 0
 
 
 class PeerFailed(RecipeError):
@@ -137,25 +165,33 @@ class PeerFailed(RecipeError):
 
 
 @contextlib.contextmanager
-def leader_first(world):
-    """The first process of each machine runs the block first (a download, a cache it writes), then the others on
-    it, which find its result: machines that share no filesystem each prepare their own DATA_DIR. Where the block
-    fails in a first process, every process stops: that one with its error, the others with PeerFailed."""
+def agreeing(world):
+    """The block in every process, then an agreement: where it failed in one (a folder or file on one machine, Ctrl-C)
+    all stop, that one with its error and the others with PeerFailed, instead of waiting in their next collective."""
     if world == 1:
         yield
         return
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    first = local_leader()
     try:
-        if first:
-            yield
+        yield
     except BaseException:
         agreed(True, device, world)  # the others wait for this agreement: they learn of the failure
         raise
     if agreed(False, device, world):
         raise PeerFailed("another process failed")
-    if not first:
-        yield
+
+
+@contextlib.contextmanager
+def leader_first(world):
+    """The first process of each machine runs the block (a download, a cache it writes), then the others, which find
+    its result (each machine prepares its own DATA_DIR); where it fails in any process, all stop (agreeing())."""
+    first = local_leader()
+    with agreeing(world):
+        if first:
+            yield
+    with agreeing(world):
+        if not first:
+            yield
 
 
 def share(batch, rank, world):
@@ -180,10 +216,13 @@ def all_sum(tensor, world):
 
 
 def agreed(flag, device, world):
-    """True in every process if flag is true in any: a signal can reach the processes at different steps."""
+    """The largest flag (a signal's number; False is 0) over the processes, in every one: a signal can reach them at
+    different steps, or one of them only."""
     if world == 1:
-        return bool(flag)
-    return bool(all_sum(torch.tensor([float(bool(flag))], device=device), world).item())
+        return int(flag)
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
 
 
 def broadcast_weights(model, world):

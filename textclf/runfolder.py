@@ -2,6 +2,7 @@
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -14,9 +15,11 @@ STALE = re.compile(r"\.(?P<name>.+)\.textclf-(?P<host>.+)-(?P<pid>\d+)\.(?P<kind
 
 
 def temporary(path, kind="tmp"):
-    """A hidden name beside path for this process alone, unmistakably this project's: .NAME.textclf-HOST-PID.tmp
-    (remove_stale() finds it after a kill; HOST, as machines may share a folder)."""
-    return path.with_name(f".{path.name}.textclf-{socket.gethostname()}-{os.getpid()}.{kind}")
+    """A hidden name beside path for this process alone, unmistakably this project's: .NAME.textclf-HOST-PID.tmp for
+    remove_stale() (HOST: machines may share a folder); NAME hashed where it would pass the 255-byte name limit."""
+    suffix = f".textclf-{socket.gethostname()}-{os.getpid()}.{kind}"
+    name = path.name if len(f".{path.name}{suffix}".encode()) <= 255 else hashlib.sha256(path.name.encode()).hexdigest()
+    return path.with_name(f".{name}{suffix}")
 
 
 def usable_folder(path, setting):

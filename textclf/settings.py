@@ -79,13 +79,14 @@ def is_url(name):
     return re.match(r"[a-z][a-z0-9+.-]+://", name, re.IGNORECASE) is not None
 
 
-def resolve_run(settings, given, checkpoint_path):
-    """(settings, checkpoint): with RESUME the checkpoint's settings, and those given must agree with them. Without,
-    an unfinished run is never overwritten. A local DATA_URL is made absolute, so that --resume works anywhere."""
+def resolve_run(settings, given, checkpoint_path, script=None):
+    """(settings, checkpoint): with RESUME the checkpoint's (a run of script), which those given must agree with; else an
+    unfinished run is never overwritten. Local DATA_URL and MODEL_NAME are made absolute (a moved one is named again)."""
     absolute = lambda url: url if is_url(url) else str(Path(url).expanduser().absolute())
-    settings = {**settings, "DATA_URL": absolute(settings["DATA_URL"])}
-    if "DATA_URL" in given:
-        given = {**given, "DATA_URL": settings["DATA_URL"]}
+    local = [name for name in ("DATA_URL", "MODEL_NAME") if name in settings and (
+        name == "DATA_URL" or Path(settings[name]).expanduser().is_dir())]
+    settings = {**settings, **{name: absolute(settings[name]) for name in local}}
+    given = {**given, **{name: settings[name] for name in local if name in given}}
     if not settings["RESUME"]:
         if checkpoint_path.exists():
             raise RecipeError(f"{checkpoint_path} holds an unfinished run; continue it with --resume, or choose "
@@ -99,9 +100,13 @@ def resolve_run(settings, given, checkpoint_path):
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
         raise RecipeError(f"{checkpoint_path} is damaged ({type(e).__name__}) and cannot be resumed; restore it, or "
                           f"delete it to start the run over") from None
+    if checkpoint.get("script", script) != script:
+        raise RecipeError(f"{checkpoint_path} is a run of {checkpoint['script']}, not of {script}; continue it with "
+                          f"python {checkpoint['script']} --out-dir {checkpoint_path.parent} --resume")
     saved = {**settings, **checkpoint["settings"], "RESUME": True, "OUT_DIR": settings["OUT_DIR"]}  # newer settings
-    if "DATA_URL" in given and not is_url(given["DATA_URL"]) and not is_url(saved["DATA_URL"]):
-        saved["DATA_URL"] = given["DATA_URL"]  # the file's new place: the run checks that it is the same file
+    for name in local:
+        if name in given and not is_url(given[name]) and not is_url(saved[name]) and Path(saved[name]).is_absolute():
+            saved[name] = given[name]  # the file's or folder's new place: a data file's checksum must match
     differ = [f"{name} ({value!r}, the run has {saved[name]!r})" for name, value in given.items()
               if name in saved and saved[name] != value]
     if differ:

@@ -7,9 +7,10 @@ import dataclasses
 import gc
 import json
 import math
-import os
 import shlex
+import shutil
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from .metrics import better, scores, shown
 from .parallel import (
     PeerFailed,
     agreed,
+    agreeing,
     all_sum,
     barrier,
     broadcast_weights,
@@ -35,6 +37,7 @@ from .parallel import (
     progress,
     share,
     start_processes,
+    torchrun_env,
 )
 from .runfolder import atomic_write, locked, remove_stale, usable_folder
 from .settings import RecipeError, check_settings, label_columns, parse_settings, resolve_run
@@ -44,7 +47,7 @@ def main(run, defaults, script, argv=None):
     """A script's command line: run(settings, given, held) with defaults overridden from argv, held lasting the run.
     A RecipeError is one line and exit 1; Ctrl-C or SIGTERM one line on how to resume, and exit 128 + the signal."""
     settings, given = parse_settings(sys.argv[1:] if argv is None else argv, defaults, script)
-    checkpoint = Path(settings["OUT_DIR"]) / "checkpoint.pt"
+    checkpoint, Run.script = Path(settings["OUT_DIR"]) / "checkpoint.pt", script and Path(script).name
     previous = {s: signal.signal(s, signals) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as held:
@@ -53,11 +56,11 @@ def main(run, defaults, script, argv=None):
         raise SystemExit(f"error: {e}" if local_leader() and not isinstance(e, PeerFailed) else 1) from None
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        torchrun = os.environ.get("WORLD_SIZE", "1") != "1"
+        torchrun = (torchrun_env() or {}).get("WORLD_SIZE", 1) > 1
         where = (f"the run is saved in {checkpoint}; continue it with: {'torchrun <its options>' if torchrun else 'python'}"
-                 f" {Path(script).name} --out-dir {shlex.quote(str(checkpoint.parent))} --resume"
-                 f"{' (torchrun reports the stop as a failure; the checkpoint is complete)' if torchrun else ''}"
-                 ) if checkpoint.exists() else "nothing to resume"
+                 f" {Path(script).name} --out-dir {shlex.quote(str(checkpoint.parent))} --resume" + torchrun * (
+                     " (machines that share no filesystem need a copy of it at that path first; torchrun reports the "
+                     "stop as a failure, the checkpoint is complete)")) if checkpoint.exists() else "nothing to resume"
         if leader():
             print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signum.name}): {where}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
@@ -72,20 +75,27 @@ def main(run, defaults, script, argv=None):
 class Run:
     """One run: settings s (the checkpoint's with --resume), device, rank, world (processes), data and state."""
 
+    script = None  # the file name of the script main() runs, recorded in checkpoints and metrics.json
+
     def __init__(self, settings, given, held, positive, check=lambda s, given: s):
-        """Settings checked (positive: names > 0; check: the script's own), processes started, OUT_DIR locked."""
-        self.out_dir = Path(settings["OUT_DIR"])
-        usable_folder(self.out_dir, "OUT_DIR (--out-dir)")
-        self.checkpoint_path = self.out_dir / "checkpoint.pt"
-        s, self.checkpoint = resolve_run(settings, given, self.checkpoint_path)
-        self.recorded = (self.checkpoint or {}).get("recorded", {})  # what a resumed run resolved when it began
-        check_settings(s, positive)
-        self.s = s = check(s, given)
-        usable_folder(s["DATA_DIR"], "DATA_DIR (--data-dir)")
-        self.device, self.rank, self.world = start_processes(s["DEVICE"])
-        if leader():
-            held.enter_context(locked(self.out_dir))  # a second run into OUT_DIR is refused while this one lasts
-            remove_stale(self.out_dir), remove_stale(s["DATA_DIR"])  # what killed runs left behind
+        """Processes started, then (agreeing(): a check that fails on one machine stops all) settings checked (positive:
+        names > 0; check: the script's own), OUT_DIR locked, what killed runs left removed."""
+        self.device, self.rank, self.world = start_processes(settings["DEVICE"])
+        with agreeing(self.world):
+            self.out_dir = Path(settings["OUT_DIR"])
+            usable_folder(self.out_dir, "OUT_DIR (--out-dir)")
+            self.checkpoint_path = self.out_dir / "checkpoint.pt"
+            s, self.checkpoint = resolve_run(settings, given, self.checkpoint_path, self.script)
+            self.recorded = (self.checkpoint or {}).get("recorded", {})  # what a resumed run resolved when it began
+            check_settings(s, positive)
+            self.s = s = check(s, given)
+            usable_folder(s["DATA_DIR"], "DATA_DIR (--data-dir)")
+            Board.check(s["TENSORBOARD"])  # before a download, not after
+            if leader():
+                held.enter_context(locked(self.out_dir))  # a second run into OUT_DIR is refused while this one lasts
+                remove_stale(self.out_dir), remove_stale(self.out_dir / "model")  # what killed runs left behind
+            if local_leader():
+                remove_stale(s["DATA_DIR"])  # each machine's own
         held.push(self.ended)
         print("settings: " + json.dumps(s))
 
@@ -95,6 +105,10 @@ class Run:
         with leader_first(self.world):
             path, rows, self.names = load_reviews(s["DATA_URL"], s["DATA_DIR"], s)
         self.data_sha256 = file_sha256(path)
+        if len(files := dict(gathered((self.data_sha256, socket.gethostname()), self.world))) > 1:
+            raise RecipeError(f"the machines read different data from {s['DATA_URL']}: " + "; ".join(
+                f"{host} a file of SHA-256 {sha[:12]}…" for sha, host in files.items()) + f"; give each machine the "
+                f"same file (delete {path} where it differs to download it again)")
         if self.checkpoint is not None and self.checkpoint["data_sha256"] != self.data_sha256:
             raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs): put the "
                               f"original back to resume, or start over without --resume in another --out-dir")
@@ -113,14 +127,23 @@ class Run:
         self.test_batches = [b + batch for batch in make_batches(self.lengths[b:], self.s["EVAL_BATCH_SIZE"])]
         return ids, offsets, self.labels
 
-    def resume(self, parts, **recorded):
-        """parts ({name: model, optimizer, ...}) and recorded (what the run resolved when it began, e.g. its precision)
-        go into every checkpoint; --resume restores them and each process's random state."""
+    def resume(self, parts, best, **recorded):
+        """parts ({name: model, optimizer, ...}) and recorded (what the run resolved when it began: its precision) go into
+        every checkpoint; --resume restores them and each process's random state, once best (the model's path) is found."""
         self.parts, self.recorded = parts, {**self.recorded, **recorded}
         self.state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
                       "stopped_early_at": None, "batch_losses": [], "correct": 0, "seconds": 0.0}
+        before = self.recorded.setdefault("world_sizes", [self.world])  # older checkpoints: not known
         if self.checkpoint is None:
             return
+        with agreeing(self.world):
+            if leader() and self.checkpoint["state"]["best_epoch"] is not None and not Path(best).exists():
+                raise RecipeError(f"the run's best model so far (epoch {self.checkpoint['state']['best_epoch']}), "
+                                  f"{best}, is missing: put it back to resume, or start over without --resume")
+        if before[-1] != self.world:
+            before.append(self.world)
+            print(f"resuming with {self.world} processes a run that had {before[-2]}: the result will differ slightly "
+                  f"from an uninterrupted run's (metrics.json's world_sizes records both)")
         for name, part in parts.items():
             part.load_state_dict(self.checkpoint[name])
         self.state = self.checkpoint["state"]
@@ -138,7 +161,8 @@ class Run:
         self.state.update(state)
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         rng = gathered({"torch": torch.get_rng_state(), "cuda": cuda}, self.world)
-        checkpoint = {"settings": self.s, "data_sha256": self.data_sha256, "state": self.state, "rng": rng,
+        checkpoint = {"settings": self.s, "script": self.script, "data_sha256": self.data_sha256, "state": self.state,
+                      "rng": rng,
                       "recorded": self.recorded, **{name: part.state_dict() for name, part in self.parts.items()}}
         if leader():
             atomic_write(self.checkpoint_path, lambda f: torch.save(checkpoint, f))
@@ -180,33 +204,33 @@ class Run:
         self.train_seconds = time.perf_counter() - self.epoch_start
 
     def record(self, batch, loss_sum, correct, grad_norm=None):
-        """A trained batch's summed loss and correct count (and at an optimizer step the gradient norm before
-        clipping): the epoch's sums; every LOG_EVERY batches the mean loss on the progress bar (not finite: the run
-        stops, diverged) and on TensorBoard with the learning rate, the gradient norm and reviews per second; after
-        an optimizer step, a stop request ends the run with a checkpoint, all processes after the same step."""
+        """A batch's summed loss and correct count (and the gradient norm before clipping, at a step) into the epoch's
+        sums; every LOG_EVERY batches all processes' mean loss on the bar (not finite: diverged) and on TensorBoard;
+        after an optimizer step, a stop request ends the run with a checkpoint, all processes after the same step."""
         s, i, n = self.s, batch.index, len(self.batch_losses)
         self.batch_losses[i], self.correct = loss_sum.detach() * batch.weight, self.correct + correct * batch.weight
         self.grad_norm = self.grad_norm if grad_norm is None else grad_norm
         if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == n:
-            examples = sum(len(part) * weight for part, weight in self.shares[:i + 1])  # 0 where all were stand-ins
-            loss = self.batch_losses[:i + 1].sum().item() / max(examples, 1)
-            if not math.isfinite(loss):
-                bad = int(torch.nonzero(~torch.isfinite(self.batch_losses[:i + 1]))[0])
-                raise self.diverged(f"at epoch {self.epoch}, batch {bad + 1}",
-                                    f"the loss is {self.batch_losses[bad].item()}")
+            examples = sum(self.sizes[:i + 1])  # all processes'
+            loss = all_sum(self.batch_losses[:i + 1].sum(), self.world).item() / max(examples, 1)
+            if not math.isfinite(loss):  # judged on all processes' losses: they stop together
+                losses = all_sum(self.batch_losses[:i + 1].clone(), self.world)
+                overflow = bool(losses.isfinite().all())  # each finite, their sum beyond float32
+                bad = int(losses.argmax() if overflow else torch.nonzero(~losses.isfinite())[0])
+                raise self.diverged(f"at epoch {self.epoch}, batch {bad + 1}", f"the loss is {losses[bad].item()}"
+                                    + " (its sum over the epoch overflows)" * overflow)
             self.bar.set_postfix(loss=f"{loss:.4f}")
             self.log(i)
-        if batch.ends_step and stop_check_due(i + 1, n, s["GRAD_ACCUM_STEPS"], s["LOG_EVERY"], self.world) and agreed(
-                signals.requested, self.device, self.world):  # all processes stop after this step
+        if batch.ends_step and stop_check_due(i + 1, n, s["GRAD_ACCUM_STEPS"], s["LOG_EVERY"], self.world) and (
+                signum := agreed(signals.requested, self.device, self.world)):  # all processes stop after this step
             losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
             self.save_checkpoint(epoch=self.epoch, batch=i + 1, batch_losses=losses[:i + 1].tolist(),
                                  correct=correct.item(), seconds=time.perf_counter() - self.epoch_start)
-            raise Interrupted(signals.requested)
+            raise Interrupted(signum)  # the signal one of them got
 
     def log(self, i):
-        """TensorBoard at batch i: the loss of this process's batches since the last log, the learning rate, the
-        last gradient norm, and the reviews per second of all processes (once a step: LOG_EVERY may be less than
-        GRAD_ACCUM_STEPS)."""
+        """TensorBoard at batch i, once a step: this process's loss since the last log, the learning rate, the last
+        gradient norm, and the reviews per second of all processes."""
         (since, first), step = self.window, self.step(self.epoch, i + 1)
         if self.board.writer is None or step == self.board.last_step:
             return
@@ -223,9 +247,8 @@ class Run:
         return (epoch - 1) * self.steps_per_epoch + math.ceil(batches_done / self.s["GRAD_ACCUM_STEPS"])
 
     def end_epoch(self, epoch, logits, save_best):
-        """The epoch's validation logits scored (not finite: the run stops, diverged) and printed beside its training
-        numbers; save_best(epoch) (rank 0) keeps a better epoch's model; then a checkpoint. PATIENCE epochs without a
-        better one end the run early (all processes alike: they share the scores); so does a stop request."""
+        """The epoch's validation scores (not finite: diverged) beside its training numbers; save_best(epoch) (rank 0)
+        keeps a better epoch's model; a checkpoint. PATIENCE epochs without a better one, or a stop request, end it."""
         s, state, a = self.s, self.state, self.n_train
         if not torch.isfinite(logits).all():  # a model that diverged is never kept
             raise self.diverged(f"after epoch {epoch}", "the validation logits are not finite")
@@ -251,8 +274,8 @@ class Run:
             print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} for "
                   f"{s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
         self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
-        if agreed(signals.requested, self.device, self.world):  # also after the last epoch: the test comes later
-            raise Interrupted(signals.requested or signal.SIGTERM)
+        if signum := agreed(signals.requested, self.device, self.world):  # also after the last epoch
+            raise Interrupted(signum)
 
     def ended(self, kind, error, traceback):
         """How the run ends (held's exit): stop requests no longer deferred; out of memory and an optimizer step
@@ -280,16 +303,19 @@ class Run:
                            f"{tip}. Nothing of this epoch was kept")
 
     def finish(self, load, model, evaluate, saved, card=None, **extra):
-        """The best epoch's model, reloaded by load() as a user would (rank 0; the other processes take its weights
-        into model: they may run on machines that cannot see its files), scored on the test split; then metrics.json
-        (settings, epochs, the best epoch's scores, time, hardware, extra) replaces the checkpoint, after card(metrics)
-        (rank 0) has written what the model folder says of itself."""
-        best, state, b = load() if leader() else model, self.state, self.n_train + self.n_valid
+        """The best epoch's model, reloaded by load() as a user would (rank 0; the others take its weights into model),
+        tested; then card(metrics) and metrics.json (rank 0) replace each machine's checkpoint and the other script's
+        model. A stop request during the test stops all processes after it."""
+        signals.deferred, state, b = True, self.state, self.n_train + self.n_valid
+        with agreeing(self.world):
+            best = load() if leader() else model
         broadcast_weights(best, self.world)
         test = scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
         train_seconds = sum(record["seconds"] for record in state["history"])
         cuda = self.device.type == "cuda"
         devices = gathered(torch.cuda.get_device_name(self.device) if cuda else str(self.device), self.world)
+        if signum := agreed(signals.requested, self.device, self.world):
+            raise Interrupted(signum)
         print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
               f"trained {train_seconds:.1f} s")
         metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi,
@@ -298,36 +324,40 @@ class Run:
                    "valid_accuracy": state["best_valid"]["accuracy"],
                    "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
                    "train_seconds": train_seconds, "device": devices[0], "devices": devices,
-                   "world_size": self.world, **extra, "parameters": sum(p.numel() for p in best.parameters()),
+                   "world_size": self.world, "world_sizes": self.recorded["world_sizes"], "script": self.script, **extra,
+                   "parameters": sum(p.numel() for p in best.parameters()),
                    "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None}
         final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_macro_f1": test.get("macro_f1"),
                  "test_macro_roc_auc": test.get("macro_roc_auc"), "valid_accuracy": state["best_valid"]["accuracy"]}
+        with agreeing(self.world):  # a full disk on rank 0 stops every process, each machine's checkpoint kept
+            if leader():
+                if card:
+                    card(metrics)
+                atomic_write(self.out_dir / "metrics.json",
+                             lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+                for other in {self.out_dir / "model", self.out_dir / "model.pt"} - {Path(saved)}:  # the other script's
+                    shutil.rmtree(other) if other.is_dir() else other.unlink(missing_ok=True)
+        if local_leader():  # model and metrics.json are what a complete run leaves, on every machine
+            self.checkpoint_path.unlink(missing_ok=True)
         self.board.scalars({f"test/{k[5:]}": v for k, v in final.items() if k.startswith("test_")},
-                           self.step(len(state["history"]) + 1, 0))
+                           self.step(len(state["history"]) + 1, 0))  # after metrics.json: a resumed run writes once
         self.board.end(self.s, final)
-        if leader():
-            if card:
-                card(metrics)
-            atomic_write(self.out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
-            self.checkpoint_path.unlink()  # model and metrics.json are what a complete run leaves
         print(f"wrote {self.out_dir / 'metrics.json'} and {saved}")
         barrier(self.world)  # no process tears down its connections while another still uses them
         return metrics
 
 
 def own_random_state(saved, rank):
-    """This process's random state from a checkpoint's: its own, or rank 0's where the run had fewer processes.
-    Checkpoints from before per-process states hold rank 0's CPU state and every GPU's state of its machine, which
-    need not exist here: the CPU state alone."""
+    """This process's random state from a checkpoint's: its own, or rank 0's where the run had fewer processes; of a
+    checkpoint from before per-process states, rank 0's CPU state alone (its GPUs need not exist here)."""
     if isinstance(saved, dict):
         return {"torch": saved["torch"], "cuda": None}
     return saved[rank] if rank < len(saved) else saved[0]
 
 
 def stop_check_due(batches_done, batches, accum, every, world):
-    """Whether the processes agree on a stop request after this optimizer step: one process checks every step (for
-    free); several check every `every` steps and at the epoch's end, as agreeing waits for the GPU (all stop after
-    the same step either way)."""
+    """Whether the processes agree on a stop request after this optimizer step: one process every step (for free),
+    several every `every` steps and at the epoch's end (agreeing waits for the GPU)."""
     step, last = -(-batches_done // accum), batches_done == batches
     return world == 1 or last or step % every == 0
 
@@ -351,9 +381,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Signals:
-    """Ctrl-C and SIGTERM stop at once, also where the shell ignored SIGINT (a background job). While Run.epochs()
-    defers them, the first only sets .requested (a preempted machine): training stops after the optimizer step with a
-    checkpoint. A second one stops at once."""
+    """Ctrl-C and SIGTERM stop at once, also where the shell ignored SIGINT. Deferred (training, the test), the first
+    only sets .requested (a preempted machine): the run stops at a checkpoint. A second one stops at once."""
     deferred = requested = False
 
     def __call__(self, signum, frame):
