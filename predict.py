@@ -141,9 +141,9 @@ def read_chunks(texts, input_path, text_column):
                 sys.stdin.reconfigure(errors="surrogateescape")
             lines = (line.rstrip("\r\n") for line in sys.stdin if line.strip())  # a blank line holds no text
             while chunk := list(itertools.islice(lines, CHUNK)):
-                yield pd.DataFrame({text_column: chunk})
+                yield pd.DataFrame({text_column: chunk}, dtype=object)  # texts not UTF-8 reach predict()
         else:
-            yield pd.DataFrame({text_column: texts})
+            yield pd.DataFrame({text_column: texts}, dtype=object)
         return
     path = Path(input_path)
     if not path.is_file():
@@ -151,7 +151,7 @@ def read_chunks(texts, input_path, text_column):
     kind = file_format(path, "--input")
     try:
         reader = jsonl_frames(path, path.suffix == ".gz", f"--input {path}", CHUNK) if kind == ".jsonl" else \
-            pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: str},
+            pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: object},
                         keep_default_na=False)
         for frame in reader:
             if text_column not in frame.columns:
@@ -176,20 +176,21 @@ def predict(run, chunks, text_column, batch_size, write):
     `labels`, the names over the threshold joined by commas, and a score_NAME column per label)."""
     done = 0
     for chunk_number, frame in enumerate(chunks):
-        texts = frame[text_column]
-        empty = texts.isna() | texts.astype(str).str.strip().eq("")
+        # Python strings, checked in Python: pandas 3 with pyarrow stores Arrow strings, which hold no surrogates
+        texts = [None if pd.isna(text) else str(text) for text in frame[text_column]]
+        empty = np.array([text is None or not text.strip() for text in texts])
         if empty.any():
             rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
             raise RecipeError(f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
                               f"(0-based, header not counted); every text needs at least one word")
-        surrogate = texts.astype(str).str.contains(SURROGATE)  # how Python keeps bytes that are not UTF-8
-        if surrogate.any():
-            row = int(np.flatnonzero(surrogate)[0])
-            byte = ord(SURROGATE.search(str(texts.iloc[row])).group()) - 0xDC00
+        surrogate = [SURROGATE.search(text) for text in texts]  # how Python keeps bytes that are not UTF-8
+        if any(surrogate):
+            row = next(i for i, found in enumerate(surrogate) if found)
+            byte = ord(surrogate[row].group()) - 0xDC00
             what = f"the byte {byte:#04x}" if 0x80 <= byte <= 0xFF else "a lone surrogate escape"
             raise RecipeError(f"the text in row {done + row} (0-based, header not counted) is not UTF-8: it holds "
                               f"{what}; convert the input to UTF-8, e.g. iconv -f latin1 -t utf-8")
-        logits = run.logits(texts.astype(str).tolist(), batch_size)
+        logits = run.logits(texts, batch_size)
         if run.threshold is None:
             scores, best = logits.softmax(-1).max(-1)
             frame = frame.assign(label=[run.labels[i] for i in best.tolist()], score=scores.numpy())
