@@ -272,10 +272,10 @@ def ready(model, tokenizer, s):
         raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
                           f"{min(table - reserved, own)} tokens ({why})")
     tokenizer.model_max_length = s["MAX_LENGTH"]  # saved with the model: pipeline(truncation=True) cuts there
-    if s["GRADIENT_CHECKPOINTING"] and not model.supports_gradient_checkpointing:
-        raise RecipeError(f"{type(model).__name__} does not support gradient checkpointing in transformers; use "
-                          f"--gradient-checkpointing false (and a smaller --batch-size with --grad-accum-steps)")
-    if s["GRADIENT_CHECKPOINTING"]:  # non-reentrant: works under DDP and keeps dropout's draws; older transformers:
+    if s["GRADIENT_CHECKPOINTING"]:  # non-reentrant: works under DDP and keeps dropout's draws
+        if not model.supports_gradient_checkpointing:
+            raise RecipeError(f"{type(model).__name__} does not support gradient checkpointing in transformers; use "
+                              f"--gradient-checkpointing false (and a smaller --batch-size with --grad-accum-steps)")
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)({"use_reentrant": False})
 
 

@@ -14,21 +14,22 @@ class Board:
         self.writer, self.last_step, self.folder = None, None, folder
         if on and leader:
             from torch.utils.tensorboard import SummaryWriter
-            self.write(lambda: setattr(self, "writer", SummaryWriter(folder, purge_step=step + 1 if step else None)))
+            self.writer = self.write(SummaryWriter, folder, purge_step=step + 1 if step else None)
 
     @staticmethod
     def check(on):
         """In every process, before the data: a missing package stops them all alike, at once."""
         try:
-            on and __import__("torch.utils.tensorboard")
+            if on:
+                import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise RecipeError("TENSORBOARD needs the tensorboard package: pip install tensorboard, or pass "
                               "--tensorboard false") from None
 
-    def write(self, action):
-        """action(), or where it cannot write, one line and no more curves."""
+    def write(self, action, *args, **kwargs):
+        """action(*args, **kwargs)'s result, or where it cannot write, one line, None and no more curves."""
         try:
-            action()
+            return action(*args, **kwargs)
         except OSError as e:
             self.writer = None
             print(f"TensorBoard: could not write {self.folder} ({e.strerror or e}); the run goes on without its "
@@ -38,7 +39,7 @@ class Board:
         """{tag: number} at step; None values (an undefined ROC AUC) are left out."""
         for tag, value in values.items():
             if value is not None and self.writer:
-                self.write(lambda: self.writer.add_scalar(tag, value, step))  # noqa: B023 (called at once)
+                self.write(self.writer.add_scalar, tag, value, step)
 
     def learning_rates(self, groups, step):
         """The optimizer's learning rate, or with layer-wise rates (LR_DECAY) the top and the bottom one."""
@@ -50,8 +51,8 @@ class Board:
         """The run's settings as hyperparameters beside its final scores; then the files are closed."""
         if self.writer:
             hyper = {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool))}
-            self.write(lambda: self.writer.add_hparams(hyper, {f"hparam/{k}": v for k, v in scores.items()
-                                                              if v is not None}, run_name="."))
+            self.write(self.writer.add_hparams, hyper, {f"hparam/{k}": v for k, v in scores.items() if v is not None},
+                       run_name=".")
         self.close()
 
     def close(self):

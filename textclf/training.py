@@ -162,8 +162,8 @@ class Run:
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         rng = gathered({"torch": torch.get_rng_state(), "cuda": cuda}, self.world)
         checkpoint = {"settings": self.s, "script": self.script, "data_sha256": self.data_sha256, "state": self.state,
-                      "rng": rng,
-                      "recorded": self.recorded, **{name: part.state_dict() for name, part in self.parts.items()}}
+                      "rng": rng, "recorded": self.recorded,
+                      **{name: part.state_dict() for name, part in self.parts.items()}}
         if leader():
             atomic_write(self.checkpoint_path, lambda f: torch.save(checkpoint, f))
 
@@ -211,10 +211,9 @@ class Run:
         self.batch_losses[i], self.correct = loss_sum.detach() * batch.weight, self.correct + correct * batch.weight
         self.grad_norm = self.grad_norm if grad_norm is None else grad_norm
         if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == n:
-            examples = sum(self.sizes[:i + 1])  # all processes'
-            loss = all_sum(self.batch_losses[:i + 1].sum(), self.world).item() / max(examples, 1)
-            if not math.isfinite(loss):  # judged on all processes' losses: they stop together
-                losses = all_sum(self.batch_losses[:i + 1].clone(), self.world)
+            losses = all_sum(self.batch_losses[:i + 1].clone(), self.world)  # all processes': they stop together
+            loss = losses.sum().item() / max(sum(self.sizes[:i + 1]), 1)
+            if not math.isfinite(loss):
                 overflow = bool(losses.isfinite().all())  # each finite, their sum beyond float32
                 bad = int(losses.argmax() if overflow else torch.nonzero(~losses.isfinite())[0])
                 raise self.diverged(f"at epoch {self.epoch}, batch {bad + 1}", f"the loss is {losses[bad].item()}"
