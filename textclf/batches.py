@@ -13,8 +13,7 @@ def flat_token_ids(pieces):
 
 
 def make_batches(lengths, batch_size, generator=None, grouped=True):
-    """Batches of example indices, every example once. Without a generator (evaluation) longest first; with one, a
-    shuffle, and if grouped, each chunk of 64 batches sorted by length before it is cut, then the batches shuffled."""
+    """Batches of example indices, each once: longest first (no generator), else shuffled, grouped by length in 64s."""
     lengths = np.asarray(lengths)
     if generator is None:
         order = np.argsort(-lengths, kind="stable")

@@ -7,8 +7,7 @@ from .settings import RecipeError
 
 
 class Board:
-    """A SummaryWriter in rank 0 when on (TENSORBOARD). x is the optimizer step; a resumed run purges what came after
-    its checkpoint's. Curves that cannot be written (no folder, a full disk) end in one line; the run goes on."""
+    """A SummaryWriter in rank 0 (TENSORBOARD), x the optimizer step; a write failure is one line, the run goes on."""
 
     def __init__(self, folder, step, on, leader):
         self.writer, self.last_step, self.folder = None, None, folder

@@ -9,8 +9,7 @@ from .parallel import all_sum, progress
 
 
 def batch_loss(logits, targets, threshold):
-    """Summed loss and correct count of a batch: cross-entropy and accuracy (single-label), or binary cross-entropy
-    averaged over labels and exact match at threshold (multi-label)."""
+    """Summed loss and correct count of a batch: cross-entropy and accuracy, or (multi-label) BCE and exact match."""
     logits = logits.float()
     if targets.ndim == 1:
         return F.cross_entropy(logits, targets, reduction="sum"), (logits.argmax(-1) == targets).sum()
@@ -20,8 +19,7 @@ def batch_loss(logits, targets, threshold):
 
 @torch.inference_mode()
 def all_logits(model, forward, batches, collate, width, device, rank, world):
-    """forward(model, batch)'s float32 logits, in order, for batches of a contiguous range of examples (collate makes
-    a batch of indices), in eval mode without gradients; each process takes every world-th batch, summed after."""
+    """forward(model, batch)'s float32 logits in order, without gradients; each process takes every world-th batch."""
     model.eval()
     first = min(int(b.min()) for b in batches)
     logits = torch.zeros(sum(map(len, batches)), width, device=device)

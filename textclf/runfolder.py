@@ -15,8 +15,7 @@ STALE = re.compile(r"\.(?P<name>.+)\.textclf-(?P<host>.+)-(?P<pid>\d+)\.(?P<kind
 
 
 def temporary(path, kind="tmp"):
-    """A hidden name beside path for this process alone, unmistakably this project's: .NAME.textclf-HOST-PID.tmp for
-    remove_stale() (HOST: machines may share a folder); NAME hashed where it would pass the 255-byte name limit."""
+    """A hidden name beside path for this process: .NAME.textclf-HOST-PID.tmp (NAME hashed past 255 bytes)."""
     suffix = f".textclf-{socket.gethostname()}-{os.getpid()}.{kind}"
     name = path.name if len(f".{path.name}{suffix}".encode()) <= 255 else hashlib.sha256(path.name.encode()).hexdigest()
     return path.with_name(f".{name}{suffix}")
@@ -43,8 +42,7 @@ def write_error(path, e, needed=None):
 
 
 def atomic_write(path, write, stale=None):
-    """write(f) into a temporary file beside path, then renamed to path: a failed write (RecipeError) or an interruption
-    leaves the earlier file as it was. The file stale (results about the file replaced) is deleted just before."""
+    """write(f) into a temporary file, then renamed to path: a failure leaves the earlier file; stale deleted before."""
     path = Path(path)
     tmp = temporary(path)
     try:
@@ -66,9 +64,8 @@ def atomic_write(path, write, stale=None):
 
 
 def remove_stale(folder):
-    """What this project's killed processes on this machine left in folder (temporary() names whose process is gone)
-    removed; an .old folder goes back to NAME if that is missing (a kill between the two renames that swap in a new
-    folder). Nothing else is touched: not another machine's, not a live process's, not a file of another name."""
+    """What this project's killed processes on this machine left in folder (temporary() names of a gone process) removed;
+    an .old folder goes back to NAME where that is missing (a kill between the renames that swap in a new folder)."""
     for stale in sorted(Path(folder).glob(".*.textclf-*")):
         match = STALE.fullmatch(stale.name)
         if not match or match["host"] != socket.gethostname() or int(match["pid"]) == os.getpid() or alive(
@@ -96,8 +93,7 @@ def alive(pid):
 
 @contextlib.contextmanager
 def locked(folder):
-    """Hold folder for one run; a second is refused. The lock ends with the process, however it ends. A folder made
-    here and still empty at the end (the run failed before it wrote anything) is removed."""
+    """Hold folder for one run (a second is refused) while the process lives; at the end removed if made and empty."""
     folder = Path(folder)
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
