@@ -2,13 +2,14 @@
 
     python predict.py runs/distilbert "A wonderful, moving film." "Two hours I will never get back."
     python predict.py runs/lstm --input new_reviews.csv --text-column review --output predictions.csv
+    python predict.py runs/distilbert --input test.parquet --text-column text --output predictions.parquet
     cat reviews.txt | python predict.py runs/distilbert -          # one text per line from standard input
 
 RUN_DIR is the OUT_DIR of a finished run of either script; what it holds tells which (model/ or model.pt).
 Texts go through that script's own cleaning, tokenizer and truncation, in length-sorted batches as its
 evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
 per text, or with --output writes the input rows plus `label` and `score` columns (.csv, .tsv or .jsonl,
-optionally .gz), atomically. A multi-label run gives `labels` (those over its THRESHOLD, comma-separated) and a
+optionally .gz, or .parquet), atomically. A multi-label run gives `labels` (those over its THRESHOLD, comma-separated) and a
 `score_NAME` column per label instead. Large files and standard input stream in chunks of 10,000 rows, and
 every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in bf16 where
 training's PRECISION=auto would (CUDA, and CPUs with native bf16); --precision fp32 turns that off.
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow
+import pyarrow.parquet
 import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -123,10 +126,11 @@ def damaged(error):
 
 
 def file_format(path, option):
-    """.csv, .tsv or .jsonl, from the file's name (data.csv.gz is .csv, gzipped)."""
+    """.csv, .tsv, .jsonl or .parquet, from the file's name (data.csv.gz is .csv, gzipped)."""
     kind = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
-    if kind not in (".csv", ".tsv", ".jsonl"):
-        raise RecipeError(f"{option} {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz)")
+    if kind not in (".csv", ".tsv", ".jsonl", ".parquet"):
+        raise RecipeError(f"{option} {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz), "
+                          f"or .parquet")
     return kind
 
 
@@ -150,8 +154,9 @@ def read_chunks(texts, input_path, text_column):
         raise RecipeError(f"--input {path} {'is a folder; give a file' if path.is_dir() else 'does not exist'}")
     kind = file_format(path, "--input")
     try:
-        reader = jsonl_frames(path, path.suffix == ".gz", f"--input {path}", CHUNK) if kind == ".jsonl" else \
-            pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: object},
+        reader = jsonl_frames(path, path.suffix == ".gz", f"--input {path}", CHUNK) if kind == ".jsonl" else (
+            batch.to_pandas() for batch in pyarrow.parquet.ParquetFile(path).iter_batches(CHUNK)) if kind == ".parquet" \
+            else pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: object},
                         keep_default_na=False)
         for frame in reader:
             if text_column not in frame.columns:
@@ -165,7 +170,13 @@ def read_chunks(texts, input_path, text_column):
 
 
 def write_frame(frame, f, kind, first):
-    if kind == ".jsonl":
+    if kind == ".parquet":  # f: a ParquetWriter, made for the first chunk's columns
+        try:
+            f.write_table(pyarrow.Table.from_pandas(frame, schema=f.schema, preserve_index=False))
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as e:
+            raise RecipeError(f"--output: a column changes its type after the first {CHUNK:,} rows, which one Parquet "
+                              f"file cannot hold ({e}); write .csv or .jsonl instead") from None
+    elif kind == ".jsonl":
         f.write(frame.to_json(orient="records", lines=True, force_ascii=False))
     else:
         frame.to_csv(f, sep="\t" if kind == ".tsv" else ",", header=first, index=False)
@@ -208,10 +219,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="OUT_DIR of a finished run of either training script")
     parser.add_argument("texts", nargs="*", help="texts to classify, or - for one text per line on standard input")
-    parser.add_argument("--input", help="a .csv, .tsv or .jsonl file (optionally .gz) with a text column")
+    parser.add_argument("--input", help="a .csv, .tsv or .jsonl file (optionally .gz), or .parquet, with a text column")
     parser.add_argument("--text-column", help="the column of --input that holds the texts (default: the run's "
                                               "TEXT_COLUMN)")
-    parser.add_argument("--output", help="write the input rows plus label and score here (.csv, .tsv, .jsonl)")
+    parser.add_argument("--output", help="write the input rows plus label and score here (.csv, .tsv, .jsonl, "
+                                         ".parquet)")
     parser.add_argument("--batch-size", type=int, help="texts per forward pass (default: the run's EVAL_BATCH_SIZE)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
@@ -248,9 +260,22 @@ def main(argv=None):
         kind = file_format(output, "--output")
 
         def write_all(binary):
-            with (gzip.open(binary, "wt", newline="", encoding="utf-8") if output.suffix == ".gz"
-                  else io.TextIOWrapper(binary, newline="", encoding="utf-8")) as f:
-                count = predict(run, chunks, column, batch_size, lambda frame, first: write_frame(frame, f, kind, first))
+            if kind == ".parquet":
+                writer = None
+
+                def write(frame, first):
+                    nonlocal writer
+                    writer = writer or pyarrow.parquet.ParquetWriter(binary, pyarrow.Schema.from_pandas(
+                        frame, preserve_index=False))
+                    write_frame(frame, writer, kind, first)
+                count = predict(run, chunks, column, batch_size, write)
+                if writer:
+                    writer.close()
+            else:
+                with (gzip.open(binary, "wt", newline="", encoding="utf-8") if output.suffix == ".gz"
+                      else io.TextIOWrapper(binary, newline="", encoding="utf-8")) as f:
+                    count = predict(run, chunks, column, batch_size,
+                                    lambda frame, first: write_frame(frame, f, kind, first))
             print(f"wrote {count:,} predictions to {output}", file=sys.stderr)
 
         atomic_write(output, write_all)

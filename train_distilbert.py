@@ -5,8 +5,8 @@ reviews (or your own texts) with a plain PyTorch training loop.
     python train_distilbert.py --epochs 1 --max-length 128 --train-size 2000   # a quick run
     python train_distilbert.py --model-name /path/to/model --data-url /path/to/movie_data.csv.gz
     python train_distilbert.py --model-name answerdotai/ModernBERT-base --learning-rate 3e-5   # another checkpoint
-    python train_distilbert.py --data-url tickets.csv --text-column body --label-columns queue --shuffle true
-                               --train-size 0.8 --valid-size 0.1 --test-size 0.1   # your own data, e.g. 12 classes
+    python train_distilbert.py --data-url train.csv --test-url test.csv --text-column body --label-columns queue
+                               --shuffle true   # your own data and its test file (README: Your own data)
     python train_distilbert.py --out-dir runs/distilbert --resume          # continue an interrupted run
     torchrun --standalone --nproc_per_node=8 train_distilbert.py         # data-parallel on 8 GPUs, the same recipe
 
@@ -43,16 +43,18 @@ from textclf.training import main as run_main
 
 # ----------------------------------------------------------------------------------------------- settings
 # data
-DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # URL or local path: .csv .tsv .jsonl (.gz), aclImdb .tar.gz
+DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # URL (also hf://datasets/OWNER/NAME/FILE) or path: .csv .tsv .jsonl (.gz) .parquet, aclImdb .tar.gz
+VALID_URL = ""  # a validation file of its own (as DATA_URL); "" = VALID_SIZE rows of DATA_URL
+TEST_URL = ""  # a test file of its own, e.g. a dataset's official test split; "" = TEST_SIZE rows of DATA_URL
 DATA_DIR = "data"  # download cache and token-id cache
 TEXT_COLUMN = "review"  # the column that holds the texts
 LABEL_COLUMNS = "sentiment"  # one column: single-label, 2 or more classes; several, comma-separated: multi-label, 0/1 each
 LABEL_NAMES = "negative,positive"  # names of integer labels 0, 1, ...; word labels name themselves
 THRESHOLD = 0.5  # multi-label: a label is predicted where its sigmoid probability is over this
 SHUFFLE = False  # False = split in file order (the recipe); True = permute the rows with SEED first
-TRAIN_SIZE = 35_000  # the first rows of the file (or a fraction of them, e.g. 0.8)
-VALID_SIZE = 5_000  # the next rows: choose the best epoch
-TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
+TRAIN_SIZE = 35_000  # the first rows of DATA_URL (or a fraction, e.g. 0.8); not given beside VALID_URL/TEST_URL: the rest
+VALID_SIZE = 5_000  # the next rows: choose the best epoch (not given beside TEST_URL: a tenth; of VALID_URL: all unless given)
+TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch (not given beside VALID_URL: a tenth; of TEST_URL: all unless given)
 # model
 MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, weights and tokenizer (README: Which checkpoint)
 MAX_LENGTH = 512  # tokens per review, longer ones are truncated
@@ -166,9 +168,8 @@ def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1):
 
 
 def save_model(model, tokenizer, path, stale):
-    """save_pretrained into a fresh folder, then swap it in: the old folder stays until the new one is whole.
-    A failed write (full disk) leaves the old model; a kill between the renames is undone by remove_stale().
-    The file stale (an earlier run's results) is deleted once the new model is whole."""
+    """save_pretrained into a fresh folder, then swapped in: a failed write (full disk) leaves the old model, a kill
+    between the renames is undone by remove_stale(); the file stale (earlier results) is deleted once it is whole."""
     tmp, old = temporary(path), temporary(path, "old")
     try:
         model.save_pretrained(tmp)

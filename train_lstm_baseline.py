@@ -4,6 +4,7 @@
     python train_lstm_baseline.py --epochs 2 --train-size 5000  # a quick run
     python train_lstm_baseline.py --patience 3                  # stop when validation accuracy stalls for 3 epochs
     python train_lstm_baseline.py --data-url /path/to/movie_data.csv.gz
+    python train_lstm_baseline.py --data-url train.parquet --test-url test.parquet --text-column text --label-columns label
     python train_lstm_baseline.py --data-url comments.jsonl --text-column comment_text --label-columns toxic,insult
                                   --shuffle true --train-size 0.8 --valid-size 0.1 --test-size 0.1  # multi-label
     python train_lstm_baseline.py --out-dir runs/lstm --resume  # continue an interrupted run
@@ -34,16 +35,18 @@ from textclf.training import main as run_main
 
 # ----------------------------------------------------------------------------------------------- settings
 # data
-DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # URL or local path: .csv .tsv .jsonl (.gz), aclImdb .tar.gz
+DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # URL (also hf://datasets/OWNER/NAME/FILE) or path: .csv .tsv .jsonl (.gz) .parquet, aclImdb .tar.gz
+VALID_URL = ""  # a validation file of its own (as DATA_URL); "" = VALID_SIZE rows of DATA_URL
+TEST_URL = ""  # a test file of its own, e.g. a dataset's official test split; "" = TEST_SIZE rows of DATA_URL
 DATA_DIR = "data"  # download cache
 TEXT_COLUMN = "review"  # the column that holds the texts
 LABEL_COLUMNS = "sentiment"  # one column: single-label, 2 or more classes; several, comma-separated: multi-label, 0/1 each
 LABEL_NAMES = "negative,positive"  # names of integer labels 0, 1, ...; word labels name themselves
 THRESHOLD = 0.5  # multi-label: a label is predicted where its sigmoid probability is over this
 SHUFFLE = False  # False = split in file order (the recipe); True = permute the rows with SEED first
-TRAIN_SIZE = 35_000  # the first rows of the file (or a fraction, e.g. 0.8); the vocabulary comes from these alone
-VALID_SIZE = 5_000  # the next rows: choose the best epoch
-TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch
+TRAIN_SIZE = 35_000  # the first rows of DATA_URL (or a fraction, e.g. 0.8); not given beside VALID_URL/TEST_URL: the rest; the vocabulary's source
+VALID_SIZE = 5_000  # the next rows: choose the best epoch (not given beside TEST_URL: a tenth; of VALID_URL: all unless given)
+TEST_SIZE = 10_000  # the next rows: reported once, for the best epoch (not given beside VALID_URL: a tenth; of TEST_URL: all unless given)
 # model
 VOCAB_SIZE = 20_000  # most frequent training tokens, <pad> and <unk> included
 MAX_LENGTH = 4096  # tokens per text, longer ones keep their first (bounds memory); IMDb's longest has 2,535

@@ -192,7 +192,8 @@ def main():
     args.precision = args.precision or (auto_precision(torch.device(args.device))[0] if args.device.startswith("cuda")
                                         else "fp32")
     reviews, _ = read_reviews(args.data, None, td.DEFAULTS)
-    train, _, test = split(reviews, args.train_size, args.valid_size, args.test_size)
+    train, _, test = split(reviews, {"TRAIN_SIZE": args.train_size, "VALID_SIZE": args.valid_size,
+                                     "TEST_SIZE": args.test_size})
     tokenizer = AutoTokenizer.from_pretrained(args.model_name, trust_remote_code=False)
     tokens = td.tokenize(train["text"].tolist(), tokenizer, args.max_length)  # ids and offsets, head-truncated
     lengths = (tokens[1][1:] - tokens[1][:-1]).numpy()

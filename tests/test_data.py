@@ -17,11 +17,11 @@ IMDB = train_distilbert.DEFAULTS  # TEXT_COLUMN review, LABEL_COLUMNS sentiment,
 
 def test_split_takes_rows_in_file_order():
     df = pd.DataFrame({"review": [f"review {i}" for i in range(50_000)], "sentiment": np.arange(50_000) % 2})
-    train, valid, test = split(df, 35_000, 5_000, 10_000)
+    train, valid, test = split(df, {"TRAIN_SIZE": 35_000, "VALID_SIZE": 5_000, "TEST_SIZE": 10_000})
     assert list(train.index) == list(range(35_000))
     assert list(valid.index) == list(range(35_000, 40_000))
     assert list(test.index) == list(range(40_000, 50_000))
-    train, valid, test = split(df, 2_000, 500, 300)
+    train, valid, test = split(df, {"TRAIN_SIZE": 2_000, "VALID_SIZE": 500, "TEST_SIZE": 300})
     assert (train.index[0], train.index[-1], len(train)) == (0, 1_999, 2_000)
     assert (valid.index[0], valid.index[-1], len(valid)) == (2_000, 2_499, 500)
     assert (test.index[0], test.index[-1], len(test)) == (2_500, 2_799, 300)
@@ -30,7 +30,7 @@ def test_split_takes_rows_in_file_order():
 def test_split_asking_for_too_many_rows_is_a_clear_error():
     df = make_reviews(100)
     with pytest.raises(RecipeError, match=r"needs 101 rows .* the file has 100; lower --train-size"):
-        split(df, 60, 20, 21)
+        split(df, {"TRAIN_SIZE": 60, "VALID_SIZE": 20, "TEST_SIZE": 21})
 
 
 def test_a_local_path_that_is_no_file_names_both_forms(tmp_path):

@@ -121,13 +121,14 @@ def test_fractions_shuffle_and_the_command_line(tmp_path):
     assert (settings["TRAIN_SIZE"], settings["VALID_SIZE"], settings["TEST_SIZE"]) == (0.8, 0.1, 10)
     assert isinstance(settings["TEST_SIZE"], int)
     df = pd.DataFrame({"text": [str(i) for i in range(100)], "label": [i % 2 for i in range(100)]})
-    train, valid, test = split(df, 0.8, 0.1, 0.1)
+    train, valid, test = split(df, {"TRAIN_SIZE": 0.8, "VALID_SIZE": 0.1, "TEST_SIZE": 0.1})
     assert (len(train), len(valid), len(test)) == (80, 10, 10) and train["text"].tolist() == df["text"][:80].tolist()
-    shuffled = split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4)
+    shuffled = split(df, {"TRAIN_SIZE": 0.8, "VALID_SIZE": 0.1, "TEST_SIZE": 0.1}, shuffle=True, seed=4)
     assert shuffled[0]["text"].tolist() != train["text"].tolist()
     assert sorted(pd.concat(shuffled)["text"], key=int) == df["text"].tolist()  # a permutation of all rows
-    assert all(a.equals(b) for a, b in zip(shuffled, split(df, 0.8, 0.1, 0.1, shuffle=True, seed=4), strict=True))
-    assert [len(part) for part in split(df, 0.5, 20, 0.3)] == [50, 20, 30]
+    sizes = {"TRAIN_SIZE": 0.8, "VALID_SIZE": 0.1, "TEST_SIZE": 0.1}
+    assert all(a.equals(b) for a, b in zip(shuffled, split(df, sizes, shuffle=True, seed=4), strict=True))
+    assert [len(part) for part in split(df, {"TRAIN_SIZE": 0.5, "VALID_SIZE": 20, "TEST_SIZE": 0.3})] == [50, 20, 30]
 
 
 def test_integer_labels_take_their_names_from_label_names(tmp_path):
@@ -235,8 +236,10 @@ BAD = {
                                                 "bad from --label-columns, or give more rows")]),
     "empty text": (make_topics(60).assign(body=lambda d: d["body"].where(d.index != 4, " ")),
                    {"text_column": "body", "label_columns": "topic"}, ["empty or missing body in row 4 (0-based"]),
-    "fractions over 1": (make_topics(60), {"train_size": 0.8, "valid_size": 0.2, "test_size": 0.1},
-                         ["the split fractions add up to more than 1"]),
+    "fractions over 1": (make_topics(60), {"text_column": "body", "label_columns": "topic", "train_size": 0.8,
+                                           "valid_size": 0.2, "test_size": 0.1},
+                         [("the split needs 66 rows (TRAIN_SIZE 48 + VALID_SIZE 12 + TEST_SIZE 6) of DATA_URL but the "
+                           "file has 60; lower --train-size or --valid-size or --test-size")]),
     "fraction over 1": (make_topics(60), {"train_size": 1.5},
                         ["TRAIN_SIZE (--train-size) is 1.5: a split size is a row count (a whole number) or a fraction"]),
     "rows do not add up": (make_topics(60), {"text_column": "body", "label_columns": "topic", "train_size": 50,

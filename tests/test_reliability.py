@@ -186,7 +186,7 @@ def test_too_few_rows_for_the_split(script, tmp_path):
     module, args = script
     csv = write_csv(make_reviews(900), tmp_path / "reviews.csv")
     fails(module, args(tmp_path, csv.as_uri()), "the split needs 1,000 rows", "the file has 900",
-          "lower --train-size, --valid-size or --test-size")
+          "lower --train-size or --valid-size or --test-size")
     assert files_under(tmp_path / "out") == []
 
 

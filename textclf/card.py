@@ -11,13 +11,13 @@ from .settings import is_url
 
 
 def model_card(metrics, folder):
-    """metrics.json's numbers as a ModelCard for the model in folder: base_model where MODEL_NAME is a hub name, the
-    labels, the test accuracy and macro-F1 (multi-label: macro ROC AUC) as evaluation results."""
+    """metrics.json's numbers as a ModelCard: base_model (a hub name), labels, test accuracy, macro-F1 or ROC AUC."""
     s, test, multi, names = metrics["settings"], metrics["test"], metrics["multi_label"], metrics["labels"]
-    data = Path(urllib.parse.urlparse(s["DATA_URL"]).path if is_url(s["DATA_URL"]) else s["DATA_URL"]).name
+    name_of = lambda url: Path(urllib.parse.urlparse(url).path if is_url(url) else url).name
+    data, tested = name_of(s["DATA_URL"]), name_of(s.get("TEST_URL") or s["DATA_URL"])  # TEST_URL: its own file
     name = Path(s["OUT_DIR"]).resolve().name  # --out-dir . is named too
     second = ("roc_auc", "macro ROC AUC", test["macro_roc_auc"]) if multi else ("f1", "macro-F1", test["macro_f1"])
-    results = [EvalResult(task_type="text-classification", dataset_type=data, dataset_name=data, dataset_split="test",
+    results = [EvalResult(task_type="text-classification", dataset_type=tested, dataset_name=tested, dataset_split="test",
                           metric_type=kind, metric_name=name, metric_value=value)
                for kind, name, value in [("accuracy", "exact-match accuracy" if multi else "accuracy", test["accuracy"]),
                                          second] if value is not None]
@@ -45,7 +45,7 @@ def model_card(metrics, folder):
 
 ## Training data
 
-`{data}`: {ex['train']:,} training, {ex['valid']:,} validation and {ex['test']:,} test texts (`{s['TEXT_COLUMN']}`,
+`{data}`{f' and `{tested}`' * (tested != data)}: {ex['train']:,} training, {ex['valid']:,} validation and {ex['test']:,} test texts (`{s['TEXT_COLUMN']}`,
 labels from `{s['LABEL_COLUMNS']}`), split {order}.
 
 ## Settings
@@ -61,7 +61,7 @@ The model is epoch {metrics['best_epoch']}'s, the best on validation. Trained in
 
 ## Test
 
-Accuracy {test['accuracy']:.4f}, {second[1]} {shown} on the {ex['test']:,} test texts.
+Accuracy {test['accuracy']:.4f}, {second[1]} {shown} on the {ex['test']:,} test texts of `{tested}`.
 
 {confusion}
 

@@ -4,6 +4,7 @@ import hashlib
 import http.client
 import json
 import re
+import shutil
 import tarfile
 import time
 import urllib.parse
@@ -13,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError
 
 from .parallel import progress
 from .runfolder import atomic_write
-from .settings import RecipeError, is_url, label_columns
+from .settings import DATA_FILES, SPLIT_SIZES, RecipeError, flag, is_url, label_columns
 
 STALL = (60, 16_384)  # a download that brings fewer bytes (16 kB) in this many seconds has stalled
 
@@ -30,26 +34,48 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def load_reviews(url, data_dir, settings):
-    """(local path, frame, label names) of the data at url, read by read_reviews() with settings: a local path in
-    place, a URL from its download(); the aclImdb archive (.tar.gz) is read once into data_dir/NAME.csv.gz."""
-    if is_url(url):
-        path = download(url, data_dir, settings)
+def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None):
+    """(path, frame, label names) of setting's url: a path, a URL, hf://datasets/ (from_hub()), an aclImdb archive."""
+    if HUB.match(url):
+        path = from_hub(url, data_dir, setting)
+    elif is_url(url):
+        path = download(url, data_dir, settings, setting, names)
     elif not (path := Path(url).expanduser()).is_file():
-        raise RecipeError(f"DATA_URL (--data-url) {url} is not a file here; give the path of an existing file, "
-                          f"or a URL (https://, file://)")
+        raise RecipeError(f"{setting} ({flag(setting)}) {url} is not a file here; give the path of an existing file, "
+                          f"or a URL (https://, file://, hf://datasets/)")
     try:
         csv = from_archive(path, data_dir) if is_archive(path) else path
-        return csv, *read_reviews(csv, None, settings)
+        return csv, *read_reviews(csv, None, settings, names)
     except RecipeError as e:
         if not is_url(url):
             raise
         raise RecipeError(f"{e}; delete {path} to download it again") from None
 
 
-def download(url, data_dir, settings):
-    """url saved once as data_dir/NAME, kept only when complete and valid. .NAME.source.json records its URL and
-    checksum: another URL of the same name is downloaded anew, a file saved there by hand is used as it is."""
+HUB = re.compile(r"hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))?/(?P<file>.+)")
+
+
+def from_hub(url, data_dir, setting):
+    """hf://datasets/OWNER/NAME[@REVISION]/PATH fetched once into data_dir/hf/ by huggingface_hub (resumes; HF_TOKEN)."""
+    repo, revision, file = HUB.fullmatch(url).groups()
+    folder = Path(data_dir) / "hf" / url[len("hf://"):].removesuffix(f"/{file}")
+    made = next((p for p in [*reversed(folder.parents), folder] if not p.exists()), None)  # what a failure removes
+    if not (folder / file).is_file():
+        print(f"downloading {url} -> {folder / file}")
+        try:
+            hf_hub_download(repo, file, repo_type="dataset", revision=revision and urllib.parse.unquote(revision),
+                            local_dir=folder)  # refs%2Fconvert%2Fparquet: refs/convert/parquet
+        except (OSError, ValueError, HfHubHTTPError) as e:  # not found, gated, offline: OSError or ValueError
+            if made and not any(folder.rglob("*.incomplete")):  # a partial download stays: the next try resumes it
+                shutil.rmtree(made, ignore_errors=True)
+            raise RecipeError(f"could not download {url} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+                              f"check the name, set HF_TOKEN for a private or gated dataset, or download it by hand "
+                              f"and pass {flag(setting)} /path/to/{Path(file).name}") from None
+    return folder / file
+
+
+def download(url, data_dir, settings, setting="DATA_URL", names=None):
+    """url saved once, whole and valid, as data_dir/NAME (.NAME.source.json: URL, checksum; a hand-saved file stays)."""
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
     source = path.with_name(f".{path.name}.source.json")
     record = json.loads(source.read_text()) if source.exists() else {}
@@ -81,12 +107,11 @@ def download(url, data_dir, settings):
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
             if hasattr(e, "needed"):
                 raise
-            raise RecipeError(f"could not download {url} ({' '.join(str(e).split())}); fetch it by hand and save "
-                              f"it as {path}, "
-                              f"or pass --data-url /path/to/{path.name}") from e
+            raise RecipeError(f"could not download {url} ({' '.join(str(e).split())}); fetch it by hand and save it as "
+                              f"{path}, or pass {flag(setting)} /path/to/{path.name}") from e
         f.flush()
         try:
-            read_aclimdb(f.name, url) if is_archive(url) else read_reviews(f.name, url, settings)
+            read_aclimdb(f.name, url) if is_archive(url) else read_reviews(f.name, url, settings, names)
         except RecipeError as e:
             raise RecipeError(f"{e}; nothing was saved") from None
 
@@ -113,8 +138,7 @@ ACLIMDB = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_\d+\.txt$")
 
 
 def read_aclimdb(path, name=None):
-    """The Stanford archive (aclImdb/{train,test}/{pos,neg}/ID_RATING.txt) as a frame of review and sentiment: the
-    train rows, then the test rows, each half shuffled with seed 0."""
+    """The Stanford archive as review, sentiment: the train half, then the test half, each shuffled with seed 0."""
     name = name or path
     parts = {(half, folder): [] for half in ("train", "test") for folder in ("pos", "neg")}
     try:
@@ -136,22 +160,22 @@ def read_aclimdb(path, name=None):
     return pd.DataFrame(rows, columns=["review", "sentiment"])
 
 
-def read_reviews(path, name, settings):
-    """(frame, label names) of a .tsv, .jsonl or (anything else) CSV file, plain or gzip, checked; errors call it name.
-    The frame has a non-empty `text` column and a `label` column (an index into the names: LABEL_NAMES for integer
-    labels, sorted word labels) or, multi-label, a 0/1 column per label numbered 0..K-1 (no clash with the names)."""
+def read_reviews(path, name, settings, names=None):
+    """(frame, label names) of a .tsv, .jsonl, .parquet or other CSV file, plain or gzip, checked (errors call it name):
+    a non-empty `text` and a `label` (an index into names, a Parquet file's ClassLabel names or LABEL_NAMES for integer
+    labels; into the sorted word labels) or, multi-label, a 0/1 column per label numbered 0..K-1."""
     name = name or path
     text_column, columns = settings["TEXT_COLUMN"], label_columns(settings)
     with open(path, "rb") as f:
         head = f.read(512)
     gzipped = head[:2] == b"\x1f\x8b"
-    kind = next((kind for kind in ("tsv", "jsonl") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.IGNORECASE)), "csv")
+    kind = next((kind for kind in ("tsv", "jsonl", "parquet") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.IGNORECASE)), "csv")
     if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         raise RecipeError(f"{name} is an HTML page (an error or login page?), not the data file")
     try:
         compression = "gzip" if gzipped else None
-        df = (next(jsonl_frames(path, gzipped, name)) if kind == "jsonl" else
-              pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression, dtype=str,
+        df = (next(jsonl_frames(path, gzipped, name)) if kind == "jsonl" else pd.read_parquet(path) if kind == "parquet"
+              else pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression, dtype=str,
                           keep_default_na=False))  # every value as written: "007" stays 007, "N/A" a text
     except UnicodeDecodeError:  # where, and how to convert: pandas names only a position in its buffer
         line, byte = first_invalid_utf8(path, gzipped)
@@ -168,12 +192,15 @@ def read_reviews(path, name, settings):
     empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
     if empty.any():
         raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
-    if kind != "jsonl":
+    if kind in ("csv", "tsv"):
         merged(df, text_column, columns, "\t" if kind == "tsv" else ",", name)
-    return labelled(df, text_column, columns, settings["LABEL_NAMES"], name)
+    if names is None and kind == "parquet":  # a Hugging Face dataset's ClassLabel names, in its schema's metadata
+        meta = json.loads((pyarrow.parquet.read_schema(path).metadata or {}).get(b"huggingface", b"{}"))
+        names = meta.get("info", {}).get("features", {}).get(columns[0], {}).get("names")
+    return labelled(df, text_column, columns, names or [n.strip() for n in settings["LABEL_NAMES"].split(",")], name)
 
 
-def labelled(df, text_column, columns, label_names, name):
+def labelled(df, text_column, columns, names, name):
     """read_reviews()'s (frame, label names) of df, its label columns checked."""
     frame = pd.DataFrame({"text": df[text_column].astype(str)})
     if len(columns) > 1:  # multi-label: 0/1 in each column
@@ -190,8 +217,7 @@ def labelled(df, text_column, columns, label_names, name):
         raise RecipeError(f"{name}: missing {columns[0]} label in {rows(raw.eq(''))}")
     numbers = pd.to_numeric(raw, errors="coerce")
     integers = numbers.notna() & (numbers % 1 == 0)
-    if integers.all():  # 0..K-1, named by LABEL_NAMES
-        names = [label.strip() for label in label_names.split(",")]
+    if integers.all():  # 0..K-1, named by names
         bad = ~numbers.between(0, len(names) - 1)
         if bad.any():
             raise RecipeError(f"{name}: {columns[0]} holds integer labels, named by LABEL_NAMES ({','.join(names)}) "
@@ -276,27 +302,45 @@ def merged(df, text_column, columns, sep, name):
                               f'inside a quoted text is written twice: "")')
 
 
-def split(df, train_size, valid_size, test_size, shuffle=False, seed=0):
-    """The first train_size rows (in file order, or permuted with seed), the next valid_size, the next test_size; a
-    size is a row count or (a float) a fraction of the rows."""
+def split(df, sizes, shuffle=False, seed=0, setting="DATA_URL"):
+    """df's rows (file order, or permuted with seed) cut into parts of sizes: {setting: count, fraction, None: rest}."""
     if shuffle:
         df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
-    sizes = [int(size * len(df)) if isinstance(size, float) else size for size in (train_size, valid_size, test_size)]
-    if 0 in sizes:
-        raise RecipeError(f"the split fractions ({train_size}, {valid_size}, {test_size}) of {len(df):,} rows leave a "
-                          f"split empty; give larger fractions or row counts")
-    needed = sum(sizes)
-    if needed > len(df):
-        raise RecipeError(f"the split needs {needed:,} rows (TRAIN_SIZE {sizes[0]:,} + VALID_SIZE "
-                          f"{sizes[1]:,} + TEST_SIZE {sizes[2]:,}) but the file has {len(df):,}; "
-                          f"lower --train-size, --valid-size or --test-size")
-    a, b = sizes[0], sizes[0] + sizes[1]
-    return df.iloc[:a], df.iloc[a:b], df.iloc[b:needed]
+    counts = {name: int(size * len(df)) if isinstance(size, float) else size for name, size in sizes.items()}
+    fixed, rest = sum(count for count in counts.values() if count is not None), None in counts.values()
+    if fixed + rest > len(df):  # the rest needs a row too
+        wanted = " + ".join(f"{name} {'(the rest)' if n is None else f'{n:,}'}" for name, n in counts.items())
+        raise RecipeError(f"the split needs {fixed + rest:,} rows ({wanted}) of {setting} but the file has {len(df):,}"
+                          + ("; lower " + " or ".join(flag(name) for name, n in counts.items() if n)) * bool(fixed))
+    counts = [len(df) - fixed if count is None else count for count in counts.values()]
+    if 0 in counts:
+        raise RecipeError(f"the split fractions ({', '.join(str(v or 'the rest') for v in sizes.values())}) of "
+                          f"{len(df):,} rows leave a split empty; give larger fractions or row counts")
+    return [df.iloc[end - n:end] for n, end in zip(counts, np.cumsum(counts), strict=True)]
+
+
+def file_splits(s, given):
+    """{file's setting: {size setting: size}}, DATA_URL first: VALID_URL and TEST_URL, where given, hold those splits. A
+    size not given beside them: a file of its own whole, training the rest of DATA_URL (None), the others a tenth."""
+    source = {size: url if s.get(url) else "DATA_URL" for url, size in zip(DATA_FILES, SPLIT_SIZES, strict=True)}
+    alone = len(set(source.values())) == 1
+    return {url: {size: s[size] if alone or size in given else None if size == "TRAIN_SIZE" or url != "DATA_URL" else
+                  0.1 for size in SPLIT_SIZES if source[size] == url} for url in dict.fromkeys(source.values())}
+
+
+def relabel(frame, own, names, name):
+    """frame's labels, indices into own (its file's), as indices into names (the training file's): all must be there."""
+    if "label" in frame and own != names:  # own: the file's word labels, sorted, each in it
+        if unseen := sorted(set(own) - set(names)):
+            raise RecipeError(f"{name} holds the label {unseen[0]!r}, which the training file (DATA_URL) never has "
+                              f"(it has {', '.join(map(repr, names[:10]))}); every file needs the same labels, alike")
+        frame = frame.assign(label=frame["label"].map({i: names.index(label) for i, label in enumerate(own)}))
+    return frame
 
 
 def check_labels(train, valid, test, names, shuffled):
-    """The training split has something to learn: single-label, two classes or more and every class of the other
-    splits; multi-label, each label both on and off. The advice to shuffle only where the rows were not."""
+    """Something to learn and to choose by: two classes or more in training and validation, training has every class
+    of the others; multi-label, each label on and off in training. Advice to shuffle only where the rows were not."""
     shuffle = "" if shuffled else "if the file is sorted by label, pass --shuffle true; "
     if "label" not in train:
         for k, label in enumerate(names):
@@ -308,6 +352,9 @@ def check_labels(train, valid, test, names, shuffled):
     if len(seen) < 2:
         raise RecipeError(f"the training split holds only the class {names[seen.pop()]!r}; {shuffle}give more rows "
                           f"of the other classes")
+    if len(one := set(valid["label"])) < 2:  # every epoch would score alike: the best one is chosen blind
+        raise RecipeError(f"the validation split holds only the class {names[one.pop()]!r}, so it cannot choose the "
+                          f"best epoch; {shuffle}give a larger --valid-size")
     for part, frame in (("validation", valid), ("test", test)):
         unseen = sorted(set(frame["label"]) - seen)
         if unseen:

@@ -33,10 +33,7 @@ def resolve_device(name):
 
 def cpuinfo():
     """/proc/cpuinfo, where Linux describes the CPU; '' where there is none."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+    return Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
 
 
 def cpu_bf16():
@@ -51,10 +48,9 @@ def cpu_name():
 
 
 def choose_precision(device_type, native_bf16):
-    """PRECISION=auto's rule as (precision, why), from whether the device computes bf16 natively (native_bf16: true, or
-    the CPU's flags that say so): bf16 autocast on a CUDA GPU with it (Ampere and newer; fp16 with the scaler on T4,
-    V100 and older, which only emulate bf16), and on a CPU with it (measured here: as accurate as fp32, 2.2x as fast
-    at 128 tokens, 1.2x at 512); fp32 elsewhere."""
+    """PRECISION=auto's (precision, why), from native_bf16 (true, or the CPU's flags for it): bf16 autocast on a CUDA GPU
+    with it (Ampere+; fp16 with the scaler on T4, V100, which emulate bf16) and on such a CPU (as accurate as fp32, 2.2x
+    as fast at 128 tokens, 1.2x at 512, measured here); fp32 elsewhere."""
     if device_type == "cuda":
         return ("bf16", "a CUDA GPU with native bf16") if native_bf16 else ("fp16", "a CUDA GPU without native bf16")
     if device_type == "cpu" and native_bf16:
@@ -63,8 +59,7 @@ def choose_precision(device_type, native_bf16):
 
 
 def auto_precision(device):
-    """PRECISION=auto on this device: choose_precision() of what it computes natively, not emulated (CUDA compute
-    capability 8.0 or newer, or ROCm; a CPU's avx512_bf16 or amx_bf16)."""
+    """PRECISION=auto here: choose_precision() of what the device computes natively (CUDA 8.0+, ROCm, CPU flags)."""
     if device.type == "cuda":
         with torch.cuda.device(device):  # is_bf16_supported() asks the current device
             return choose_precision("cuda", torch.cuda.is_bf16_supported(including_emulation=False))
@@ -72,22 +67,19 @@ def auto_precision(device):
 
 
 def run_precision(setting, device, recorded=None, world=1):
-    """(precision, why) of a run: PRECISION unless it is auto; auto resolves once, when the run begins, alike on every
-    machine (same_everywhere()); a resumed run keeps what it recorded then, also where a device would choose otherwise."""
+    """(precision, why): PRECISION, or auto resolved once when the run begins, alike everywhere, kept by --resume."""
     if setting != "auto":
         return setting, "PRECISION"
     if recorded is None:
         precision, why = auto_precision(device)
         return same_everywhere(gathered((socket.gethostname(), precision), world)), why
     here, _ = auto_precision(device)
-    return recorded, "PRECISION=auto when the run began" + ("" if here == recorded else
-                                                             f"; {device.type} here would choose {here}, but a resumed "
-                                                             f"run keeps its precision")
+    why = "" if here == recorded else f"; {device.type} here would choose {here}, but a resumed run keeps its precision"
+    return recorded, "PRECISION=auto when the run began" + why
 
 
 def same_everywhere(choices):
-    """The precision that every process chose, from [(host, precision)] of each: machines that choose differently (an
-    A100 beside a V100: bf16 and fp16 with the scaler) would train their copies apart, so they are refused."""
+    """The precision all processes chose ([(host, precision)]); machines that differ (A100, V100) are refused."""
     hosts = {precision: sorted({h for h, p in choices if p == precision}) for _, precision in choices}
     if len(hosts) > 1:
         raise RecipeError("PRECISION=auto chooses differently on these machines' GPUs: " + "; ".join(
@@ -103,12 +95,9 @@ def autocast_for(device, precision):
 
 
 def process_device(setting, local_rank, local_world, cuda_available):
-    """The device name of one torchrun process from DEVICE: auto and cuda mean cuda:LOCAL_RANK (auto: cpu without
-    CUDA); an explicit cuda:N would put every process of this machine on one GPU, so it needs one process a machine."""
-    if setting == "auto":
-        return f"cuda:{local_rank}" if cuda_available else "cpu"
-    if setting == "cuda":
-        return f"cuda:{local_rank}"
+    """One torchrun process's DEVICE: auto and cuda mean cuda:LOCAL_RANK; cuda:N only with one process a machine."""
+    if setting in ("auto", "cuda"):
+        return f"cuda:{local_rank}" if cuda_available or setting == "cuda" else "cpu"
     if setting.startswith("cuda:") and local_world > 1:
         raise RecipeError(f"DEVICE (--device) {setting} would put all {local_world} processes of this machine on one "
                           f"GPU; under torchrun use --device cuda (each process takes cuda:LOCAL_RANK), and choose "
@@ -127,8 +116,7 @@ def torchrun_env():
 
 
 def start_processes(device_setting):
-    """(device, rank, world): under torchrun join the others (NCCL on each process's GPU, gloo on the CPU) with
-    TIMEOUT for a collective (the others wait out a first download and tokenization). Only rank 0 prints."""
+    """(device, rank, world); under torchrun joined (NCCL on each GPU, gloo on CPU) with TIMEOUT; rank 0 prints."""
     given = [name for name in TORCHRUN if name in os.environ]
     if given and len(given) < len(TORCHRUN):
         raise RecipeError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} set but not "
@@ -183,8 +171,7 @@ def agreeing(world):
 
 @contextlib.contextmanager
 def leader_first(world):
-    """The first process of each machine runs the block (a download, a cache it writes), then the others, which find
-    its result (each machine prepares its own DATA_DIR); where it fails in any process, all stop (agreeing())."""
+    """Each machine's first process runs the block (a download, a cache), then the others; a failure stops all."""
     first = local_leader()
     with agreeing(world):
         if first:
@@ -195,15 +182,13 @@ def leader_first(world):
 
 
 def share(batch, rank, world):
-    """(this process's part of a batch, its weight): every world-th example from rank on, weight 1; where none is
-    left, a stand-in of weight 0 (the first example), as every process takes part in the gradient all-reduce."""
+    """(this process's part of a batch, weight): every world-th example; none left: the first, weight 0 (a stand-in)."""
     part = batch[rank::world]
     return (part, 1) if len(part) else (batch[:1], 0)
 
 
 def accumulating(model, ends_step):
-    """DDP's no_sync() for a batch after which the optimizer does not step: its gradients only accumulate, and the
-    all-reduce runs once a step, with the step's last batch. Nothing to do for one process."""
+    """DDP's no_sync() for a batch that ends no optimizer step: gradients are all-reduced once a step, at its end."""
     syncs = ends_step or not isinstance(model, torch.nn.parallel.DistributedDataParallel)
     return contextlib.nullcontext() if syncs else model.no_sync()
 
@@ -216,8 +201,7 @@ def all_sum(tensor, world):
 
 
 def agreed(flag, device, world):
-    """The largest flag (a signal's number; False is 0) over the processes, in every one: a signal can reach them at
-    different steps, or one of them only."""
+    """The largest flag (a signal's number; False is 0) of all processes, in each: a signal may reach one only."""
     if world == 1:
         return int(flag)
     value = torch.tensor([int(flag)], device=device)
@@ -240,12 +224,6 @@ def gathered(value, world):
     values = [None] * world
     dist.all_gather_object(values, value)
     return values
-
-
-def barrier(world):
-    """Wait for all processes (nothing to wait for when there is one)."""
-    if world > 1:
-        dist.barrier()
 
 
 class progress(tqdm):

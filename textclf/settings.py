@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 SPLIT_SIZES = ("TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE")
+DATA_FILES = ("DATA_URL", "VALID_URL", "TEST_URL")  # the data of each split: VALID_URL's and TEST_URL's where given
 
 
 class RecipeError(Exception):
@@ -20,8 +21,7 @@ def flag(name):
 
 
 def parse_settings(argv, defaults, script=None):
-    """(all settings, those given) from argv: --epochs 3, --max-length=128, --compile true. Values are typed from the
-    defaults; --help shows the script's docstring and each setting's comment from its settings block."""
+    """(all settings, those given) from argv (--epochs 3, --max-length=128), typed from defaults; --help: comments."""
     def typed(name, default):
         def convert(text):
             if isinstance(default, bool):
@@ -58,10 +58,6 @@ def check_settings(s, positive):
         if isinstance(s[name], float) and not 0 < s[name] <= 1:
             raise RecipeError(f"{name} ({flag(name)}) is {s[name]}: a split size is a row count (a whole number) "
                               f"or a fraction of the rows in (0, 1]")
-    if sum(s[name] for name in SPLIT_SIZES if isinstance(s[name], float)) > 1 + 1e-9:
-        raise RecipeError(f"the split fractions add up to more than 1 (TRAIN_SIZE {s['TRAIN_SIZE']}, VALID_SIZE "
-                          f"{s['VALID_SIZE']}, TEST_SIZE {s['TEST_SIZE']}); e.g. --train-size 0.8 --valid-size 0.1 "
-                          f"--test-size 0.1")
     if s["PATIENCE"] < 0:
         raise RecipeError(f"PATIENCE (--patience) must be 0 (off) or a number of epochs, got {s['PATIENCE']}")
     if not 0 < s["THRESHOLD"] < 1:
@@ -81,10 +77,10 @@ def is_url(name):
 
 def resolve_run(settings, given, checkpoint_path, script=None):
     """(settings, checkpoint): with RESUME the checkpoint's (a run of script), which those given must agree with; else an
-    unfinished run is never overwritten. Local DATA_URL and MODEL_NAME are made absolute (a moved one is named again)."""
+    unfinished run is never overwritten. Local data files and MODEL_NAME are made absolute (a moved one is named again)."""
     absolute = lambda url: url if is_url(url) else str(Path(url).expanduser().absolute())
-    local = [name for name in ("DATA_URL", "MODEL_NAME") if name in settings and (
-        name == "DATA_URL" or Path(settings[name]).expanduser().is_dir())]
+    local = [name for name in (*DATA_FILES, "MODEL_NAME") if settings.get(name) and (
+        name in DATA_FILES or Path(settings[name]).expanduser().is_dir())]
     settings = {**settings, **{name: absolute(settings[name]) for name in local}}
     given = {**given, **{name: settings[name] for name in local if name in given}}
     if not settings["RESUME"]:
@@ -111,7 +107,7 @@ def resolve_run(settings, given, checkpoint_path, script=None):
               if name in saved and saved[name] != value]
     if differ:
         raise RecipeError(f"--resume continues the run with its own settings, but these differ: {', '.join(differ)}")
-    if not is_url(saved["DATA_URL"]) and not Path(saved["DATA_URL"]).is_file():
-        raise RecipeError(f"the run's data file {saved['DATA_URL']} is not there; if it moved, continue with --resume "
-                          f"--data-url NEW_PATH (the run checks that it is the same file by its checksum)")
+    for name in (n for n in DATA_FILES if saved.get(n) and not is_url(saved[n]) and not Path(saved[n]).is_file()):
+        raise RecipeError(f"the run's data file {saved[name]} is not there; if it moved, continue with --resume "
+                          f"{flag(name)} NEW_PATH (the run checks that it is the same file by its checksum)")
     return saved, checkpoint

@@ -1,7 +1,6 @@
-"""What a script's training loop calls, from the command line to metrics.json: the run's start, its epochs and
-batches (resumed where a checkpoint left off), the record of each batch and epoch, checkpoints, the signals (Ctrl-C,
-SIGTERM) that stop it at one, and the final test. The loop itself (forward, backward, optimizer step) is the
-script's."""
+"""What a script's training loop calls, from the command line to metrics.json: the run's start, its epochs and batches
+(resumed where a checkpoint left off), the record of each, checkpoints, the signals (Ctrl-C, SIGTERM) that stop it at
+one, and the final test. The loop itself (forward, backward, optimizer step) is the script's."""
 import contextlib
 import dataclasses
 import gc
@@ -19,28 +18,14 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from . import parallel
 from .batches import loader, make_batches, to_device
 from .board import Board
-from .data import check_labels, file_sha256, load_reviews, split, targets
+from .data import check_labels, file_sha256, file_splits, load_reviews, relabel, split, targets
 from .metrics import better, scores, shown
-from .parallel import (
-    PeerFailed,
-    agreed,
-    agreeing,
-    all_sum,
-    barrier,
-    broadcast_weights,
-    gathered,
-    leader,
-    leader_first,
-    local_leader,
-    progress,
-    share,
-    start_processes,
-    torchrun_env,
-)
+from .parallel import PeerFailed, agreed, agreeing, all_sum, gathered, leader, leader_first, local_leader, progress
 from .runfolder import atomic_write, locked, remove_stale, usable_folder
-from .settings import RecipeError, check_settings, label_columns, parse_settings, resolve_run
+from .settings import SPLIT_SIZES, RecipeError, check_settings, label_columns, parse_settings, resolve_run
 
 
 def main(run, defaults, script, argv=None):
@@ -56,7 +41,7 @@ def main(run, defaults, script, argv=None):
         raise SystemExit(f"error: {e}" if local_leader() and not isinstance(e, PeerFailed) else 1) from None
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        torchrun = (torchrun_env() or {}).get("WORLD_SIZE", 1) > 1
+        torchrun = (parallel.torchrun_env() or {}).get("WORLD_SIZE", 1) > 1
         where = (f"the run is saved in {checkpoint}; continue it with: {'torchrun <its options>' if torchrun else 'python'}"
                  f" {Path(script).name} --out-dir {shlex.quote(str(checkpoint.parent))} --resume" + torchrun * (
                      " (machines that share no filesystem need a copy of it at that path first; torchrun reports the "
@@ -78,15 +63,15 @@ class Run:
     script = None  # the file name of the script main() runs, recorded in checkpoints and metrics.json
 
     def __init__(self, settings, given, held, positive, check=lambda s, given: s):
-        """Processes started, then (agreeing(): a check that fails on one machine stops all) settings checked (positive:
-        names > 0; check: the script's own), OUT_DIR locked, what killed runs left removed."""
-        self.device, self.rank, self.world = start_processes(settings["DEVICE"])
+        """Processes started; settings checked, OUT_DIR locked, what killed runs left removed: agreeing()."""
+        self.device, self.rank, self.world = parallel.start_processes(settings["DEVICE"])
         with agreeing(self.world):
             self.out_dir = Path(settings["OUT_DIR"])
             usable_folder(self.out_dir, "OUT_DIR (--out-dir)")
             self.checkpoint_path = self.out_dir / "checkpoint.pt"
             s, self.checkpoint = resolve_run(settings, given, self.checkpoint_path, self.script)
             self.recorded = (self.checkpoint or {}).get("recorded", {})  # what a resumed run resolved when it began
+            self.given = self.recorded.setdefault("given", sorted(given))  # the settings its command line gave
             check_settings(s, positive)
             self.s = s = check(s, given)
             usable_folder(s["DATA_DIR"], "DATA_DIR (--data-dir)")
@@ -100,19 +85,26 @@ class Run:
         print("settings: " + json.dumps(s))
 
     def load_data(self):
-        """The data, downloaded once, validated and split: the training, validation and test rows as one frame."""
-        s = self.s
-        with leader_first(self.world):
-            path, rows, self.names = load_reviews(s["DATA_URL"], s["DATA_DIR"], s)
-        self.data_sha256 = file_sha256(path)
-        if len(files := dict(gathered((self.data_sha256, socket.gethostname()), self.world))) > 1:
-            raise RecipeError(f"the machines read different data from {s['DATA_URL']}: " + "; ".join(
-                f"{host} a file of SHA-256 {sha[:12]}…" for sha, host in files.items()) + f"; give each machine the "
-                f"same file (delete {path} where it differs to download it again)")
-        if self.checkpoint is not None and self.checkpoint["data_sha256"] != self.data_sha256:
-            raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs): put the "
-                              f"original back to resume, or start over without --resume in another --out-dir")
-        parts = split(rows, s["TRAIN_SIZE"], s["VALID_SIZE"], s["TEST_SIZE"], s["SHUFFLE"], s["SEED"])
+        """The data (file_splits()), downloaded once, checked alike on every machine and at --resume, as one frame."""
+        s, loaded, parts = self.s, {}, {}
+        names = [name.strip() for name in s["LABEL_NAMES"].split(",")] if "LABEL_NAMES" in self.given else None
+        with leader_first(self.world):  # DATA_URL first: its labels name the other files' (relabel())
+            for url in (files := file_splits(s, self.given)):
+                loaded[url] = load_reviews(s[url], s["DATA_DIR"], s, url, loaded["DATA_URL"][2] if loaded else names)
+        shas, self.names = [file_sha256(path) for path, _, _ in loaded.values()], loaded["DATA_URL"][2]
+        self.data_sha256 = " ".join(shas)  # of each file, DATA_URL's first
+        before = (self.checkpoint or {}).get("data_sha256", self.data_sha256).split()
+        for (url, (path, rows, own)), sha, was in zip(loaded.items(), shas, before, strict=True):
+            if len(hosts := dict(gathered((sha, socket.gethostname()), self.world))) > 1:
+                raise RecipeError(f"the machines read different data from {s[url]}: " + "; ".join(
+                    f"{h} a file of SHA-256 {c[:12]}…" for c, h in hosts.items()) + f"; give each machine the same "
+                    f"file (delete {path} where it differs to download it again)")
+            if sha != was:
+                raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs): put "
+                                  f"the original back to resume, or start over without --resume in another --out-dir")
+            chunks = split(relabel(rows, own, self.names, path), files[url], s["SHUFFLE"], s["SEED"], url)
+            parts.update(zip(files[url], chunks, strict=True))
+        parts = [parts[size] for size in SPLIT_SIZES]
         check_labels(*parts, self.names, s["SHUFFLE"])
         self.multi = len(label_columns(s)) > 1
         self.n_train, self.n_valid, self.n_test = map(len, parts)
@@ -168,8 +160,7 @@ class Run:
             atomic_write(self.checkpoint_path, lambda f: torch.save(checkpoint, f))
 
     def epochs(self):
-        """The epochs left, from the checkpoint's; PATIENCE ends them early (end_epoch()). While they last, Ctrl-C and
-        SIGTERM stop the run at a checkpoint: after an optimizer step (record()) or an epoch (end_epoch())."""
+        """The epochs left, from the checkpoint's, PATIENCE ending them early; Ctrl-C, SIGTERM stop at a checkpoint."""
         signals.requested, signals.deferred, self.training, self.grad_norm = False, True, True, None
         s, accum = self.s, self.s["GRAD_ACCUM_STEPS"]
         self.steps_per_epoch = math.ceil(math.ceil(self.n_train / s["BATCH_SIZE"]) / accum)
@@ -183,8 +174,7 @@ class Run:
         signals.deferred, self.training = False, False
 
     def batches(self, epoch, collate):
-        """The epoch's training batches as Batch objects (this process's share, collated by collate(indices), on the
-        device), from the checkpoint's batch on: the same batches when resumed (seeded with SEED + epoch)."""
+        """The epoch's training batches (Batch: this process's share, collated, on the device) from the checkpoint's."""
         s, state, world, accum = self.s, self.state, self.world, self.s["GRAD_ACCUM_STEPS"]
         generator = torch.Generator().manual_seed(s["SEED"] + epoch)
         batches = make_batches(self.lengths[:self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
@@ -192,7 +182,7 @@ class Run:
         self.batch_losses = torch.zeros(len(batches), device=self.device)
         self.batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
         self.correct = torch.tensor(state["correct"], device=self.device)
-        self.shares = [share(batch, self.rank, world) for batch in batches]  # under torchrun: this process's part
+        self.shares = [parallel.share(batch, self.rank, world) for batch in batches]  # this process's parts
         self.bar = progress(loader([part for part, _ in self.shares[state["batch"]:]], collate, self.device),
                             desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
         self.sizes, self.window = list(map(len, batches)), (time.perf_counter(), state["batch"])  # since the last log
@@ -204,9 +194,9 @@ class Run:
         self.train_seconds = time.perf_counter() - self.epoch_start
 
     def record(self, batch, loss_sum, correct, grad_norm=None):
-        """A batch's summed loss and correct count (and the gradient norm before clipping, at a step) into the epoch's
-        sums; every LOG_EVERY batches all processes' mean loss on the bar (not finite: diverged) and on TensorBoard;
-        after an optimizer step, a stop request ends the run with a checkpoint, all processes after the same step."""
+        """A batch's summed loss and correct count (and the unclipped gradient norm, at a step) into the epoch's sums;
+        every LOG_EVERY batches the mean loss on the bar (not finite: diverged) and TensorBoard; a stop request after a
+        step ends the run with a checkpoint, all processes after the same step."""
         s, i, n = self.s, batch.index, len(self.batch_losses)
         self.batch_losses[i], self.correct = loss_sum.detach() * batch.weight, self.correct + correct * batch.weight
         self.grad_norm = self.grad_norm if grad_norm is None else grad_norm
@@ -228,8 +218,7 @@ class Run:
             raise Interrupted(signum)  # the signal one of them got
 
     def log(self, i):
-        """TensorBoard at batch i, once a step: this process's loss since the last log, the learning rate, the last
-        gradient norm, and the reviews per second of all processes."""
+        """TensorBoard once a step: loss since the last log, learning rate, gradient norm, reviews per second."""
         (since, first), step = self.window, self.step(self.epoch, i + 1)
         if self.board.writer is None or step == self.board.last_step:
             return
@@ -277,8 +266,7 @@ class Run:
             raise Interrupted(signum)
 
     def ended(self, kind, error, traceback):
-        """How the run ends (held's exit): stop requests no longer deferred; out of memory and an optimizer step
-        beyond float32 as what the user can change."""
+        """held's exit: stop requests no longer deferred; out of memory, an overflowing step as what one can change."""
         signals.deferred = False
         if getattr(self, "board", None):
             self.board.close()
@@ -308,7 +296,7 @@ class Run:
         signals.deferred, state, b = True, self.state, self.n_train + self.n_valid
         with agreeing(self.world):
             best = load() if leader() else model
-        broadcast_weights(best, self.world)
+        parallel.broadcast_weights(best, self.world)
         test = scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
         train_seconds = sum(record["seconds"] for record in state["history"])
         cuda = self.device.type == "cuda"
@@ -317,12 +305,12 @@ class Run:
             raise Interrupted(signum)
         print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
               f"trained {train_seconds:.1f} s")
-        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi,
-                   "examples": {"train": self.n_train, "valid": self.n_valid, "test": self.n_test}, "epochs": state["history"],
+        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi, "examples": {
+                   "train": self.n_train, "valid": self.n_valid, "test": self.n_test}, "epochs": state["history"],
                    "best_epoch": state["best_epoch"], "stopped_early_at": state.get("stopped_early_at"),
-                   "valid_accuracy": state["best_valid"]["accuracy"],
-                   "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
-                   "train_seconds": train_seconds, "device": devices[0], "devices": devices,
+                   "valid_accuracy": state["best_valid"]["accuracy"], "test_accuracy": test["accuracy"],
+                   "valid": state["best_valid"], "test": test, "train_seconds": train_seconds, "device": devices[0],
+                   "devices": devices,
                    "world_size": self.world, "world_sizes": self.recorded["world_sizes"], "script": self.script, **extra,
                    "parameters": sum(p.numel() for p in best.parameters()),
                    "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None}
@@ -342,7 +330,8 @@ class Run:
                            self.step(len(state["history"]) + 1, 0))  # after metrics.json: a resumed run writes once
         self.board.end(self.s, final)
         print(f"wrote {self.out_dir / 'metrics.json'} and {saved}")
-        barrier(self.world)  # no process tears down its connections while another still uses them
+        if self.world > 1:  # no process tears down its connections while another still uses them
+            dist.barrier()
         return metrics
 
 
@@ -355,8 +344,7 @@ def own_random_state(saved, rank):
 
 
 def stop_check_due(batches_done, batches, accum, every, world):
-    """Whether the processes agree on a stop request after this optimizer step: one process every step (for free),
-    several every `every` steps and at the epoch's end (agreeing waits for the GPU)."""
+    """Whether the processes agree on a stop request after this step: one process each step, more every `every`."""
     step, last = -(-batches_done // accum), batches_done == batches
     return world == 1 or last or step % every == 0
 
@@ -380,8 +368,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Signals:
-    """Ctrl-C and SIGTERM stop at once, also where the shell ignored SIGINT. Deferred (training, the test), the first
-    only sets .requested (a preempted machine): the run stops at a checkpoint. A second one stops at once."""
+    """Ctrl-C, SIGTERM stop at once; deferred (training, the test) the first sets .requested: checkpoint, then stop."""
     deferred = requested = False
 
     def __call__(self, signum, frame):
