@@ -9,8 +9,8 @@ RUN_DIR is the OUT_DIR of a finished run of either script; what it holds tells w
 Texts go through that script's own cleaning, tokenizer and truncation, in length-sorted batches as its
 evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
 per text, or with --output writes the input rows plus `label` and `score` columns (.csv, .tsv or .jsonl,
-optionally .gz, or .parquet), atomically. A multi-label run gives `labels` (those over its THRESHOLD, comma-separated) and a
-`score_NAME` column per label instead. Large files and standard input stream in chunks of 10,000 rows, and
+optionally .gz, or .parquet), atomically. A multi-label run gives `labels` (those over its THRESHOLD,
+comma-separated) and a `score_NAME` column per label instead. Large files and standard input stream in chunks of 10,000 rows, and
 every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in bf16 where
 training's PRECISION=auto would (CUDA, and CPUs with native bf16); --precision fp32 turns that off.
 """

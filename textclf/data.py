@@ -59,8 +59,8 @@ def from_hub(url, data_dir, setting):
     """hf://datasets/OWNER/NAME[@REVISION]/PATH fetched once into data_dir/hf/ by huggingface_hub (resumes; HF_TOKEN)."""
     repo, revision, file = HUB.fullmatch(url).groups()
     folder = Path(data_dir) / "hf" / url[len("hf://"):].removesuffix(f"/{file}")
-    made = next((p for p in [*reversed(folder.parents), folder] if not p.exists()), None)  # what a failure removes
     if not (folder / file).is_file():
+        made = next((p for p in [*reversed(folder.parents), folder] if not p.exists()), None)  # what a failure removes
         print(f"downloading {url} -> {folder / file}")
         try:
             hf_hub_download(repo, file, repo_type="dataset", revision=revision and urllib.parse.unquote(revision),

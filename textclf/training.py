@@ -305,12 +305,12 @@ class Run:
             raise Interrupted(signum)
         print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
               f"trained {train_seconds:.1f} s")
-        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi, "examples": {
-                   "train": self.n_train, "valid": self.n_valid, "test": self.n_test}, "epochs": state["history"],
+        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi,
+                   "examples": {"train": self.n_train, "valid": self.n_valid, "test": self.n_test}, "epochs": state["history"],
                    "best_epoch": state["best_epoch"], "stopped_early_at": state.get("stopped_early_at"),
-                   "valid_accuracy": state["best_valid"]["accuracy"], "test_accuracy": test["accuracy"],
-                   "valid": state["best_valid"], "test": test, "train_seconds": train_seconds, "device": devices[0],
-                   "devices": devices,
+                   "valid_accuracy": state["best_valid"]["accuracy"],
+                   "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
+                   "train_seconds": train_seconds, "device": devices[0], "devices": devices,
                    "world_size": self.world, "world_sizes": self.recorded["world_sizes"], "script": self.script, **extra,
                    "parameters": sum(p.numel() for p in best.parameters()),
                    "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None}
