@@ -39,6 +39,22 @@ def describe(metrics):
     return "train_lstm_baseline.py", f"LSTM {s.get('EMBEDDING_DIM', '?')}/{s.get('HIDDEN_DIM', '?')}"
 
 
+def test_data(metrics):
+    """Which rows a run was tested on: its test file, or the rows of its data file after training and validation;
+    None where its file does not say."""
+    s, examples = metrics["settings"], metrics.get("examples", {})
+    if not s.get("TEST_URL") and not s.get("DATA_URL"):
+        return None
+    test = examples.get("test", s.get("TEST_SIZE"))  # older runs: the setting, perhaps a fraction
+    rows = f"{test:,} rows" if isinstance(test, int) else f"{test:.0%} of the rows" if isinstance(test, float) else "?"
+    if s.get("TEST_URL"):
+        return f"{Path(s['TEST_URL']).name}, {rows}"
+    if "train" not in examples or "valid" not in examples:
+        return f"{Path(s['DATA_URL']).name}, {rows}"
+    order = f", shuffled (seed {s.get('SEED')})" if s.get("SHUFFLE") else ""
+    return f"{Path(s['DATA_URL']).name}, {rows} after the first {examples['train'] + examples['valid']:,}{order}"
+
+
 def number(value, form):
     return "?" if value is None else format(value, form)
 
@@ -47,11 +63,13 @@ def table(runs):
     """One markdown row per run: what was trained, how long, and how well (multi-label: exact-match accuracy, and
     the macro ROC AUC that picks the best epoch). What a run's file lacks shows as ?."""
     auc = any(m.get("multi_label") for _, m in runs)
+    tested = [test_data(m) for _, m in runs]
+    differ = len(set(tested) - {None}) > 1  # then their test numbers do not compare: the table says on what each was tested
     header = (["run", "script", "model", "parameters", "training reviews", "max length", "epochs", "device",
                "training s", "s per epoch", "best epoch", "valid accuracy", "test accuracy"]
-              + ["valid macro ROC AUC", "test macro ROC AUC"] * auc)
+              + ["valid macro ROC AUC", "test macro ROC AUC"] * auc + ["test data"] * differ)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, m in runs:
+    for (name, m), test in zip(runs, tested, strict=True):
         s, epochs = m["settings"], m["epochs"]
         script, model = describe(m)
         device = m.get("device", "?") + (f" x {m['world_size']}" if m.get("world_size", 1) > 1 else "") + \
@@ -68,7 +86,11 @@ def table(runs):
                number(m.get("train_seconds"), ".1f"), per_epoch or "?", number(m.get("best_epoch"), "d"),
                number(m.get("valid_accuracy"), ".4f"), number(m.get("test_accuracy"), ".4f")]
         row += [number((m.get(split) or {}).get("macro_roc_auc"), ".4f") for split in ("valid", "test") if auc]
+        row += [test or "?"] * differ
         lines.append("| " + " | ".join(row) + " |")
+    if differ:
+        lines.append("\nThese runs were tested on different data (the test data column): their test numbers do not "
+                     "compare.")
     return "\n".join(lines)
 
 

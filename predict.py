@@ -8,9 +8,10 @@
 RUN_DIR is the OUT_DIR of a finished run of either script; what it holds tells which (model/ or model.pt).
 Texts go through that script's own cleaning, tokenizer and truncation, in length-sorted batches as its
 evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
-per text, or with --output writes the input rows plus `label` and `score` columns (.csv, .tsv or .jsonl,
-optionally .gz, or .parquet), atomically. A multi-label run gives `labels` (those over its THRESHOLD,
-comma-separated) and a `score_NAME` column per label instead. Large files and standard input stream in chunks of 10,000 rows, and
+per text, or with --output writes the input rows, every column as it was, plus `predicted_label` and
+`predicted_score` columns (.csv, .tsv or .jsonl, optionally .gz, or .parquet), atomically. A multi-label run gives
+`predicted_labels` (those over its THRESHOLD, comma-separated) and a `predicted_score_NAME` column per label instead.
+Large files and standard input stream in chunks of 10,000 rows, and
 every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in bf16 where
 training's PRECISION=auto would (CUDA, and CPUs with native bf16); --precision fp32 turns that off.
 """
@@ -135,7 +136,9 @@ def file_format(path, option):
 
 
 def read_chunks(texts, input_path, text_column):
-    """The input as frames of at most CHUNK rows, with the texts in text_column."""
+    """The input as frames of at most CHUNK rows, with the texts in text_column. Every frame of a file has the file's
+    columns, in one order (a JSONL file's keys, as they first appear, read in a first pass), and a file without rows
+    is one frame without rows."""
     if input_path is None:
         if not texts:
             raise RecipeError("no input: give texts as arguments, --input FILE, or - to read one text per line "
@@ -154,42 +157,88 @@ def read_chunks(texts, input_path, text_column):
         raise RecipeError(f"--input {path} {'is a folder; give a file' if path.is_dir() else 'does not exist'}")
     kind = file_format(path, "--input")
     try:
-        reader = jsonl_frames(path, path.suffix == ".gz", f"--input {path}", CHUNK) if kind == ".jsonl" else (
-            batch.to_pandas() for batch in pyarrow.parquet.ParquetFile(path).iter_batches(CHUNK)) if kind == ".parquet" \
-            else pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK, dtype={text_column: object},
-                        keep_default_na=False)
-        for frame in reader:
-            if text_column not in frame.columns:
-                raise RecipeError(f"--input {path} has no column {text_column!r} (it has {list(frame.columns)[:8]}); "
+        if kind == ".jsonl":
+            columns = jsonl_columns(path)
+            frames = (frame.reindex(columns=columns) for frame in jsonl_frames(path, path.suffix == ".gz",
+                                                                               f"--input {path}", CHUNK))
+        elif kind == ".parquet":
+            parquet = pyarrow.parquet.ParquetFile(path)
+            columns = parquet.schema_arrow.names
+            frames = (batch.to_pandas() for batch in parquet.iter_batches(CHUNK))
+            if parquet.metadata.num_rows == 0:
+                frames = iter([parquet.schema_arrow.empty_table().to_pandas()])
+        else:
+            frames = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK,
+                                 dtype={text_column: object}, keep_default_na=False)
+            columns = None  # the header's, in every chunk
+        first = True
+        for frame in frames:
+            columns = list(frame.columns) if columns is None else columns
+            if text_column not in columns:
+                raise RecipeError(f"--input {path} has no column {text_column!r} (it has {list(columns)[:8]}); "
                                   f"name the text column with --text-column")
             yield frame
+            first = False
+        if first:  # a JSONL file without a line: no columns but the text's
+            yield pd.DataFrame({text_column: []}, dtype=object)
     except pd.errors.EmptyDataError:
         raise RecipeError(f"--input {path} is empty: it needs a header and a text a line") from None
-    except (OSError, EOFError, ValueError, pd.errors.ParserError) as e:
+    except (OSError, EOFError, ValueError, pd.errors.ParserError, pyarrow.ArrowException) as e:
         raise RecipeError(f"--input {path} is not a readable {kind[1:]} file ({type(e).__name__}: {e})") from None
+
+
+def jsonl_columns(path):
+    """Every key of a JSONL file, in the order they first appear: its rows' columns, whichever rows hold them."""
+    columns = {}
+    for frame in jsonl_frames(path, path.suffix == ".gz", f"--input {path}", CHUNK):
+        columns.update(dict.fromkeys(frame.columns))
+    return list(columns)
+
+
+def output_columns(run):
+    """The columns predict() adds: predicted_label and predicted_score, or (multi-label) predicted_labels and a
+    predicted_score_NAME per label. The input's own columns (a true `label`, say) stay as they are."""
+    if run.threshold is None:
+        return ["predicted_label", "predicted_score"]
+    return ["predicted_labels"] + [f"predicted_score_{name}" for name in run.labels]
+
+
+def parquet_schema(frame):
+    """The Parquet schema of the first chunk, a column without a value in it (all null) typed as text."""
+    schema = pyarrow.Schema.from_pandas(frame, preserve_index=False)
+    for i, field in enumerate(schema):
+        if pyarrow.types.is_null(field.type):
+            schema = schema.set(i, field.with_type(pyarrow.string()))
+    return schema
 
 
 def write_frame(frame, f, kind, first):
     if kind == ".parquet":  # f: a ParquetWriter, made for the first chunk's columns
         try:
             f.write_table(pyarrow.Table.from_pandas(frame, schema=f.schema, preserve_index=False))
-        except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as e:
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, pyarrow.ArrowNotImplementedError) as e:
             raise RecipeError(f"--output: a column changes its type after the first {CHUNK:,} rows, which one Parquet "
                               f"file cannot hold ({e}); write .csv or .jsonl instead") from None
     elif kind == ".jsonl":
+        if len(frame) == 0:  # pandas writes an empty line for no rows: an empty JSONL file has none
+            return
         f.write(frame.to_json(orient="records", lines=True, force_ascii=False))
     else:
         frame.to_csv(f, sep="\t" if kind == ".tsv" else ",", header=first, index=False)
 
 
 def predict(run, chunks, text_column, batch_size, write):
-    """Classify each chunk; write(frame, first) receives the rows with their label and score columns (multi-label:
-    `labels`, the names over the threshold joined by commas, and a score_NAME column per label)."""
+    """Classify each chunk; write(frame, first) receives the rows with the output_columns() added."""
     done = 0
     for chunk_number, frame in enumerate(chunks):
+        if chunk_number == 0:
+            clash = [column for column in output_columns(run) if column in frame.columns]
+            if clash:
+                raise RecipeError(f"the input already has a column {clash[0]!r}, which predict.py writes its "
+                                  f"predictions to; rename or drop that column of the input")
         # Python strings, checked in Python: pandas 3 with pyarrow stores Arrow strings, which hold no surrogates
         texts = [None if pd.isna(text) else str(text) for text in frame[text_column]]
-        empty = np.array([text is None or not text.strip() for text in texts])
+        empty = np.array([text is None or not text.strip() for text in texts], dtype=bool)
         if empty.any():
             rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
             raise RecipeError(f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
@@ -201,15 +250,17 @@ def predict(run, chunks, text_column, batch_size, write):
             what = f"the byte {byte:#04x}" if 0x80 <= byte <= 0xFF else "a lone surrogate escape"
             raise RecipeError(f"the text in row {done + row} (0-based, header not counted) is not UTF-8: it holds "
                               f"{what}; convert the input to UTF-8, e.g. iconv -f latin1 -t utf-8")
-        logits = run.logits(texts, batch_size)
+        logits = run.logits(texts, batch_size) if texts else torch.empty(0, len(run.labels))
         if run.threshold is None:
             scores, best = logits.softmax(-1).max(-1)
-            frame = frame.assign(label=[run.labels[i] for i in best.tolist()], score=scores.numpy())
+            labels = pd.Series([run.labels[i] for i in best.tolist()], index=frame.index, dtype=object)
+            frame = frame.assign(predicted_label=labels, predicted_score=scores.numpy())
         else:
             probabilities = logits.sigmoid().numpy()
             over = [[name for name, p in zip(run.labels, row, strict=True) if p > run.threshold] for row in probabilities]
-            frame = frame.assign(labels=[",".join(names) for names in over],
-                                 **{f"score_{name}": probabilities[:, k] for k, name in enumerate(run.labels)})
+            labels = pd.Series([",".join(names) for names in over], index=frame.index, dtype=object)
+            frame = frame.assign(predicted_labels=labels,
+                                 **{f"predicted_score_{name}": probabilities[:, k] for k, name in enumerate(run.labels)})
         write(frame, chunk_number == 0)
         done += len(frame)
     return done
@@ -222,8 +273,8 @@ def main(argv=None):
     parser.add_argument("--input", help="a .csv, .tsv or .jsonl file (optionally .gz), or .parquet, with a text column")
     parser.add_argument("--text-column", help="the column of --input that holds the texts (default: the run's "
                                               "TEXT_COLUMN)")
-    parser.add_argument("--output", help="write the input rows plus label and score here (.csv, .tsv, .jsonl, "
-                                         ".parquet)")
+    parser.add_argument("--output", help="write the input rows plus predicted_label and predicted_score here "
+                                         "(.csv, .tsv, .jsonl, .parquet)")
     parser.add_argument("--batch-size", type=int, help="texts per forward pass (default: the run's EVAL_BATCH_SIZE)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
@@ -243,13 +294,13 @@ def main(argv=None):
         if args.output is None:
             def show(frame, first):
                 if run.threshold is None:
-                    shown = [f"{label}\t{score:.4f}"
-                             for label, score in zip(frame["label"], frame["score"], strict=True)]
+                    shown = [f"{label}\t{score:.4f}" for label, score in
+                             zip(frame["predicted_label"], frame["predicted_score"], strict=True)]
                 else:  # the labels over the threshold (or -), then every label's score
-                    scores = frame[[f"score_{name}" for name in run.labels]].to_numpy()
+                    scores = frame[[f"predicted_score_{name}" for name in run.labels]].to_numpy()
                     shown = [f"{labels or '-'}\t" + " ".join(f"{name}={p:.4f}"
                                                              for name, p in zip(run.labels, row, strict=True))
-                             for labels, row in zip(frame["labels"], scores, strict=True)]
+                             for labels, row in zip(frame["predicted_labels"], scores, strict=True)]
                 for line, text in zip(shown, frame[column], strict=True):
                     print(f"{line}\t{' '.join(str(text).split())}")
                 sys.stdout.flush()
@@ -265,8 +316,7 @@ def main(argv=None):
 
                 def write(frame, first):
                     nonlocal writer
-                    writer = writer or pyarrow.parquet.ParquetWriter(binary, pyarrow.Schema.from_pandas(
-                        frame, preserve_index=False))
+                    writer = writer or pyarrow.parquet.ParquetWriter(binary, parquet_schema(frame))
                     write_frame(frame, writer, kind, first)
                 count = predict(run, chunks, column, batch_size, write)
                 if writer:

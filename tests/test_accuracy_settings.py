@@ -124,5 +124,5 @@ def test_head_tail_learns_what_only_the_end_of_a_review_says(tmp_path, tiny_mode
     test = pd.read_csv(csv).iloc[1_200:]  # predict.py truncates as the run trained
     predict.main([str(tmp_path / "both"), "--input", str(csv), "--output", str(tmp_path / "predicted.csv")])
     predicted = pd.read_csv(tmp_path / "predicted.csv").iloc[1_200:]
-    accuracy = (predicted["label"] == test["sentiment"].map({0: "negative", 1: "positive"})).mean()
+    accuracy = (predicted["predicted_label"] == test["sentiment"].map({0: "negative", 1: "positive"})).mean()
     assert accuracy == both["test_accuracy"] == json.loads((tmp_path / "both" / "metrics.json").read_text())["test_accuracy"]

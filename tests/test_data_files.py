@@ -104,8 +104,8 @@ def test_three_parquet_files_take_their_label_names_from_the_hub_metadata(tmp_pa
     out = tmp_path / "predictions.parquet"
     predict.main([str(tmp_path / "out"), "--input", str(files["test"]), "--output", str(out)])
     written = pd.read_parquet(out)
-    assert list(written.columns) == ["text", "label", "score"] and len(written) == 250
-    assert (written["label"].iloc[:200] == test["label"].map({0: "neg", 1: "pos"})).mean() == pytest.approx(
+    assert list(written.columns) == ["text", "label", "predicted_label", "predicted_score"] and len(written) == 250
+    assert (written["predicted_label"].iloc[:200] == test["label"].map({0: "neg", 1: "pos"})).mean() == pytest.approx(
         metrics["test_accuracy"])
 
     # LABEL_NAMES, when given, names the labels instead
@@ -123,16 +123,19 @@ def test_predict_streams_a_large_parquet_file_in_chunks(tmp_path, monkeypatch):
     predict.main([str(tmp_path / "out"), "--input", str(tmp_path / "new.parquet"), "--output",
                   str(tmp_path / "out.parquet")])
     written = pd.read_parquet(tmp_path / "out.parquet")
-    assert list(written["id"]) == list(range(300)) and set(written["label"]) <= {"negative", "positive"}
+    assert list(written["id"]) == list(range(300)) and set(written["predicted_label"]) <= {"negative", "positive"}
     assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == 5  # one a chunk of 64
 
 
 @pytest.mark.parametrize("case, messages", [
-    ("no label column", ["other.csv has no sentiment column; found columns ['review', 'stars']"]),
+    ("no label column", [("other.csv has no sentiment column; found columns ['review', 'stars']; every file needs "
+                          "the training file's columns: rename the column in this file")]),
     ("a label the training file never has", [("other.csv holds the label 'meh', which the training file (DATA_URL) "
                                               "never has (it has 'bad', 'good')")]),
-    ("an integer label the training file cannot name", [("other.csv: sentiment holds integer labels, named by "
-                                                        "LABEL_NAMES (negative,positive) as 0..1, but row 3 (0-based, header not counted) holds '2'")]),
+    ("an integer label the training file cannot name", [("other.csv: sentiment holds integer labels, named by the "
+                                                        "training file's labels (negative,positive) as 0..1, but row 3 "
+                                                        "(0-based, header not counted) holds '2'; every file needs the "
+                                                        "same classes, numbered alike")]),
 ])
 @pytest.mark.parametrize("setting", ["valid_url", "test_url"])
 def test_a_mismatched_file_is_one_line_naming_it_and_writes_nothing(tmp_path, setting, case, messages):

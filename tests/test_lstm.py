@@ -142,4 +142,4 @@ def test_a_text_of_a_million_characters_trains_and_predicts_in_bounded_memory(tm
     peak_mib = int(done.stdout.split()[-1])
     assert peak_mib < 2_500, peak_mib
     predicted = pd.read_csv(tmp_path / "predicted.csv")
-    assert len(predicted) == 1_000 and predicted["score"].between(0.5, 1).all()  # one row per input row
+    assert len(predicted) == 1_000 and predicted["predicted_score"].between(0.5, 1).all()  # one row per input row

@@ -277,9 +277,9 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
     capsys.readouterr()
     predict.main([str(tmp_path / "out"), "--input", str(data), "--output", str(tmp_path / "predicted.jsonl")])
     predicted = pd.read_json(tmp_path / "predicted.jsonl", lines=True, dtype=False)
-    assert list(predicted.columns)[-4:] == ["labels", "score_good", "score_bad", "score_plot"]
-    over = predicted[["score_good", "score_bad", "score_plot"]].to_numpy() > 0.5
-    assert predicted["labels"].fillna("").tolist() == [",".join(n for n, o in zip(["good", "bad", "plot"], row, strict=True) if o)
+    assert list(predicted.columns)[-4:] == ["predicted_labels", "predicted_score_good", "predicted_score_bad", "predicted_score_plot"]
+    over = predicted[["predicted_score_good", "predicted_score_bad", "predicted_score_plot"]].to_numpy() > 0.5
+    assert predicted["predicted_labels"].fillna("").tolist() == [",".join(n for n, o in zip(["good", "bad", "plot"], row, strict=True) if o)
                                                        for row in over]
     truth = predicted[["good", "bad", "plot"]].to_numpy().astype(bool)
     test_accuracy = json.loads((tmp_path / "out" / "metrics.json").read_text())["test_accuracy"]

@@ -48,13 +48,13 @@ def test_predicting_the_test_split_reproduces_test_accuracy(runs, tmp_path, kind
     source = write_csv(test, tmp_path / "test.csv")
     predict.main([str(runs[kind]), "--input", str(source), "--output", str(tmp_path / "predicted.csv")])
     predicted = pd.read_csv(tmp_path / "predicted.csv")
-    assert list(predicted.columns) == ["review", "sentiment", "label", "score"]
+    assert list(predicted.columns) == ["review", "sentiment", "predicted_label", "predicted_score"]
     assert predicted["review"].tolist() == test["review"].tolist()  # the input rows, in their order
-    accuracy = (predicted["label"] == test["sentiment"].map({0: "negative", 1: "positive"})).mean()
+    accuracy = (predicted["predicted_label"] == test["sentiment"].map({0: "negative", 1: "positive"})).mean()
     test_accuracy = json.loads((runs[kind] / "metrics.json").read_text())["test_accuracy"]
     assert 0.6 < test_accuracy < 0.99  # not a trivial model: borderline reviews exist
     assert accuracy == test_accuracy
-    assert predicted["score"].between(0.5, 1).all()
+    assert predicted["predicted_score"].between(0.5, 1).all()
 
 
 @pytest.mark.parametrize("kind", ["distilbert", "lstm"])
@@ -85,11 +85,11 @@ def test_output_formats_hold_the_same_predictions(runs, tmp_path):
     frames = [pd.read_json(tmp_path / "out.jsonl", lines=True), pd.read_csv(tmp_path / "out.tsv", sep="\t"),
               pd.read_csv(tmp_path / "out.csv.gz")]
     with gzip.open(tmp_path / "out.csv.gz") as f:
-        assert f.readline().decode().strip() == "review,sentiment,label,score"
+        assert f.readline().decode().strip() == "review,sentiment,predicted_label,predicted_score"
     for frame in frames:
         assert frame["review"].tolist() == test["review"].tolist()
-        assert frame["label"].tolist() == frames[0]["label"].tolist()
-        pd.testing.assert_series_equal(frame["score"], frames[0]["score"], rtol=1e-6)
+        assert frame["predicted_label"].tolist() == frames[0]["predicted_label"].tolist()
+        pd.testing.assert_series_equal(frame["predicted_score"], frames[0]["predicted_score"], rtol=1e-6)
 
 
 def test_large_inputs_stream_in_chunks_with_the_same_results(runs, tmp_path, monkeypatch):
@@ -103,8 +103,8 @@ def test_large_inputs_stream_in_chunks_with_the_same_results(runs, tmp_path, mon
     predict.main([str(runs["lstm"]), "--input", str(source), "--output", str(tmp_path / "chunked.csv")])
     assert chunks == [64, 64, 64, 64, 44]
     whole, chunked = pd.read_csv(tmp_path / "whole.csv"), pd.read_csv(tmp_path / "chunked.csv")
-    assert chunked["label"].tolist() == whole["label"].tolist()
-    pd.testing.assert_series_equal(chunked["score"], whole["score"], rtol=1e-5)
+    assert chunked["predicted_label"].tolist() == whole["predicted_label"].tolist()
+    pd.testing.assert_series_equal(chunked["predicted_score"], whole["predicted_score"], rtol=1e-5)
 
 
 def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):

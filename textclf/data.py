@@ -34,18 +34,23 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None):
-    """(path, frame, label names) of setting's url: a path, a URL, hf://datasets/ (from_hub()), an aclImdb archive."""
+def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None, named_by="LABEL_NAMES"):
+    """(path, frame, label names) of setting's url: a path, a URL, hf://datasets/ (from_hub()), an aclImdb archive.
+    names (named_by says whose they are) name integer labels where the file's own metadata does not."""
+    if url.lower().startswith("hf://") and not HUB.fullmatch(url):
+        raise RecipeError(f"{setting} ({flag(setting)}) {url} is not a hub dataset file: write it as "
+                          f"hf://datasets/OWNER/NAME/PATH (or hf://datasets/OWNER/NAME@REVISION/PATH), e.g. "
+                          f"hf://datasets/stanfordnlp/imdb/plain_text/train-00000-of-00001.parquet")
     if HUB.match(url):
         path = from_hub(url, data_dir, setting)
     elif is_url(url):
-        path = download(url, data_dir, settings, setting, names)
+        path = download(url, data_dir, settings, setting, names, named_by)
     elif not (path := Path(url).expanduser()).is_file():
         raise RecipeError(f"{setting} ({flag(setting)}) {url} is not a file here; give the path of an existing file, "
                           f"or a URL (https://, file://, hf://datasets/)")
     try:
         csv = from_archive(path, data_dir) if is_archive(path) else path
-        return csv, *read_reviews(csv, None, settings, names)
+        return csv, *read_reviews(csv, None, settings, names, named_by)
     except RecipeError as e:
         if not is_url(url):
             raise
@@ -61,20 +66,28 @@ def from_hub(url, data_dir, setting):
     folder = Path(data_dir) / "hf" / url[len("hf://"):].removesuffix(f"/{file}")
     if not (folder / file).is_file():
         made = next((p for p in [*reversed(folder.parents), folder] if not p.exists()), None)  # what a failure removes
+        before = set(folder.rglob("*")) if made is None else set()  # an earlier file's folder: what it held stays
         print(f"downloading {url} -> {folder / file}")
         try:
             hf_hub_download(repo, file, repo_type="dataset", revision=revision and urllib.parse.unquote(revision),
                             local_dir=folder)  # refs%2Fconvert%2Fparquet: refs/convert/parquet
         except (OSError, ValueError, HfHubHTTPError) as e:  # not found, gated, offline: OSError or ValueError
-            if made and not any(folder.rglob("*.incomplete")):  # a partial download stays: the next try resumes it
-                shutil.rmtree(made, ignore_errors=True)
+            if not any(folder.rglob("*.incomplete")):  # a partial download stays: the next try resumes it
+                if made:
+                    shutil.rmtree(made, ignore_errors=True)
+                else:  # its lock file and metadata, and the folders made for them, deepest first
+                    for new in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+                        if new.is_dir():
+                            shutil.rmtree(new, ignore_errors=True)
+                        else:
+                            new.unlink(missing_ok=True)
             raise RecipeError(f"could not download {url} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
                               f"check the name, set HF_TOKEN for a private or gated dataset, or download it by hand "
                               f"and pass {flag(setting)} /path/to/{Path(file).name}") from None
     return folder / file
 
 
-def download(url, data_dir, settings, setting="DATA_URL", names=None):
+def download(url, data_dir, settings, setting="DATA_URL", names=None, named_by="LABEL_NAMES"):
     """url saved once, whole and valid, as data_dir/NAME (.NAME.source.json: URL, checksum; a hand-saved file stays)."""
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
     source = path.with_name(f".{path.name}.source.json")
@@ -111,7 +124,7 @@ def download(url, data_dir, settings, setting="DATA_URL", names=None):
                               f"{path}, or pass {flag(setting)} /path/to/{path.name}") from e
         f.flush()
         try:
-            read_aclimdb(f.name, url) if is_archive(url) else read_reviews(f.name, url, settings, names)
+            read_aclimdb(f.name, url) if is_archive(url) else read_reviews(f.name, url, settings, names, named_by)
         except RecipeError as e:
             raise RecipeError(f"{e}; nothing was saved") from None
 
@@ -160,10 +173,11 @@ def read_aclimdb(path, name=None):
     return pd.DataFrame(rows, columns=["review", "sentiment"])
 
 
-def read_reviews(path, name, settings, names=None):
+def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
     """(frame, label names) of a .tsv, .jsonl, .parquet or other CSV file, plain or gzip, checked (errors call it name):
-    a non-empty `text` and a `label` (an index into names, a Parquet file's ClassLabel names or LABEL_NAMES for integer
-    labels; into the sorted word labels) or, multi-label, a 0/1 column per label numbered 0..K-1."""
+    a non-empty `text` and a `label` (an integer indexes the file's own names: a Parquet file's ClassLabel names, else
+    names, else LABEL_NAMES; a word label the sorted word labels) or, multi-label, a 0/1 column per label, 0..K-1.
+    named_by says in an error message whose the names are."""
     name = name or path
     text_column, columns = settings["TEXT_COLUMN"], label_columns(settings)
     with open(path, "rb") as f:
@@ -187,20 +201,63 @@ def read_reviews(path, name, settings, names=None):
 
     missing = [column for column in [text_column] + columns if column not in df.columns]
     if missing:
+        fix = ("name yours with --text-column and --label-columns" if named_by == "LABEL_NAMES" else
+               "every file needs the training file's columns: rename the column in this file")
         raise RecipeError(f"{name} has no {' or '.join(missing)} column; found columns "
-                          f"{[str(c)[:40] for c in df.columns[:8]]}; name yours with --text-column and --label-columns")
+                          f"{[str(c)[:40] for c in df.columns[:8]]}; {fix}")
+    if len(df) == 0:
+        raise RecipeError(f"{name} holds no rows, only {'a header' if kind in ('csv', 'tsv') else 'its columns'}")
+    nested = df[text_column].map(lambda value: isinstance(value, (list, tuple, dict, np.ndarray)))
+    if nested.any():
+        raise RecipeError(f"{name}: {text_column} holds a list or a record, not a text, in {rows(nested)}; name a "
+                          f"column of plain text with --text-column (or join the parts into one text column first)")
     empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
     if empty.any():
         raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
     if kind in ("csv", "tsv"):
         merged(df, text_column, columns, "\t" if kind == "tsv" else ",", name)
-    if names is None and kind == "parquet":  # a Hugging Face dataset's ClassLabel names, in its schema's metadata
-        meta = json.loads((pyarrow.parquet.read_schema(path).metadata or {}).get(b"huggingface", b"{}"))
-        names = meta.get("info", {}).get("features", {}).get(columns[0], {}).get("names")
-    return labelled(df, text_column, columns, names or [n.strip() for n in settings["LABEL_NAMES"].split(",")], name)
+    own = parquet_label_names(path, columns[0]) if kind == "parquet" else None
+    if own is not None:
+        names, named_by = own, "the file's Hugging Face metadata"
+    return labelled(df, text_column, columns, names or [n.strip() for n in settings["LABEL_NAMES"].split(",")], name,
+                    named_by)
 
 
-def labelled(df, text_column, columns, names, name):
+def parquet_label_names(path, column):
+    """The ClassLabel names of column that a Hugging Face dataset's Parquet file keeps in its schema's metadata, or
+    None. A list of them (Sequence(ClassLabel), multi-label in one column) is not returned: labelled() refuses it."""
+    meta = json.loads((pyarrow.parquet.read_schema(path).metadata or {}).get(b"huggingface", b"{}"))
+    feature = meta.get("info", {}).get("features", {}).get(column, {})
+    return feature.get("names") if isinstance(feature, dict) else None
+
+
+def metadata_names(path, settings):
+    """The label names a Parquet file's own metadata gives its integer labels (parquet_label_names()), or None."""
+    if not re.search(r"\.parquet$", str(path), re.IGNORECASE) or len(label_columns(settings)) > 1:
+        return None
+    return parquet_label_names(path, label_columns(settings)[0])
+
+
+def given_label_names(settings, given, names, metadata, path):
+    """(the run's label names, {metadata name: name}): the training file's names, or LABEL_NAMES where it is given
+    and the file's metadata names its classes (the same classes, renamed; other files' metadata names map alike)."""
+    if "LABEL_NAMES" not in given or metadata is None:
+        return names, {}
+    label_names = [name.strip() for name in settings["LABEL_NAMES"].split(",")]
+    if len(label_names) != len(metadata):
+        raise RecipeError(f"LABEL_NAMES (--label-names) names {len(label_names)} classes, but {path}'s metadata names "
+                          f"{len(metadata)} ({','.join(metadata)}); give one name for each of them, in that order")
+    return label_names, dict(zip(metadata, label_names, strict=True))
+
+
+def is_list(value):
+    return isinstance(value, (list, tuple, np.ndarray)) or isinstance(value, str) and bool(LIST.fullmatch(value))
+
+
+LIST = re.compile(r"\s*\[\s*(?:-?\d+\s*(?:,\s*-?\d+\s*)*)?\]\s*")  # [0], [0, 3], []: a list of class numbers in a text
+
+
+def labelled(df, text_column, columns, names, name, named_by="LABEL_NAMES"):
     """read_reviews()'s (frame, label names) of df, its label columns checked."""
     frame = pd.DataFrame({"text": df[text_column].astype(str)})
     if len(columns) > 1:  # multi-label: 0/1 in each column
@@ -212,6 +269,14 @@ def labelled(df, text_column, columns, names, name):
                                   f"{str(df[column][bad].iloc[0])!r} in {rows(bad)}")
             frame[k] = values.astype(int)
         return frame, columns
+    lists = df[columns[0]].map(is_list)
+    if lists.any():  # the hub's Sequence(ClassLabel): several classes a row, in one column
+        first = df[columns[0]][lists].iloc[0]
+        shown = first if isinstance(first, str) else str([value.item() if hasattr(value, "item") else value
+                                                          for value in first])
+        raise RecipeError(f"{name}: {columns[0]} holds lists of classes ({shown!r} in {rows(lists)}), a multi-label layout; give each label a 0/1 column of its own and name "
+                          f"them all with --label-columns a,b,c (e.g. in pandas: for k, name in enumerate(names): "
+                          f"df[name] = df.{columns[0]}.map(lambda classes: int(k in classes)))")
     raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
     if raw.eq("").any():
         raise RecipeError(f"{name}: missing {columns[0]} label in {rows(raw.eq(''))}")
@@ -220,11 +285,18 @@ def labelled(df, text_column, columns, names, name):
     if integers.all():  # 0..K-1, named by names
         bad = ~numbers.between(0, len(names) - 1)
         if bad.any():
-            raise RecipeError(f"{name}: {columns[0]} holds integer labels, named by LABEL_NAMES ({','.join(names)}) "
+            fix = ("give one name per class with --label-names a,b,c" if named_by == "LABEL_NAMES" else
+                   "every file needs the same classes, numbered alike")
+            raise RecipeError(f"{name}: {columns[0]} holds integer labels, named by {named_by} ({','.join(names)}) "
                               f"as 0..{len(names) - 1}, but {rows(bad)} hold{'s' if bad.sum() == 1 else ''} "
-                              f"{raw[bad].iloc[0]!r}; give one name per class with --label-names a,b,c")
+                              f"{raw[bad].iloc[0]!r}; {fix}")
         frame["label"] = numbers.astype(int)
         return frame, names
+    if numbers.notna().all():  # 4.25, 3.8: scores, not classes
+        fraction = numbers.notna() & ~integers
+        raise RecipeError(f"{name}: {columns[0]} holds numbers that are not whole ({raw[fraction].iloc[0]!r} in "
+                          f"{rows(fraction)}): scores, not classes; a classifier needs one class a row (an integer "
+                          f"or a word)")
     if numbers.notna().any():
         raise RecipeError(f"{name}: {columns[0]} mixes numbers and words: {rows(numbers.notna())} "
                           f"hold{'s' if numbers.notna().sum() == 1 else ''} {raw[numbers.notna()].iloc[0]!r} while "
@@ -302,16 +374,18 @@ def merged(df, text_column, columns, sep, name):
                               f'inside a quoted text is written twice: "")')
 
 
-def split(df, sizes, shuffle=False, seed=0, setting="DATA_URL"):
-    """df's rows (file order, or permuted with seed) cut into parts of sizes: {setting: count, fraction, None: rest}."""
+def split(df, sizes, shuffle=False, seed=0, setting="DATA_URL", given=None):
+    """df's rows (file order, or permuted with seed) cut into parts of sizes: {setting: count, fraction, None: rest}.
+    A split that does not fit advises to lower the sizes in given (None: any size that is set)."""
     if shuffle:
         df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
     counts = {name: int(size * len(df)) if isinstance(size, float) else size for name, size in sizes.items()}
     fixed, rest = sum(count for count in counts.values() if count is not None), None in counts.values()
     if fixed + rest > len(df):  # the rest needs a row too
+        lowered = [flag(name) for name, n in counts.items() if n and (given is None or name in given)]
         wanted = " + ".join(f"{name} {'(the rest)' if n is None else f'{n:,}'}" for name, n in counts.items())
         raise RecipeError(f"the split needs {fixed + rest:,} rows ({wanted}) of {setting} but the file has {len(df):,}"
-                          + ("; lower " + " or ".join(flag(name) for name, n in counts.items() if n)) * bool(fixed))
+                          + ("; lower " + " or ".join(lowered)) * bool(lowered))
     counts = [len(df) - fixed if count is None else count for count in counts.values()]
     if 0 in counts:
         raise RecipeError(f"the split fractions ({', '.join(str(v or 'the rest') for v in sizes.values())}) of "
@@ -329,13 +403,16 @@ def file_splits(s, given):
 
 
 def relabel(frame, own, names, name):
-    """frame's labels, indices into own (its file's), as indices into names (the training file's): all must be there."""
-    if "label" in frame and own != names:  # own: the file's word labels, sorted, each in it
-        if unseen := sorted(set(own) - set(names)):
-            raise RecipeError(f"{name} holds the label {unseen[0]!r}, which the training file (DATA_URL) never has "
-                              f"(it has {', '.join(map(repr, names[:10]))}); every file needs the same labels, alike")
-        frame = frame.assign(label=frame["label"].map({i: names.index(label) for i, label in enumerate(own)}))
-    return frame
+    """frame's labels, indices into own (its file's names), as indices into names (the training file's), matched by
+    name: a label of the file that the training file lacks is a RecipeError."""
+    if "label" not in frame or own == names:
+        return frame
+    used = sorted(set(frame["label"]))
+    unseen = [own[i] for i in used if own[i] not in names]
+    if unseen:
+        raise RecipeError(f"{name} holds the label {unseen[0]!r}, which the training file (DATA_URL) never has "
+                          f"(it has {', '.join(map(repr, names[:10]))}); every file needs the same labels, alike")
+    return frame.assign(label=frame["label"].map({i: names.index(own[i]) for i in used}))
 
 
 def check_labels(train, valid, test, names, shuffled):

@@ -21,7 +21,17 @@ import torch.distributed as dist
 from . import parallel
 from .batches import loader, make_batches, to_device
 from .board import Board
-from .data import check_labels, file_sha256, file_splits, load_reviews, relabel, split, targets
+from .data import (
+    check_labels,
+    file_sha256,
+    file_splits,
+    given_label_names,
+    load_reviews,
+    metadata_names,
+    relabel,
+    split,
+    targets,
+)
 from .metrics import better, scores, shown
 from .parallel import PeerFailed, agreed, agreeing, all_sum, gathered, leader, leader_first, local_leader, progress
 from .runfolder import atomic_write, locked, remove_stale, usable_folder
@@ -87,11 +97,18 @@ class Run:
     def load_data(self):
         """The data (file_splits()), downloaded once, checked alike on every machine and at --resume, as one frame."""
         s, loaded, parts = self.s, {}, {}
-        names = [name.strip() for name in s["LABEL_NAMES"].split(",")] if "LABEL_NAMES" in self.given else None
+        files = file_splits(s, self.given)
         with leader_first(self.world):  # DATA_URL first: its labels name the other files' (relabel())
-            for url in (files := file_splits(s, self.given)):
-                loaded[url] = load_reviews(s[url], s["DATA_DIR"], s, url, loaded["DATA_URL"][2] if loaded else names)
-        shas, self.names = [file_sha256(path) for path, _, _ in loaded.values()], loaded["DATA_URL"][2]
+            path, rows, own = loaded["DATA_URL"] = load_reviews(s["DATA_URL"], s["DATA_DIR"], s, "DATA_URL")
+            self.names, renamed = given_label_names(s, self.given, own, metadata_names(path, s), path)
+            loaded["DATA_URL"] = path, rows, self.names
+            for url in files:
+                if url != "DATA_URL":  # integers without names of their own are named as the training file's
+                    path, rows, own = load_reviews(s[url], s["DATA_DIR"], s, url, self.names,
+                                                   "the training file's labels")
+                    own = [renamed.get(label, label) for label in own] if metadata_names(path, s) else own
+                    loaded[url] = path, rows, own
+        shas = [file_sha256(path) for path, _, _ in loaded.values()]
         self.data_sha256 = " ".join(shas)  # of each file, DATA_URL's first
         before = (self.checkpoint or {}).get("data_sha256", self.data_sha256).split()
         for (url, (path, rows, own)), sha, was in zip(loaded.items(), shas, before, strict=True):
@@ -102,7 +119,7 @@ class Run:
             if sha != was:
                 raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs): put "
                                   f"the original back to resume, or start over without --resume in another --out-dir")
-            chunks = split(relabel(rows, own, self.names, path), files[url], s["SHUFFLE"], s["SEED"], url)
+            chunks = split(relabel(rows, own, self.names, path), files[url], s["SHUFFLE"], s["SEED"], url, self.given)
             parts.update(zip(files[url], chunks, strict=True))
         parts = [parts[size] for size in SPLIT_SIZES]
         check_labels(*parts, self.names, s["SHUFFLE"])
