@@ -61,13 +61,16 @@ def number(value, form):
 
 def table(runs):
     """One markdown row per run: what was trained, how long, and how well (multi-label: exact-match accuracy, and
-    the macro ROC AUC that picks the best epoch). What a run's file lacks shows as ?."""
+    the macro ROC AUC that picks the best epoch; regression: Pearson, which picks it, Spearman and RMSE). What a
+    run's file lacks shows as ?."""
     auc = any(m.get("multi_label") for _, m in runs)
+    regression = any(m.get("task") == "regression" for _, m in runs)
     tested = [test_data(m) for _, m in runs]
     differ = len(set(tested) - {None}) > 1  # then their test numbers do not compare: the table says on what each was tested
     header = (["run", "script", "model", "parameters", "training reviews", "max length", "epochs", "device",
                "training s", "s per epoch", "best epoch", "valid accuracy", "test accuracy"]
-              + ["valid macro ROC AUC", "test macro ROC AUC"] * auc + ["test data"] * differ)
+              + ["valid macro ROC AUC", "test macro ROC AUC"] * auc
+              + ["valid Pearson", "test Pearson", "test Spearman", "test RMSE"] * regression + ["test data"] * differ)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (name, m), test in zip(runs, tested, strict=True):
         s, epochs = m["settings"], m["epochs"]
@@ -86,6 +89,9 @@ def table(runs):
                number(m.get("train_seconds"), ".1f"), per_epoch or "?", number(m.get("best_epoch"), "d"),
                number(m.get("valid_accuracy"), ".4f"), number(m.get("test_accuracy"), ".4f")]
         row += [number((m.get(split) or {}).get("macro_roc_auc"), ".4f") for split in ("valid", "test") if auc]
+        if regression:
+            row += [number((m.get("valid") or {}).get("pearson"), ".4f")]
+            row += [number((m.get("test") or {}).get(key), ".4f") for key in ("pearson", "spearman", "rmse")]
         row += [test or "?"] * differ
         lines.append("| " + " | ".join(row) + " |")
     if differ:
@@ -111,17 +117,22 @@ def figure_of(runs):
             [plt.get_cmap("turbo")(i / (len(runs) - 1)) for i in range(len(runs))]
     for (name, m), color in zip(runs, colors, strict=False):
         epochs = [e["epoch"] for e in m["epochs"]]
-        for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        score = "pearson" if m.get("task") == "regression" else "accuracy"  # the right panel: what picks the epoch
+        for axes, key in ((loss_axes, "loss"), (accuracy_axes, score)):
             axes.plot(epochs, [e.get(f"train_{key}", math.nan) for e in m["epochs"]], "o-", color=color,
                       label=f"{name}, training")
             if all(f"valid_{key}" in e for e in m["epochs"]):
                 axes.plot(epochs, [e[f"valid_{key}"] for e in m["epochs"]], "s--", color=color,
                           label=f"{name}, validation")
-        for best in (e for e in m["epochs"] if e["epoch"] == m.get("best_epoch") and "valid_accuracy" in e):
-            accuracy_axes.plot(best["epoch"], best["valid_accuracy"], "*", color=color, markersize=16,
+        for best in (e for e in m["epochs"] if e["epoch"] == m.get("best_epoch") and e.get(f"valid_{score}")):
+            accuracy_axes.plot(best["epoch"], best[f"valid_{score}"], "*", color=color, markersize=16,
                                markeredgecolor="black", zorder=3)
-    loss_axes.set(title="Loss per epoch", xlabel="epoch", ylabel="cross-entropy (mean per review)")
-    accuracy_axes.set(title="Accuracy per epoch (★ best epoch, the saved model)", xlabel="epoch", ylabel="accuracy")
+    regression = any(m.get("task") == "regression" for _, m in runs)
+    loss_axes.set(title="Loss per epoch", xlabel="epoch",
+                  ylabel="cross-entropy (regression: squared error), mean per text" if regression else
+                  "cross-entropy (mean per review)")
+    accuracy_axes.set(title="Accuracy per epoch (★ best epoch, the saved model)", xlabel="epoch",
+                      ylabel="accuracy (regression: Pearson correlation)" if regression else "accuracy")
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)

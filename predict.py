@@ -4,14 +4,17 @@
     python predict.py runs/lstm --input new_reviews.csv --text-column review --output predictions.csv
     python predict.py runs/distilbert --input test.parquet --text-column text --output predictions.parquet
     cat reviews.txt | python predict.py runs/distilbert -          # one text per line from standard input
+    python predict.py runs/pairs --input dev.csv --text-column sentence1,sentence2 --output scored.csv   # pairs
+    printf 'A man plays a guitar.\tA person makes music.\n' | python predict.py runs/pairs -   # a tab between
 
 RUN_DIR is the OUT_DIR of a finished run of either script; what it holds tells which (model/ or model.pt).
 Texts go through that script's own cleaning, tokenizer and truncation, in length-sorted batches as its
 evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
 per text, or with --output writes the input rows, every column as it was, plus `predicted_label` and
 `predicted_score` columns (.csv, .tsv or .jsonl, optionally .gz, or .parquet), atomically. A multi-label run gives
-`predicted_labels` (those over its THRESHOLD, comma-separated) and a `predicted_score_NAME` column per label instead.
-Large files and standard input stream in chunks of 10,000 rows, and
+`predicted_labels` (those over its THRESHOLD, comma-separated) and a `predicted_score_NAME` column per label instead;
+a regression run gives `predicted_score`, the score itself. A sentence-pair run reads two text columns, or two texts
+with a tab between them. Large files and standard input stream in chunks of 10,000 rows, and
 every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in bf16 where
 training's PRECISION=auto would (CUDA, and CPUs with native bf16); --precision fp32 turns that off.
 """
@@ -39,7 +42,7 @@ from textclf.batches import make_batches, to_device
 from textclf.data import SURROGATE, jsonl_frames
 from textclf.parallel import auto_precision, autocast_for, progress, resolve_device
 from textclf.runfolder import atomic_write, usable_folder
-from textclf.settings import RecipeError
+from textclf.settings import RecipeError, text_columns
 
 CHUNK = 10_000  # texts read, sorted, classified and written at a time
 
@@ -89,29 +92,38 @@ class Run:
             self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
             multi = model.config.problem_type == "multi_label_classification"
             self.threshold = self.settings["THRESHOLD"] if multi else None
-            self.encode = lambda texts: td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"],
-                                                    self.settings["TRUNCATION"], self.settings["HEAD_TOKENS"])
+            self.regression = model.config.problem_type == "regression"
+
+            def encode(texts, pairs):
+                return td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"], self.settings["TRUNCATION"],
+                                   self.settings["HEAD_TOKENS"], pairs=pairs)
         elif script == "train_lstm_baseline.py" and (run_dir / "model.pt").exists():  # weights and vocabulary
             self.kind = "lstm"
             self.model, vocab = tl.load_model(run_dir, device)
             self.labels, self.threshold = self.model.labels, self.model.threshold
-            self.encode = lambda texts: tl.encode(texts, vocab, self.model.max_length)
+            self.regression = self.model.regression
+
+            def encode(texts, pairs):
+                return *tl.encode(texts, vocab, self.model.max_length, pairs), None
         else:
             raise RecipeError(f"{run_dir}'s metrics.json is a run of {script}, but its model "
                               f"({'model/' if script == 'train_distilbert.py' else 'model.pt'}) is missing")
+        self.encode = encode  # (ids, offsets, token types or None) of texts and, for a pair run, their pairs
+        self.pairs = len(text_columns(self.settings)) > 1  # a sentence-pair run: two texts each
 
     @torch.inference_mode()
-    def logits(self, texts, batch_size):
-        ids, offsets = self.encode(texts)
+    def logits(self, texts, batch_size, pairs=None):
+        """The model's outputs for texts (and their pairs, for a pair run), in their order."""
+        ids, offsets, types = self.encode(texts, pairs)
         lengths = (offsets[1:] - offsets[:-1]).numpy()
         no_labels = torch.zeros(len(texts), dtype=torch.int64)
         out = torch.empty(len(texts), len(self.labels))
         batches = make_batches(lengths, batch_size)  # sorted by length, as evaluation batches them
         for indices in progress(batches, desc="classify", unit="batch"):
             if self.kind == "distilbert":
-                input_ids, mask, _ = to_device(td.collate(indices, ids, offsets, no_labels, self.pad_id), self.device)
+                batch = to_device(td.collate(indices, ids, offsets, no_labels, self.pad_id, types=types), self.device)
                 with self.autocast:
-                    logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+                    logits = self.model(**td.model_inputs(batch)).logits
             else:
                 logits = self.model(*to_device(tl.collate(indices, ids, offsets, no_labels)[:2], self.device))
             out[torch.as_tensor(indices)] = logits.float().cpu()
@@ -135,10 +147,11 @@ def file_format(path, option):
     return kind
 
 
-def read_chunks(texts, input_path, text_column):
-    """The input as frames of at most CHUNK rows, with the texts in text_column. Every frame of a file has the file's
-    columns, in one order (a JSONL file's keys, as they first appear, read in a first pass), and a file without rows
-    is one frame without rows."""
+def read_chunks(texts, input_path, text_columns):
+    """The input as frames of at most CHUNK rows, with the texts in text_columns (two for a pair run; given as
+    arguments or lines, a pair is two texts with a tab between). Every frame of a file has the file's columns, in one
+    order (a JSONL file's keys, as they first appear, read in a first pass), and a file without rows is one frame
+    without rows."""
     if input_path is None:
         if not texts:
             raise RecipeError("no input: give texts as arguments, --input FILE, or - to read one text per line "
@@ -147,11 +160,14 @@ def read_chunks(texts, input_path, text_column):
             if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach predict()'s check, not a traceback
                 sys.stdin.reconfigure(errors="surrogateescape")
             lines = (line.rstrip("\r\n") for line in sys.stdin if line.strip())  # a blank line holds no text
+            done = 0
             while chunk := list(itertools.islice(lines, CHUNK)):
-                yield pd.DataFrame({text_column: chunk}, dtype=object)  # texts not UTF-8 reach predict()
+                yield text_frame(chunk, text_columns, done)  # texts not UTF-8 reach predict()
+                done += len(chunk)
         else:
-            yield pd.DataFrame({text_column: texts}, dtype=object)
+            yield text_frame(texts, text_columns, 0)
         return
+    text_column = text_columns[0]
     path = Path(input_path)
     if not path.is_file():
         raise RecipeError(f"--input {path} {'is a folder; give a file' if path.is_dir() else 'does not exist'}")
@@ -174,17 +190,31 @@ def read_chunks(texts, input_path, text_column):
         first = True
         for frame in frames:
             columns = list(frame.columns) if columns is None else columns
-            if text_column not in columns:
-                raise RecipeError(f"--input {path} has no column {text_column!r} (it has {list(columns)[:8]}); "
-                                  f"name the text column with --text-column")
+            for text_column in text_columns:
+                if text_column not in columns:
+                    raise RecipeError(f"--input {path} has no column {text_column!r} (it has {list(columns)[:8]}); "
+                                      f"name the text column{'s' * (len(text_columns) > 1)} with --text-column")
             yield frame
             first = False
-        if first:  # a JSONL file without a line: no columns but the text's
-            yield pd.DataFrame({text_column: []}, dtype=object)
+        if first:  # a JSONL file without a line: no columns but the texts'
+            yield pd.DataFrame({column: [] for column in text_columns}, dtype=object)
     except pd.errors.EmptyDataError:
         raise RecipeError(f"--input {path} is empty: it needs a header and a text a line") from None
     except (OSError, EOFError, ValueError, pd.errors.ParserError, pyarrow.ArrowException) as e:
         raise RecipeError(f"--input {path} is not a readable {kind[1:]} file ({type(e).__name__}: {e})") from None
+
+
+def text_frame(lines, text_columns, done):
+    """Texts given as arguments or lines as a frame; for a pair run each split at its first tab into its two texts."""
+    if len(text_columns) == 1:
+        return pd.DataFrame({text_columns[0]: lines}, dtype=object)
+    parts = [line.split("\t", 1) for line in lines]
+    alone = [i for i, part in enumerate(parts) if len(part) < 2]
+    if alone:
+        raise RecipeError(f"the run classifies sentence pairs, but text {done + alone[0]} (0-based) holds no tab: "
+                          f"give each pair as its two texts with a tab between them")
+    return pd.DataFrame({text_columns[0]: [part[0] for part in parts], text_columns[1]: [part[1] for part in parts]},
+                        dtype=object)
 
 
 def jsonl_columns(path):
@@ -196,8 +226,11 @@ def jsonl_columns(path):
 
 
 def output_columns(run):
-    """The columns predict() adds: predicted_label and predicted_score, or (multi-label) predicted_labels and a
+    """The columns predict() adds: predicted_label and predicted_score (its probability), for regression the
+    predicted_score alone (the score itself), or (multi-label) predicted_labels and a
     predicted_score_NAME per label. The input's own columns (a true `label`, say) stay as they are."""
+    if run.regression:
+        return ["predicted_score"]
     if run.threshold is None:
         return ["predicted_label", "predicted_score"]
     return ["predicted_labels"] + [f"predicted_score_{name}" for name in run.labels]
@@ -227,7 +260,26 @@ def write_frame(frame, f, kind, first):
         frame.to_csv(f, sep="\t" if kind == ".tsv" else ",", header=first, index=False)
 
 
-def predict(run, chunks, text_column, batch_size, write):
+def checked_texts(frame, column, done):
+    """The texts of a chunk's column as Python strings (pandas 3 with pyarrow stores Arrow strings, which hold no
+    surrogates), each with a word and UTF-8; done: the rows before this chunk, for the error's row numbers."""
+    texts = [None if pd.isna(text) else str(text) for text in frame[column]]
+    empty = np.array([text is None or not text.strip() for text in texts], dtype=bool)
+    if empty.any():
+        rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
+        raise RecipeError(f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
+                          f"(0-based, header not counted); every text needs at least one word")
+    surrogate = [SURROGATE.search(text) for text in texts]  # how Python keeps bytes that are not UTF-8
+    if any(surrogate):
+        row = next(i for i, found in enumerate(surrogate) if found)
+        byte = ord(surrogate[row].group()) - 0xDC00
+        what = f"the byte {byte:#04x}" if 0x80 <= byte <= 0xFF else "a lone surrogate escape"
+        raise RecipeError(f"the text in row {done + row} (0-based, header not counted) is not UTF-8: it holds "
+                          f"{what}; convert the input to UTF-8, e.g. iconv -f latin1 -t utf-8")
+    return texts
+
+
+def predict(run, chunks, text_columns, batch_size, write):
     """Classify each chunk; write(frame, first) receives the rows with the output_columns() added."""
     done = 0
     for chunk_number, frame in enumerate(chunks):
@@ -236,22 +288,14 @@ def predict(run, chunks, text_column, batch_size, write):
             if clash:
                 raise RecipeError(f"the input already has a column {clash[0]!r}, which predict.py writes its "
                                   f"predictions to; rename or drop that column of the input")
-        # Python strings, checked in Python: pandas 3 with pyarrow stores Arrow strings, which hold no surrogates
-        texts = [None if pd.isna(text) else str(text) for text in frame[text_column]]
-        empty = np.array([text is None or not text.strip() for text in texts], dtype=bool)
-        if empty.any():
-            rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
-            raise RecipeError(f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
-                              f"(0-based, header not counted); every text needs at least one word")
-        surrogate = [SURROGATE.search(text) for text in texts]  # how Python keeps bytes that are not UTF-8
-        if any(surrogate):
-            row = next(i for i, found in enumerate(surrogate) if found)
-            byte = ord(surrogate[row].group()) - 0xDC00
-            what = f"the byte {byte:#04x}" if 0x80 <= byte <= 0xFF else "a lone surrogate escape"
-            raise RecipeError(f"the text in row {done + row} (0-based, header not counted) is not UTF-8: it holds "
-                              f"{what}; convert the input to UTF-8, e.g. iconv -f latin1 -t utf-8")
-        logits = run.logits(texts, batch_size) if texts else torch.empty(0, len(run.labels))
-        if run.threshold is None:
+        texts = [checked_texts(frame, column, done) for column in text_columns]
+        if texts[0]:
+            logits = run.logits(texts[0], batch_size, texts[1] if len(texts) > 1 else None)
+        else:
+            logits = torch.empty(0, len(run.labels))
+        if run.regression:
+            frame = frame.assign(predicted_score=logits[:, 0].numpy())
+        elif run.threshold is None:
             scores, best = logits.softmax(-1).max(-1)
             labels = pd.Series([run.labels[i] for i in best.tolist()], index=frame.index, dtype=object)
             frame = frame.assign(predicted_label=labels, predicted_score=scores.numpy())
@@ -289,11 +333,19 @@ def main(argv=None):
             raise RecipeError(f"--batch-size must be a positive number of texts, got {args.batch_size}")
         run = Run(args.run_dir, resolve_device(args.device), args.precision)
         batch_size = run.settings["EVAL_BATCH_SIZE"] if args.batch_size is None else args.batch_size
-        column = (args.text_column or run.settings["TEXT_COLUMN"]) if args.input else "text"
-        chunks = read_chunks(args.texts, args.input, column)
+        if args.input:
+            columns = text_columns({"TEXT_COLUMN": args.text_column or run.settings["TEXT_COLUMN"]})
+        else:
+            columns = ["text", "text_pair"][:1 + run.pairs]
+        if len(columns) != 1 + run.pairs:
+            raise RecipeError(f"--text-column names {len(columns)} column{'s' * (len(columns) > 1)}, but the run "
+                              f"reads {'a pair of texts: name two (a,b)' if run.pairs else 'one text: name one'}")
+        chunks = read_chunks(args.texts, args.input, columns)
         if args.output is None:
             def show(frame, first):
-                if run.threshold is None:
+                if run.regression:
+                    shown = [f"{score:.4f}" for score in frame["predicted_score"]]
+                elif run.threshold is None:
                     shown = [f"{label}\t{score:.4f}" for label, score in
                              zip(frame["predicted_label"], frame["predicted_score"], strict=True)]
                 else:  # the labels over the threshold (or -), then every label's score
@@ -301,10 +353,12 @@ def main(argv=None):
                     shown = [f"{labels or '-'}\t" + " ".join(f"{name}={p:.4f}"
                                                              for name, p in zip(run.labels, row, strict=True))
                              for labels, row in zip(frame["predicted_labels"], scores, strict=True)]
-                for line, text in zip(shown, frame[column], strict=True):
-                    print(f"{line}\t{' '.join(str(text).split())}")
+                texts = ["\t".join(" ".join(str(text).split()) for text in row)
+                         for row in zip(*(frame[column] for column in columns), strict=True)]
+                for line, text in zip(shown, texts, strict=True):
+                    print(f"{line}\t{text}")
                 sys.stdout.flush()
-            predict(run, chunks, column, batch_size, show)
+            predict(run, chunks, columns, batch_size, show)
             return
         output = Path(args.output)
         usable_folder(output.parent, "--output's folder")
@@ -318,13 +372,13 @@ def main(argv=None):
                     nonlocal writer
                     writer = writer or pyarrow.parquet.ParquetWriter(binary, parquet_schema(frame))
                     write_frame(frame, writer, kind, first)
-                count = predict(run, chunks, column, batch_size, write)
+                count = predict(run, chunks, columns, batch_size, write)
                 if writer:
                     writer.close()
             else:
                 with (gzip.open(binary, "wt", newline="", encoding="utf-8") if output.suffix == ".gz"
                       else io.TextIOWrapper(binary, newline="", encoding="utf-8")) as f:
-                    count = predict(run, chunks, column, batch_size,
+                    count = predict(run, chunks, columns, batch_size,
                                     lambda frame, first: write_frame(frame, f, kind, first))
             print(f"wrote {count:,} predictions to {output}", file=sys.stderr)
 

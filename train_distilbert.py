@@ -37,7 +37,7 @@ from textclf.data import BR_TAG, clean
 from textclf.metrics import all_logits, batch_loss
 from textclf.parallel import accumulating, agreeing, autocast_for, leader_first, progress, run_precision
 from textclf.runfolder import atomic_write, temporary, write_error
-from textclf.settings import RecipeError
+from textclf.settings import RecipeError, text_columns
 from textclf.training import Run
 from textclf.training import main as run_main
 
@@ -47,10 +47,12 @@ DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/ra
 VALID_URL = ""  # a validation file of its own (as DATA_URL); "" = VALID_SIZE rows of DATA_URL
 TEST_URL = ""  # a test file of its own, e.g. a dataset's official test split; "" = TEST_SIZE rows of DATA_URL
 DATA_DIR = "data"  # download cache and token-id cache
-TEXT_COLUMN = "review"  # the column that holds the texts
+TEXT_COLUMN = "review"  # the column that holds the texts; two, comma-separated (sentence1,sentence2): a sentence-pair task
 LABEL_COLUMNS = "sentiment"  # one column: single-label, 2 or more classes; several, comma-separated: multi-label, 0/1 each
+TASK = "auto"  # auto = regression where the one label column holds numbers not all whole (scores), else classification
 LABEL_NAMES = "negative,positive"  # names of integer labels 0, 1, ...; word labels name themselves
 THRESHOLD = 0.5  # multi-label: a label is predicted where its sigmoid probability is over this
+CLASS_WEIGHTS = "none"  # balanced = each class's loss x n_samples / (n_classes x its count); multi-label: positives x neg/pos
 SHUFFLE = False  # False = split in file order (the recipe); True = permute the rows with SEED first
 TRAIN_SIZE = 35_000  # the first rows of DATA_URL (or a fraction, e.g. 0.8); not given beside VALID_URL/TEST_URL: the rest
 VALID_SIZE = 5_000  # the next rows: choose the best epoch (not given beside TEST_URL: a tenth; of VALID_URL: all unless given)
@@ -87,6 +89,8 @@ DEFAULTS = {name: value for name, value in globals().items() if name.isupper() a
 POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "MAX_LENGTH", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
                      "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
 LAYER = re.compile(r"\.(?:layers?|h)\.(\d+)\.")  # a parameter of layer N (encoder.layer.N, layers.N, h.N), for LR_DECAY
+PROBLEM = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
+           "regression": "regression"}  # the config's problem_type: pipeline() then scores as the run did
 EMBEDDING = re.compile(r"embed|\.wte\.|\.wpe\.|relative_attention_bias|encoder\.LayerNorm\.")  # below layer 0
 
 
@@ -110,25 +114,37 @@ def check_settings(s, given):
     return s
 
 
-def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chunk=2_000):
-    """Token ids of all texts, as one flat int32 tensor and offsets (review i is ids[offsets[i]:offsets[i+1]]).
+def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chunk=2_000, pairs=None):
+    """Token ids of all texts, as one flat int32 tensor, offsets (review i is ids[offsets[i]:offsets[i+1]]) and the
+    token type ids, flat like the ids, where pairs are given and the model reads segments (else None).
     A review over max_length keeps its first tokens (head) or, with head+tail (Sun et al. 2019), the special tokens
-    before it ([CLS]; none for GPT-2), its first head_tokens and its last tokens, [SEP] included, up to max_length."""
-    pieces, bare = [], tokenizer("a", add_special_tokens=False)["input_ids"]
+    before it ([CLS]; none for GPT-2), its first head_tokens and its last tokens, [SEP] included, up to max_length.
+    With pairs (the second text of each), each pair is encoded by the tokenizer's own pair template ([CLS] a [SEP]
+    b [SEP] for BERT), the longer text cut first to fit max_length."""
+    pieces, types, bare = [], [], tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     before = next((i for i in range(len(full)) if full[i:i + len(bare)] == bare), 0)  # [CLS]: 1
+    segments = pairs is not None and "token_type_ids" in tokenizer.model_input_names
     for start in progress(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
         batch = [clean(text) for text in texts[start:start + chunk]]
-        if truncation == "head":
+        if pairs is not None:
+            second = [clean(text) for text in pairs[start:start + chunk]]
+            encoded = tokenizer(batch, second, truncation="longest_first", max_length=max_length,
+                                return_token_type_ids=segments)
+            pieces += encoded["input_ids"]
+            types += encoded["token_type_ids"] if segments else []
+        elif truncation == "head":
             pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
         else:  # verbose=False: the untruncated lengths are expected here, not a mistake to warn about
             tail = max_length - before - head_tokens
             pieces += [p if len(p) <= max_length else p[:before + head_tokens] + p[-tail:]
                        for p in tokenizer(batch, verbose=False)["input_ids"]]
-    return flat_token_ids(pieces)
+    ids, offsets = flat_token_ids(pieces)
+    return ids, offsets, flat_token_ids(types)[0].to(torch.int8) if segments else None
 
 
-def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, truncation="head", head_tokens=0):
+def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, truncation="head", head_tokens=0,
+                     pairs=None):
     """tokenize() once: the result is cached in data_dir under a key of everything it depends on (data file,
     the texts in their order, tokenizer, max length, truncation, cleaning) and rebuilt when any of them changes or
     the file is unreadable."""
@@ -139,32 +155,46 @@ def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, trunca
            "tokenizer_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()}
     if truncation != "head":  # head-only keys stay as they were, so existing caches stay valid
         key["truncation"] = f"{truncation} {head_tokens}"
+    if pairs is not None:  # the second texts, and whether the model reads segments
+        key["pairs_sha256"] = hashlib.sha256("\0".join(pairs).encode()).hexdigest()
+        key["segments"] = "token_type_ids" in tokenizer.model_input_names
     path = Path(data_dir) / f"tokens-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
     if path.exists():
         try:
             cache = torch.load(path, weights_only=True)
             if cache["key"] == key:
-                return cache["ids"], cache["offsets"]
+                return cache["ids"], cache["offsets"], cache.get("types")
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
             # a damaged cache is rebuilt, never trusted
             print(f"token cache {path} is unreadable ({type(e).__name__}); rebuilding it")
-    ids, offsets = tokenize(texts, tokenizer, max_length, truncation, head_tokens)
-    atomic_write(path, lambda f: torch.save({"key": key, "ids": ids, "offsets": offsets}, f))
-    return ids, offsets
+    ids, offsets, types = tokenize(texts, tokenizer, max_length, truncation, head_tokens, pairs=pairs)
+    atomic_write(path, lambda f: torch.save({"key": key, "ids": ids, "offsets": offsets, "types": types}, f))
+    return ids, offsets, types
 
 
-def collate(indices, ids, offsets, labels, pad_id, pad_to=None):
-    """Batch of reviews, right-padded to the longest one (or to pad_to): input_ids, attention_mask, labels."""
+def collate(indices, ids, offsets, labels, pad_id, pad_to=None, types=None):
+    """Batch of reviews, right-padded to the longest one (or to pad_to): input_ids, attention_mask, labels and, for
+    pairs on a model that reads segments, token_type_ids (types: tokenize()'s)."""
     input_ids, lengths = pad_batch(indices, ids, offsets, pad_id, pad_to)
     attention_mask = torch.arange(input_ids.shape[1]) < lengths[:, None]
-    return input_ids, attention_mask.long(), labels[np.asarray(indices)]
+    batch = [input_ids, attention_mask.long(), labels[np.asarray(indices)]]
+    if types is not None:
+        batch.append(pad_batch(indices, types, offsets, 0, pad_to)[0])
+    return batch
 
 
-def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1):
+def model_inputs(tensors):
+    """The model's keyword arguments from collate()'s tensors (the labels, third, are the loss's)."""
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    return dict(zip(names, [tensors[0], tensors[1], *tensors[3:]], strict=False))
+
+
+def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1, types=None):
     """The model's logits over batches (all_logits()), without gradients."""
     with autocast:
-        return all_logits(model, lambda m, batch: m(input_ids=batch[0], attention_mask=batch[1]).logits, batches,
-                          lambda indices: collate(indices, *data, pad_id), model.config.num_labels, device, rank, world)
+        return all_logits(model, lambda m, batch: m(**model_inputs(batch)).logits, batches,
+                          lambda indices: collate(indices, *data, pad_id, types=types), model.config.num_labels, device,
+                          rank, world)
 
 
 def save_model(model, tokenizer, path, stale):
@@ -252,6 +282,15 @@ def check_tokenizer(tokenizer, model, folder):
                           f"save the tokenizer beside the model (tokenizer.save_pretrained)")
 
 
+def has_pair_template(tokenizer):
+    """Whether the tokenizer marks where a pair's second text begins (a [SEP] or </s> between the two): GPT-2 and
+    Llama tokenizers put the second right after the first."""
+    first, second = (tokenizer(word, add_special_tokens=False)["input_ids"] for word in ("first", "second"))
+    both = tokenizer("first", "second")["input_ids"]
+    joined = first + second
+    return not any(both[i:i + len(joined)] == joined for i in range(len(both) - len(joined) + 1))
+
+
 def ready(model, tokenizer, s):
     """The checkpoint made ready for this run, or refused with the reason: a pad token where it has none (GPT-2 and
     Llama pad with their end-of-text token), its id in the config where that has none (Qwen), so that a decoder's head
@@ -273,11 +312,24 @@ def ready(model, tokenizer, s):
         raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
                           f"{min(table - reserved, own)} tokens ({why})")
     tokenizer.model_max_length = s["MAX_LENGTH"]  # saved with the model: pipeline(truncation=True) cuts there
+    if len(text_columns(s)) > 1 and not has_pair_template(tokenizer):
+        raise RecipeError(f"the tokenizer of {s['MODEL_NAME']} has no pair template: it would join the two texts of "
+                          f"a pair with nothing between them; use a model that reads pairs (BERT, RoBERTa, DeBERTa, "
+                          f"ModernBERT, MPNet), or join the two columns into one text column with a separator")
     if s["GRADIENT_CHECKPOINTING"]:  # non-reentrant: works under DDP and keeps dropout's draws
         if not model.supports_gradient_checkpointing:
             raise RecipeError(f"{type(model).__name__} does not support gradient checkpointing in transformers; use "
                               f"--gradient-checkpointing false (and a smaller --batch-size with --grad-accum-steps)")
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)({"use_reentrant": False})
+
+
+def start_at(model, mean):
+    """A regression head whose output starts at the training mean: its bias (the last one-output linear layer's, where
+    it has one) set to mean, as AdamW moves a bias only about LEARNING_RATE a step."""
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1]
+    if heads and heads[-1].bias is not None:
+        with torch.no_grad():
+            heads[-1].bias.fill_(mean)
 
 
 def run(settings, given, held):
@@ -287,19 +339,21 @@ def run(settings, given, held):
 
     # data: download once, validate, split in file order; model; tokenize once (cached)
     frame = r.load_data()
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None  # a sentence-pair task: the second texts
     torch.manual_seed(s["SEED"])
     with agreeing(r.world):  # a model folder missing on one machine stops every process
         model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"],
                                 num_labels=len(r.names), id2label=dict(enumerate(r.names)),
-                                label2id={name: i for i, name in enumerate(r.names)}, problem_type=(
-                                    "multi_label_classification" if r.multi else "single_label_classification"),
+                                label2id={name: i for i, name in enumerate(r.names)}, problem_type=PROBLEM[r.task],
                                 ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
                                 dtype=torch.float32).to(device)  # fp32 weights to train, whatever the checkpoint has
         tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
-        ready(model, tokenizer, s)  # pad token, MAX_LENGTH, gradient checkpointing
+        ready(model, tokenizer, s)  # pad token, MAX_LENGTH, pair template, gradient checkpointing
+        if r.regression:  # the head starts at the training mean (decoders' heads have no bias: they learn it)
+            start_at(model, frame["label"].iloc[:r.n_train].mean())
     with leader_first(r.world):
-        ids, offsets = cached_token_ids(frame["text"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
-                                        r.data_sha256, s["TRUNCATION"], s["HEAD_TOKENS"])
+        ids, offsets, types = cached_token_ids(frame["text"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
+                                               r.data_sha256, s["TRUNCATION"], s["HEAD_TOKENS"], pairs)
     data, pad_id = r.index(ids, offsets, frame), tokenizer.pad_token_id
 
     # optimizer, schedule, precision
@@ -320,15 +374,17 @@ def run(settings, given, held):
     print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
           f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why}) | "
           f"{model.config._attn_implementation} attention")  # SDPA where the model has it, else eager
-    score = lambda m, batches: evaluate(m, batches, data, pad_id, device, autocast, r.rank, r.world)
+    score = lambda m, batches: evaluate(m, batches, data, pad_id, device, autocast, r.rank, r.world, types)
     for epoch in r.epochs():  # PATIENCE may end them early
         train_model.train()  # dropout on: from_pretrained and evaluation leave the model in eval mode
-        for batch in r.batches(epoch, lambda indices: collate(indices, *data, pad_id)):  # this process's share
-            input_ids, attention_mask, labels = batch.tensors
+        # this process's share of each batch
+        for batch in r.batches(epoch, lambda indices: collate(indices, *data, pad_id, types=types)):
+            labels = batch.tensors[2]
             with accumulating(train_model, batch.ends_step):  # under torchrun, gradients all-reduced once a step
-                with autocast:
-                    logits = train_model(input_ids=input_ids, attention_mask=attention_mask).logits
-                loss_sum, correct = batch_loss(logits, labels, s["THRESHOLD"])  # summed over the batch, in fp32
+                with autocast:  # input_ids, attention_mask and, for pairs on BERT-style models, token_type_ids
+                    logits = train_model(**model_inputs(batch.tensors)).logits
+                # summed over the batch, in fp32; weighted by class where CLASS_WEIGHTS asks
+                loss_sum, correct = batch_loss(logits, labels, s["THRESHOLD"], r.class_weights)
                 # / the step's examples (over the processes, which DDP averages): accumulated batches and processes
                 # give exactly the gradient of the whole step's batch
                 scaler.scale(loss_sum / batch.step_examples).backward()

@@ -39,10 +39,12 @@ DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/ra
 VALID_URL = ""  # a validation file of its own (as DATA_URL); "" = VALID_SIZE rows of DATA_URL
 TEST_URL = ""  # a test file of its own, e.g. a dataset's official test split; "" = TEST_SIZE rows of DATA_URL
 DATA_DIR = "data"  # download cache
-TEXT_COLUMN = "review"  # the column that holds the texts
+TEXT_COLUMN = "review"  # the column that holds the texts; two, comma-separated (sentence1,sentence2): a sentence-pair task
 LABEL_COLUMNS = "sentiment"  # one column: single-label, 2 or more classes; several, comma-separated: multi-label, 0/1 each
+TASK = "auto"  # auto = regression where the one label column holds numbers not all whole (scores), else classification
 LABEL_NAMES = "negative,positive"  # names of integer labels 0, 1, ...; word labels name themselves
 THRESHOLD = 0.5  # multi-label: a label is predicted where its sigmoid probability is over this
+CLASS_WEIGHTS = "none"  # balanced = each class's loss x n_samples / (n_classes x its count); multi-label: positives x neg/pos
 SHUFFLE = False  # False = split in file order (the recipe); True = permute the rows with SEED first
 TRAIN_SIZE = 35_000  # the first rows of DATA_URL (or a fraction, e.g. 0.8); not given beside VALID_URL/TEST_URL: the rest; the vocabulary's source
 VALID_SIZE = 5_000  # the next rows: choose the best epoch (not given beside TEST_URL: a tenth; of VALID_URL: all unless given)
@@ -74,21 +76,40 @@ POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "VOCAB_SIZE", "MAX
 TOKEN_PATTERN = r"(?u)\b\w+\b|[!?]"  # words, and the punctuation that carries sentiment
 
 
-def build_vocab(train_texts, vocab_size):
-    """The vocab_size - 2 most frequent tokens of the training texts, after <pad> (id 0) and <unk> (id 1)."""
-    counter = CountVectorizer(token_pattern=TOKEN_PATTERN, max_features=vocab_size - 2)
+def build_vocab(train_texts, vocab_size, pairs=False):
+    """The most frequent tokens of the training texts after <pad> (id 0), <unk> (id 1) and, for sentence pairs,
+    <sep> (id 2, between a pair's two texts): vocab_size in all. <sep> is no word: TOKEN_PATTERN never yields it."""
+    specials = ["<pad>", "<unk>"] + ["<sep>"] * pairs
+    counter = CountVectorizer(token_pattern=TOKEN_PATTERN, max_features=vocab_size - len(specials))
     counter.fit(clean(text) for text in train_texts)
-    return ["<pad>", "<unk>"] + sorted(counter.vocabulary_, key=counter.vocabulary_.get)
+    return specials + sorted(counter.vocabulary_, key=counter.vocabulary_.get)
 
 
-def encode(texts, vocab, max_length):
+def encode(texts, vocab, max_length, pairs=None):
     """Token ids of all texts, at most max_length each, as one flat int32 tensor and offsets (text i is
-    ids[offsets[i]:offsets[i+1]])."""
+    ids[offsets[i]:offsets[i+1]]). With pairs (each text's second text), text <sep> pair, the longer of the two
+    cut first to fit max_length."""
     analyze = CountVectorizer(token_pattern=TOKEN_PATTERN).build_analyzer()  # lowercase, then TOKEN_PATTERN
     index = {token: i for i, token in enumerate(vocab)}
-    pieces = [[index.get(token, 1) for token in analyze(clean(text))[:max_length]] or [1]
-              for text in progress(texts, desc="encode")]
+
+    def ids(text):
+        return [index.get(token, 1) for token in analyze(clean(text))] or [1]
+
+    if pairs is None:
+        pieces = [ids(text)[:max_length] for text in progress(texts, desc="encode")]
+    else:
+        pieces = [joined(ids(a), ids(b), index["<sep>"], max_length)
+                  for a, b in progress(zip(texts, pairs, strict=True), desc="encode", total=len(texts))]
     return flat_token_ids(pieces)
+
+
+def joined(first, second, sep, max_length):
+    """first <sep> second in max_length tokens: the longer one is cut, a token at a time, until the pair fits."""
+    first, second = list(first), list(second)
+    while len(first) + len(second) + 1 > max_length and len(first) + len(second) > 2:
+        longer = first if len(first) >= len(second) else second
+        longer.pop()
+    return first + [sep] + second
 
 
 def collate(indices, ids, offsets, labels):
@@ -131,17 +152,26 @@ def load_model(out_dir, device="cpu"):
     model.load_state_dict(saved["model"])
     model.labels, model.max_length = labels, s.get("MAX_LENGTH", DEFAULTS["MAX_LENGTH"])  # older runs: the default
     model.threshold = s["THRESHOLD"] if len(label_columns({"LABEL_COLUMNS": s.get("LABEL_COLUMNS", "")})) > 1 else None
+    model.regression = saved.get("task") == "regression"  # one output: the score itself
+    model.pairs = "<sep>" in vocab  # a sentence-pair model reads text <sep> pair
     return model.eval(), vocab
 
 
 def predict(texts, out_dir="runs/lstm"):
-    """Classify new texts with the model saved in out_dir. Single-label: [(label, its probability), ...];
-    multi-label: [[(label, probability) for each label over the threshold], ...]."""
+    """Classify new texts (a sentence-pair model: (text, pair) tuples) with the model saved in out_dir.
+    Single-label: [(label, its probability), ...]; multi-label: [[(label, probability) for each label over the
+    threshold], ...]; regression: [(the score's name, the predicted score), ...]."""
     model, vocab = load_model(out_dir)
-    ids, offsets = encode(list(texts), vocab, model.max_length)
+    texts = list(texts)
+    pairs = None
+    if model.pairs:  # (text, pair) tuples
+        texts, pairs = [a for a, _ in texts], [b for _, b in texts]
+    ids, offsets = encode(texts, vocab, model.max_length, pairs)
     batch = collate(range(len(texts)), ids, offsets, torch.zeros(len(texts), dtype=torch.int64))
     with torch.inference_mode():
         logits = model(batch[0], batch[1])
+    if model.regression:
+        return [(model.labels[0], float(score)) for score in logits[:, 0]]
     if model.threshold is None:
         return [(model.labels[int(p.argmax())], float(p.max())) for p in logits.softmax(-1)]
     return [[(label, float(q)) for label, q in zip(model.labels, p, strict=True) if q > model.threshold]
@@ -161,33 +191,43 @@ def run(settings, given, held):
 
     # data: download once, validate, split in file order; vocabulary from the training split only
     frame = r.load_data()
-    vocab = build_vocab(frame["text"].iloc[:r.n_train], s["VOCAB_SIZE"])
-    data = r.index(*encode(frame["text"].tolist(), vocab, s["MAX_LENGTH"]), frame)
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None  # a sentence-pair task: the second texts
+    train_texts = frame["text"].iloc[:r.n_train].tolist() + (pairs[:r.n_train] if pairs else [])
+    vocab = build_vocab(train_texts, s["VOCAB_SIZE"], pairs is not None)
+    data = r.index(*encode(frame["text"].tolist(), vocab, s["MAX_LENGTH"], pairs), frame)
 
     # model and optimizer
     torch.manual_seed(s["SEED"])
     model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"], len(r.names)).to(device)
+    if r.regression:  # start at the training mean: Adam moves the bias about LEARNING_RATE a step, too slow for 3.5
+        nn.init.constant_(model.head.bias, r.labels[:r.n_train].mean().item())
     optimizer = torch.optim.Adam(model.parameters(), lr=s["LEARNING_RATE"], fused=device.type == "cuda")
     train_model = model if r.world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None)
     r.resume({"model": model, "optimizer": optimizer}, r.out_dir / "model.pt")
 
     def save_best(epoch):  # the weights with the vocabulary and labels they go with, replaced together
-        best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab, "labels": r.names}
+        best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab, "labels": r.names,
+                "task": r.task}
         atomic_write(r.out_dir / "model.pt", lambda f: torch.save(best, f), stale=r.out_dir / "metrics.json")
 
     # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
-    majority = pd.DataFrame(r.labels[:r.n_train].numpy().reshape(r.n_train, -1)).value_counts(normalize=True).iloc[0]
+    if r.regression:  # the floor: always predicting the training mean
+        floor = f"RMSE of the training mean {r.labels[:r.n_train].std(correction=0).item():.4f}"
+    else:
+        train_labels = pd.DataFrame(r.labels[:r.n_train].numpy().reshape(r.n_train, -1))
+        floor = f"majority-class accuracy {train_labels.value_counts(normalize=True).iloc[0]:.4f}"
     print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | vocabulary {len(vocab):,} | "
           f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
-          f"{s['GRAD_ACCUM_STEPS']} | {device} x {r.world} | majority-class accuracy {majority:.4f}")
+          f"{s['GRAD_ACCUM_STEPS']} | {device} x {r.world} | {floor}")
     score = lambda m, batches: evaluate(m, batches, data, device, r.rank, r.world)
     for epoch in r.epochs():  # PATIENCE may end them early
         train_model.train()
         for batch in r.batches(epoch, lambda indices: collate(indices, *data)):  # this process's share
             ids, lengths, labels = batch.tensors
             with accumulating(train_model, batch.ends_step):  # under torchrun, gradients all-reduced once a step
-                loss_sum, correct = batch_loss(train_model(ids, lengths), labels, s["THRESHOLD"])  # batch's sum
+                # the batch's sum, weighted by class where CLASS_WEIGHTS asks
+                loss_sum, correct = batch_loss(train_model(ids, lengths), labels, s["THRESHOLD"], r.class_weights)
                 (loss_sum / batch.step_examples).backward()  # the mean over the optimizer step's examples
             grad_norm = None  # the gradients' norm before clipping, at an optimizer step
             if batch.ends_step:  # GRAD_CLIP 0: the norm is measured, nothing clipped

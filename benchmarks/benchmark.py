@@ -95,7 +95,7 @@ def review_token_ids(data, n, max_length):
         pass
     if data and Path(data).exists() and tokenizer is not None:
         texts = read_reviews(data, None, td.DEFAULTS)[0]["text"][:n].tolist()
-        ids, offsets = td.tokenize(texts, tokenizer, max_length)
+        ids, offsets, _ = td.tokenize(texts, tokenizer, max_length)
         return ids, offsets, texts, f"{n:,} real reviews from {Path(data).name}"
     rng = np.random.default_rng(0)
     lengths = np.minimum(np.maximum(rng.lognormal(5.5, 0.6, n).astype(int), 10), max_length)

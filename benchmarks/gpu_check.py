@@ -141,7 +141,7 @@ class Checks:
         if ok:
             metrics = json.loads((self.work / out / "metrics.json").read_text())
             predicted = pd.read_csv(self.work / "predicted.csv")
-            accuracy = (predicted["label"] == predicted["sentiment"].map(dict(enumerate(metrics["labels"])))).mean()
+            accuracy = (predicted["predicted_label"] == predicted["sentiment"].map(dict(enumerate(metrics["labels"])))).mean()
             ok = abs(accuracy - metrics["test_accuracy"]) < 1e-9
             note = f"accuracy {accuracy:.4f}; the run's test accuracy {metrics['test_accuracy']:.4f}"
         self.add(name, ok, note=note, done=done)

@@ -47,8 +47,8 @@ def ours(run_dir, texts, device, precision, repeats):
 
     def classify():
         out = []
-        predict.predict(run, [frame], "text", run.settings["EVAL_BATCH_SIZE"], lambda f, first: out.append(f))
-        return out[0]["label"].tolist()
+        predict.predict(run, [frame], ["text"], run.settings["EVAL_BATCH_SIZE"], lambda f, first: out.append(f))
+        return out[0]["predicted_label"].tolist()
     seconds, labels = best_of(repeats, classify)
     return seconds, labels, run.precision
 

@@ -195,7 +195,7 @@ def main():
     train, _, test = split(reviews, {"TRAIN_SIZE": args.train_size, "VALID_SIZE": args.valid_size,
                                      "TEST_SIZE": args.test_size})
     tokenizer = AutoTokenizer.from_pretrained(args.model_name, trust_remote_code=False)
-    tokens = td.tokenize(train["text"].tolist(), tokenizer, args.max_length)  # ids and offsets, head-truncated
+    tokens = td.tokenize(train["text"].tolist(), tokenizer, args.max_length)[:2]  # ids and offsets, head-truncated
     lengths = (tokens[1][1:] - tokens[1][:-1]).numpy()
     real_tokens = int(lengths.sum())
     if args.padding:

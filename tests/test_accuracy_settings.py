@@ -29,7 +29,7 @@ def test_head_and_head_tail_truncation_keep_the_exact_tokens(tiny_model, words):
     assert len(full) == words + 2
 
     def tokens(truncation, head_tokens=0):
-        ids, offsets = td.tokenize([text], tokenizer, 8, truncation, head_tokens)
+        ids, offsets, _ = td.tokenize([text], tokenizer, 8, truncation, head_tokens)
         return ids[offsets[0]:offsets[1]].tolist()
 
     if len(full) <= 8:  # at or under the limit nothing changes

@@ -120,7 +120,7 @@ def test_head_and_tail_keep_each_tokenizers_own_special_tokens(checkpoints):
         full = tokenizer(text)["input_ids"]
         bare = tokenizer(text, add_special_tokens=False)["input_ids"]
         before = full.index(bare[0])
-        ids, _offsets = td.tokenize([text], tokenizer, 20, "head+tail", head_tokens=5)
+        ids, _offsets, _ = td.tokenize([text], tokenizer, 20, "head+tail", head_tokens=5)
         kept = ids.tolist()
         assert len(kept) == 20 and kept[:before + 5] == full[:before + 5] and kept[before + 5:] == full[-(15 - before):]
 

@@ -168,10 +168,12 @@ def test_a_label_column_of_lists_is_one_line_on_how_to_convert_it(tmp_path, layo
     assert files_under(tmp_path) == before
 
 
-def test_a_label_column_of_scores_is_one_line(tmp_path):
+def test_a_label_column_of_scores_is_one_line_for_a_classifier(tmp_path):
+    """TASK classification; under TASK auto such a column is a regression task (tests/test_tasks.py)."""
     df = make_reviews(100).assign(score=lambda d: np.round(d["sentiment"] * 4 + np.linspace(0, 1, 100), 2))
     path = write_csv(df, tmp_path / "scores.csv")
-    fails(tl, args(tl, tmp_path, str(path), label_columns="score", train_size=60, valid_size=20, test_size=20),
+    fails(tl, args(tl, tmp_path, str(path), label_columns="score", task="classification", train_size=60,
+                   valid_size=20, test_size=20),
           "scores.csv: score holds numbers that are not whole (", "): scores, not classes")
 
 

@@ -46,7 +46,8 @@ def test_vocabulary_is_built_from_the_training_split_in_main(tmp_path, monkeypat
     csv = write_csv(df, tmp_path / "reviews.csv")
     seen = []
     real_build_vocab = tl.build_vocab
-    monkeypatch.setattr(tl, "build_vocab", lambda texts, size: seen.append(list(texts)) or real_build_vocab(texts, size))
+    monkeypatch.setattr(tl, "build_vocab", lambda texts, size, pairs=False: seen.append(list(texts)) or
+                        real_build_vocab(texts, size, pairs))
     tl.main(run_args(tmp_path, csv, epochs=1, vocab_size=1_000))
     assert seen == [df["review"][:1_200].tolist()]
     _, vocab = tl.load_model(tmp_path / "out")

@@ -70,7 +70,7 @@ def test_three_classes_from_a_tsv_at_a_plain_path(tmp_path, tiny_model, name):
     assert test["accuracy"] == metrics["test_accuracy"] and test["macro_f1"] > 0.75
     matrix = np.array(test["confusion_matrix"])
     assert matrix.shape == (3, 3) and matrix.sum() == 200 and np.trace(matrix) / 200 == metrics["test_accuracy"]
-    assert set(metrics["valid"]) == {"accuracy", "loss", "macro_f1", "confusion_matrix"}
+    assert set(metrics["valid"]) == {"accuracy", "loss", "macro_f1", "recall", "confusion_matrix"}
     assert not list(tmp_path.glob("data/topics*"))  # a plain path is read where it is, not copied
 
     texts = ["the movie was superb and wonderful", "an awful and dull film", "the plot and the actor"]

@@ -98,8 +98,8 @@ def test_large_inputs_stream_in_chunks_with_the_same_results(runs, tmp_path, mon
     chunks = []
     real_logits = predict.Run.logits
     monkeypatch.setattr(predict, "CHUNK", 64)
-    monkeypatch.setattr(predict.Run, "logits", lambda self, texts, size: chunks.append(len(texts)) or
-                        real_logits(self, texts, size))
+    monkeypatch.setattr(predict.Run, "logits", lambda self, texts, size, pairs=None: chunks.append(len(texts)) or
+                        real_logits(self, texts, size, pairs))
     predict.main([str(runs["lstm"]), "--input", str(source), "--output", str(tmp_path / "chunked.csv")])
     assert chunks == [64, 64, 64, 64, 44]
     whole, chunked = pd.read_csv(tmp_path / "whole.csv"), pd.read_csv(tmp_path / "chunked.csv")
@@ -158,7 +158,7 @@ def test_device_errors_are_not_called_a_damaged_model(runs, monkeypatch):
     fails(predict, [str(runs["lstm"]), "a film"], "is damaged (RuntimeError: PytorchStreamReader failed")
     monkeypatch.undo()
 
-    def out_of_memory(self, texts, batch_size):
+    def out_of_memory(self, texts, batch_size, pairs=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(predict.Run, "logits", out_of_memory)

@@ -13,14 +13,19 @@ from .settings import is_url
 def model_card(metrics, folder):
     """metrics.json's numbers as a ModelCard: base_model (a hub name), labels, test accuracy, macro-F1 or ROC AUC."""
     s, test, multi, names = metrics["settings"], metrics["test"], metrics["multi_label"], metrics["labels"]
+    regression = metrics.get("task") == "regression"
     name_of = lambda url: Path(urllib.parse.urlparse(url).path if is_url(url) else url).name
     data, tested = name_of(s["DATA_URL"]), name_of(s.get("TEST_URL") or s["DATA_URL"])  # TEST_URL: its own file
     name = Path(s["OUT_DIR"]).resolve().name  # --out-dir . is named too
-    second = ("roc_auc", "macro ROC AUC", test["macro_roc_auc"]) if multi else ("f1", "macro-F1", test["macro_f1"])
+    if regression:
+        measured = [("pearsonr", "Pearson correlation", test["pearson"]),
+                    ("spearmanr", "Spearman correlation", test["spearman"]), ("rmse", "RMSE", test["rmse"])]
+    else:
+        second = ("roc_auc", "macro ROC AUC", test["macro_roc_auc"]) if multi else ("f1", "macro-F1", test["macro_f1"])
+        measured = [("accuracy", "exact-match accuracy" if multi else "accuracy", test["accuracy"]), second]
     results = [EvalResult(task_type="text-classification", dataset_type=tested, dataset_name=tested, dataset_split="test",
                           metric_type=kind, metric_name=name, metric_value=value)
-               for kind, name, value in [("accuracy", "exact-match accuracy" if multi else "accuracy", test["accuracy"]),
-                                         second] if value is not None]
+               for kind, name, value in measured if value is not None]
     hub_name = not Path(s["MODEL_NAME"]).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s["MODEL_NAME"])
     card = ModelCardData(base_model=s["MODEL_NAME"] if hub_name else None, pipeline_tag="text-classification",
                          library_name="transformers", tags=["text-classification"], labels=names,
@@ -28,20 +33,29 @@ def model_card(metrics, folder):
     ex, order = metrics["examples"], "shuffled with SEED" if s["SHUFFLE"] else "in file order"
     device = metrics["device"] if metrics["device"] != "cpu" else f"CPU ({cpu_name() or 'model unknown'})"
     processes = f" x {metrics['world_size']}" if metrics["world_size"] > 1 else ""
-    shown = "undefined" if second[2] is None else f"{second[2]:.4f}"
+    number = lambda value: "undefined" if value is None else f"{value:.4f}"
     settings = ["MODEL_NAME", "MAX_LENGTH", "TRUNCATION", "HEAD_TOKENS", "EPOCHS", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
                 "LEARNING_RATE", "WARMUP_RATIO", "WEIGHT_DECAY", "LR_DECAY", "GRAD_CLIP", "PATIENCE", "SEED"]
     row = lambda cells: "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"  # a | in a label
     table = lambda header, rows: "\n".join([row(header), "|---" * len(header) + "|", *map(row, rows)])
-    epochs = [(e["epoch"], *(f"{e[k]:.4f}" for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")),
-               f"{e['seconds']:.1f}") for e in metrics["epochs"]]
-    confusion = "" if multi else "Rows: the true class; columns: the predicted one.\n\n" + table(
+    columns = ("train_loss", "train_rmse", "valid_loss", "valid_pearson") if regression else (
+        "train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+    epochs = [(e["epoch"], *(number(e[k]) for k in columns), f"{e['seconds']:.1f}") for e in metrics["epochs"]]
+    confusion = "" if multi or regression else "Rows: the true class; columns: the predicted one.\n\n" + table(
         ["true \\ predicted", *names], [(name, *counts) for name, counts in zip(names, test["confusion_matrix"], strict=True)]
     ) if len(names) <= 20 else f"The confusion matrix of the {len(names)} classes is in the run's metrics.json."
+    pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
+    example = '{"text": "A man is playing a guitar.", "text_pair": "A person plays music."}' if pair else \
+        '"A wonderful, moving film."'
+    if regression:
+        task = f"regression (a {names[0]} score)"
+        headline = ", ".join(f"{name} {number(value)}" for _, name, value in measured)
+    else:
+        task = f"{'multi' if multi else 'single'}-label text classification ({', '.join(names)})"
+        headline = f"Accuracy {test['accuracy']:.4f}, {second[1]} {number(second[2])}"
     body = f"""# {name}
 
-`{s['MODEL_NAME']}` fine-tuned for {'multi' if multi else 'single'}-label text classification ({', '.join(names)}) by
-`train_distilbert.py`.
+`{s['MODEL_NAME']}` fine-tuned for {task}{' of sentence pairs' * pair} by `train_distilbert.py`.
 
 ## Training data
 
@@ -54,14 +68,15 @@ labels from `{s['LABEL_COLUMNS']}`), split {order}.
 
 ## Training
 
-{table(["epoch", "train loss", "train accuracy", "valid loss", "valid accuracy", "seconds"], epochs)}
+{table(["epoch", "train loss", "train RMSE" if regression else "train accuracy", "valid loss",
+        "valid Pearson" if regression else "valid accuracy", "seconds"], epochs)}
 
 The model is epoch {metrics['best_epoch']}'s, the best on validation. Trained in {metrics['train_seconds']:.1f} s on
 {device}{processes}.
 
 ## Test
 
-Accuracy {test['accuracy']:.4f}, {second[1]} {shown} on the {ex['test']:,} test texts of `{tested}`.
+{headline} on the {ex['test']:,} test texts of `{tested}`.
 
 {confusion}
 
@@ -70,7 +85,7 @@ Accuracy {test['accuracy']:.4f}, {second[1]} {shown} on the {ex['test']:,} test 
 ```python
 from transformers import pipeline
 classify = pipeline("text-classification", model="{folder}", truncation=True)  # or the name you upload it as
-classify("A wonderful, moving film.")
+classify({example})
 ```
 
 `truncation=True` cuts a text to the {s['MAX_LENGTH']} tokens the model trained on, keeping its start; the run's own

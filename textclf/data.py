@@ -21,7 +21,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from .parallel import progress
 from .runfolder import atomic_write
-from .settings import DATA_FILES, SPLIT_SIZES, RecipeError, flag, is_url, label_columns
+from .settings import DATA_FILES, SPLIT_SIZES, RecipeError, flag, is_url, label_columns, text_columns
 
 STALL = (60, 16_384)  # a download that brings fewer bytes (16 kB) in this many seconds has stalled
 
@@ -179,11 +179,13 @@ def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
     names, else LABEL_NAMES; a word label the sorted word labels) or, multi-label, a 0/1 column per label, 0..K-1.
     named_by says in an error message whose the names are."""
     name = name or path
-    text_column, columns = settings["TEXT_COLUMN"], label_columns(settings)
+    texts, columns = text_columns(settings), label_columns(settings)
     with open(path, "rb") as f:
         head = f.read(512)
     gzipped = head[:2] == b"\x1f\x8b"
     kind = next((kind for kind in ("tsv", "jsonl", "parquet") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.IGNORECASE)), "csv")
+    if kind == "csv" and re.search(r"\.txt$", str(name), re.IGNORECASE) and b"\t" in head.split(b"\n")[0]:
+        kind = "tsv"  # a .txt file whose header is tab-separated (SICK.txt, many corpora)
     if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         raise RecipeError(f"{name} is an HTML page (an error or login page?), not the data file")
     try:
@@ -199,7 +201,7 @@ def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
         raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
                           f"({type(e).__name__}: {str(e)[:200]})") from None
 
-    missing = [column for column in [text_column] + columns if column not in df.columns]
+    missing = [column for column in texts + columns if column not in df.columns]
     if missing:
         fix = ("name yours with --text-column and --label-columns" if named_by == "LABEL_NAMES" else
                "every file needs the training file's columns: rename the column in this file")
@@ -207,20 +209,25 @@ def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
                           f"{[str(c)[:40] for c in df.columns[:8]]}; {fix}")
     if len(df) == 0:
         raise RecipeError(f"{name} holds no rows, only {'a header' if kind in ('csv', 'tsv') else 'its columns'}")
-    nested = df[text_column].map(lambda value: isinstance(value, (list, tuple, dict, np.ndarray)))
-    if nested.any():
-        raise RecipeError(f"{name}: {text_column} holds a list or a record, not a text, in {rows(nested)}; name a "
-                          f"column of plain text with --text-column (or join the parts into one text column first)")
-    empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
-    if empty.any():
-        raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}")
-    if kind in ("csv", "tsv"):
-        merged(df, text_column, columns, "\t" if kind == "tsv" else ",", name)
+    for text_column in texts:
+        nested = df[text_column].map(lambda value: isinstance(value, (list, tuple, dict, np.ndarray)))
+        if nested.any():
+            raise RecipeError(f"{name}: {text_column} holds a list or a record, not a text, in {rows(nested)}; name "
+                              f"a column of plain text with --text-column (or join the parts into one text column first)")
+        empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
+        if empty.any():
+            raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}"
+                              + f" ({empty.sum():,} of {len(df):,} rows); every pair needs both texts" * (len(texts) > 1))
+        if kind in ("csv", "tsv"):
+            merged(df, text_column, columns, "\t" if kind == "tsv" else ",", name)
     own = parquet_label_names(path, columns[0]) if kind == "parquet" else None
     if own is not None:
         names, named_by = own, "the file's Hugging Face metadata"
-    return labelled(df, text_column, columns, names or [n.strip() for n in settings["LABEL_NAMES"].split(",")], name,
-                    named_by)
+    frame = pd.DataFrame({"text": df[texts[0]].astype(str)})
+    if len(texts) > 1:
+        frame["text_pair"] = df[texts[1]].astype(str)
+    return labelled(frame, df, columns, names or [n.strip() for n in settings["LABEL_NAMES"].split(",")], name,
+                    named_by, settings.get("TASK", "auto"))
 
 
 def parquet_label_names(path, column):
@@ -257,9 +264,9 @@ def is_list(value):
 LIST = re.compile(r"\s*\[\s*(?:-?\d+\s*(?:,\s*-?\d+\s*)*)?\]\s*")  # [0], [0, 3], []: a list of class numbers in a text
 
 
-def labelled(df, text_column, columns, names, name, named_by="LABEL_NAMES"):
-    """read_reviews()'s (frame, label names) of df, its label columns checked."""
-    frame = pd.DataFrame({"text": df[text_column].astype(str)})
+def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto"):
+    """read_reviews()'s (frame, label names): frame (the texts) with df's label columns, checked. A regression task's
+    label is a float and its one name the column's."""
     if len(columns) > 1:  # multi-label: 0/1 in each column
         for k, column in enumerate(columns):
             values = pd.to_numeric(df[column], errors="coerce")
@@ -278,10 +285,12 @@ def labelled(df, text_column, columns, names, name, named_by="LABEL_NAMES"):
                           f"them all with --label-columns a,b,c (e.g. in pandas: for k, name in enumerate(names): "
                           f"df[name] = df.{columns[0]}.map(lambda classes: int(k in classes)))")
     raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
-    if raw.eq("").any():
-        raise RecipeError(f"{name}: missing {columns[0]} label in {rows(raw.eq(''))}")
     numbers = pd.to_numeric(raw, errors="coerce")
     integers = numbers.notna() & (numbers % 1 == 0)
+    if task == "regression" or task == "auto" and numbers.notna().all() and not integers.all():
+        return frame.assign(label=scores_of(raw, numbers, columns[0], name)), [columns[0]]
+    if raw.eq("").any():
+        raise RecipeError(f"{name}: missing {columns[0]} label in {rows(raw.eq(''))}")
     if integers.all():  # 0..K-1, named by names
         bad = ~numbers.between(0, len(names) - 1)
         if bad.any():
@@ -292,11 +301,11 @@ def labelled(df, text_column, columns, names, name, named_by="LABEL_NAMES"):
                               f"{raw[bad].iloc[0]!r}; {fix}")
         frame["label"] = numbers.astype(int)
         return frame, names
-    if numbers.notna().all():  # 4.25, 3.8: scores, not classes
+    if numbers.notna().all():  # 4.25, 3.8 with TASK classification: scores, not classes
         fraction = numbers.notna() & ~integers
         raise RecipeError(f"{name}: {columns[0]} holds numbers that are not whole ({raw[fraction].iloc[0]!r} in "
                           f"{rows(fraction)}): scores, not classes; a classifier needs one class a row (an integer "
-                          f"or a word)")
+                          f"or a word), or pass --task regression to predict the score")
     if numbers.notna().any():
         raise RecipeError(f"{name}: {columns[0]} mixes numbers and words: {rows(numbers.notna())} "
                           f"hold{'s' if numbers.notna().sum() == 1 else ''} {raw[numbers.notna()].iloc[0]!r} while "
@@ -309,6 +318,21 @@ def labelled(df, text_column, columns, names, name, named_by="LABEL_NAMES"):
                               f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way")
     frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
     return frame, names
+
+
+def scores_of(raw, numbers, column, name):
+    """A regression column's values as float32-ready floats: every one a finite number."""
+    words = numbers.isna()
+    if words.any():
+        raise RecipeError(f"{name}: {column} is a regression target (TASK) but holds "
+                          f"{'nothing' if raw[words].iloc[0] == '' else repr(raw[words].iloc[0])} in {rows(words)}; "
+                          f"every row needs a number (a class name makes it a classification task: --task "
+                          f"classification)")
+    infinite = ~np.isfinite(numbers)
+    if infinite.any():
+        raise RecipeError(f"{name}: {column} holds {raw[infinite].iloc[0]!r} in {rows(infinite)}; a regression "
+                          f"target needs finite numbers")
+    return numbers.astype(float)
 
 
 def jsonl_frames(path, gzipped, name, rows=None):
@@ -405,7 +429,7 @@ def file_splits(s, given):
 def relabel(frame, own, names, name):
     """frame's labels, indices into own (its file's names), as indices into names (the training file's), matched by
     name: a label of the file that the training file lacks is a RecipeError."""
-    if "label" not in frame or own == names:
+    if "label" not in frame or own == names or is_regression(frame):
         return frame
     used = sorted(set(frame["label"]))
     unseen = [own[i] for i in used if own[i] not in names]
@@ -419,6 +443,13 @@ def check_labels(train, valid, test, names, shuffled):
     """Something to learn and to choose by: two classes or more in training and validation, training has every class
     of the others; multi-label, each label on and off in training. Advice to shuffle only where the rows were not."""
     shuffle = "" if shuffled else "if the file is sorted by label, pass --shuffle true; "
+    if is_regression(train):  # a correlation needs scores that vary
+        for part, frame in (("training", train), ("validation", valid)):
+            if frame["label"].nunique() < 2:
+                raise RecipeError(f"the {part} split has the score {frame['label'].iloc[0]} in every row: nothing to "
+                                  f"{'learn' if part == 'training' else 'choose the best epoch by'}; {shuffle}give "
+                                  f"more rows")
+        return
     if "label" not in train:
         for k, label in enumerate(names):
             if train[k].nunique() < 2:
@@ -439,8 +470,16 @@ def check_labels(train, valid, test, names, shuffled):
                               f"has; {'' if shuffled else 'pass --shuffle true or '}a larger --train-size")
 
 
+def is_regression(frame):
+    """Whether a frame of read_reviews() holds scores (float labels) rather than classes."""
+    return "label" in frame and pd.api.types.is_float_dtype(frame["label"])
+
+
 def targets(frame, names):
-    """Training targets: class indices (single-label) or a 0/1 float matrix (multi-label)."""
+    """Training targets: class indices (single-label), scores (regression, float32) or a 0/1 float matrix
+    (multi-label)."""
+    if is_regression(frame):
+        return torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
     if "label" in frame:
         return torch.tensor(frame["label"].to_numpy())
     return torch.tensor(frame[list(range(len(names)))].to_numpy(), dtype=torch.float32)

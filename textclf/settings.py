@@ -62,8 +62,24 @@ def check_settings(s, positive):
         raise RecipeError(f"PATIENCE (--patience) must be 0 (off) or a number of epochs, got {s['PATIENCE']}")
     if not 0 < s["THRESHOLD"] < 1:
         raise RecipeError(f"THRESHOLD (--threshold) must be between 0 and 1, got {s['THRESHOLD']}")
-    if not s["TEXT_COLUMN"].strip() or not label_columns(s):
+    if not text_columns(s) or not label_columns(s):
         raise RecipeError("TEXT_COLUMN (--text-column) and LABEL_COLUMNS (--label-columns) must name columns")
+    if len(text_columns(s)) > 2:
+        raise RecipeError(f"TEXT_COLUMN (--text-column) names {len(text_columns(s))} columns; give one (a text) or "
+                          f"two (a sentence pair, e.g. --text-column sentence1,sentence2)")
+    if len(set(text_columns(s))) < len(text_columns(s)):
+        raise RecipeError(f"TEXT_COLUMN (--text-column) names {text_columns(s)[0]} twice; a pair needs two columns")
+    if s.get("TASK", "auto") not in ("auto", "classification", "regression"):
+        raise RecipeError(f"TASK (--task) must be auto, classification or regression, got {s['TASK']!r}")
+    if s.get("TASK") == "regression" and len(label_columns(s)) > 1:
+        raise RecipeError("TASK (--task) regression predicts one score: give one column with --label-columns")
+    if s.get("CLASS_WEIGHTS", "none") not in ("none", "balanced"):
+        raise RecipeError(f"CLASS_WEIGHTS (--class-weights) must be none or balanced, got {s['CLASS_WEIGHTS']!r}")
+
+
+def text_columns(s):
+    """TEXT_COLUMN as a list: one name is a text a row, two (comma-separated) a sentence pair."""
+    return [name.strip() for name in s["TEXT_COLUMN"].split(",") if name.strip()]
 
 
 def label_columns(s):

@@ -26,13 +26,14 @@ from .data import (
     file_sha256,
     file_splits,
     given_label_names,
+    is_regression,
     load_reviews,
     metadata_names,
     relabel,
     split,
     targets,
 )
-from .metrics import better, scores, shown
+from .metrics import better, headline, scores, shown
 from .parallel import PeerFailed, agreed, agreeing, all_sum, gathered, leader, leader_first, local_leader, progress
 from .runfolder import atomic_write, locked, remove_stale, usable_folder
 from .settings import SPLIT_SIZES, RecipeError, check_settings, label_columns, parse_settings, resolve_run
@@ -99,12 +100,14 @@ class Run:
         s, loaded, parts = self.s, {}, {}
         files = file_splits(s, self.given)
         with leader_first(self.world):  # DATA_URL first: its labels name the other files' (relabel())
-            path, rows, own = loaded["DATA_URL"] = load_reviews(s["DATA_URL"], s["DATA_DIR"], s, "DATA_URL")
+            path, rows, own = load_reviews(s["DATA_URL"], s["DATA_DIR"], s, "DATA_URL")
             self.names, renamed = given_label_names(s, self.given, own, metadata_names(path, s), path)
             loaded["DATA_URL"] = path, rows, self.names
+            self.regression = is_regression(rows)  # TASK auto: the training file's labels decide for every file
+            task = {**s, "TASK": "regression" if self.regression else "classification"}
             for url in files:
                 if url != "DATA_URL":  # integers without names of their own are named as the training file's
-                    path, rows, own = load_reviews(s[url], s["DATA_DIR"], s, url, self.names,
+                    path, rows, own = load_reviews(s[url], s["DATA_DIR"], task, url, self.names,
                                                    "the training file's labels")
                     own = [renamed.get(label, label) for label in own] if metadata_names(path, s) else own
                     loaded[url] = path, rows, own
@@ -124,12 +127,22 @@ class Run:
         parts = [parts[size] for size in SPLIT_SIZES]
         check_labels(*parts, self.names, s["SHUFFLE"])
         self.multi = len(label_columns(s)) > 1
+        if self.regression and s["CLASS_WEIGHTS"] != "none":
+            raise RecipeError(f"CLASS_WEIGHTS (--class-weights) {s['CLASS_WEIGHTS']} weights classes, but "
+                              f"{label_columns(s)[0]} holds scores (a regression task); drop --class-weights")
+        self.task = "regression" if self.regression else "multi_label" if self.multi else "single_label"
         self.n_train, self.n_valid, self.n_test = map(len, parts)
         return pd.concat(parts)
 
     def index(self, ids, offsets, frame):
-        """(ids, offsets, targets) of load_data()'s frame, as collate() takes them; the evaluation batches."""
+        """(ids, offsets, targets) of load_data()'s frame, as collate() takes them; the evaluation batches; the loss's
+        class weights (class_weights(): None unless CLASS_WEIGHTS), printed once and kept for metrics.json."""
         self.labels = targets(frame, self.names)
+        self.class_weights = class_weights(self.labels[:self.n_train], len(self.names), self.s["CLASS_WEIGHTS"])
+        if self.class_weights is not None:
+            print(f"class weights ({self.s['CLASS_WEIGHTS']}{', on positives' * self.multi}): " + ", ".join(
+                f"{name} {weight:.4f}" for name, weight in zip(self.names, self.class_weights.tolist(), strict=True)))
+            self.class_weights = self.class_weights.to(self.device)
         self.lengths = (offsets[1:] - offsets[:-1]).numpy()
         a, b = self.n_train, self.n_train + self.n_valid
         self.valid_batches = [a + batch for batch in make_batches(self.lengths[a:b], self.s["EVAL_BATCH_SIZE"])]
@@ -261,22 +274,33 @@ class Run:
         if not math.isfinite(valid["loss"]):
             raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
         batch_losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
-        record = {"epoch": epoch, "train_loss": batch_losses.sum().item() / a, "train_accuracy": correct.item() / a,
-                  "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"], "seconds": self.train_seconds,
-                  **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {})}
-        print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | train accuracy {record['train_accuracy']:.4f} "
-              f"| valid {shown(valid)} | {self.train_seconds:.1f} s")
+        train_loss = batch_losses.sum().item() / a
+        if self.regression:  # the mean squared error is the loss: its root is in the scores' own units
+            train = {"train_loss": train_loss, "train_rmse": math.sqrt(train_loss)}
+            measured = {f"valid_{key}": valid[key] for key in ("loss", "pearson", "spearman", "rmse")}
+            train_shown = f"train RMSE {train['train_rmse']:.4f}"
+        else:
+            train = {"train_loss": train_loss, "train_accuracy": correct.item() / a}
+            measured = {"valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
+                        **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {})}
+            train_shown = f"train accuracy {train['train_accuracy']:.4f}"
+        record = {"epoch": epoch, **train, **measured, "seconds": self.train_seconds}
+        print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | {train_shown} | valid {shown(valid)} | "
+              f"{self.train_seconds:.1f} s")
         state["history"].append(record)
-        self.board.scalars({"train/epoch_loss": record["train_loss"], "train/epoch_accuracy": record["train_accuracy"],
-                            "valid/loss": valid["loss"], "valid/accuracy": valid["accuracy"],
-                            "valid/macro_roc_auc": valid.get("macro_roc_auc")}, self.step(epoch + 1, 0))
+        self.board.scalars({"train/epoch_loss": train_loss, "train/epoch_accuracy": train.get("train_accuracy"),
+                            "train/epoch_rmse": train.get("train_rmse"), "valid/loss": valid["loss"],
+                            "valid/accuracy": valid.get("accuracy"), "valid/macro_roc_auc": valid.get("macro_roc_auc"),
+                            "valid/pearson": valid.get("pearson"), "valid/spearman": valid.get("spearman"),
+                            "valid/rmse": valid.get("rmse")}, self.step(epoch + 1, 0))
         if better(valid, state["best_valid"]):
             state.update(best_valid=valid, best_epoch=epoch)
             if leader():
                 save_best(epoch)
         if s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
             state["stopped_early_at"] = epoch
-            print(f"epoch {epoch}: no better validation {'macro ROC AUC' if self.multi else 'accuracy'} for "
+            what = {"pearson": "Pearson correlation", "macro_roc_auc": "macro ROC AUC"}.get(headline(valid), "accuracy")
+            print(f"epoch {epoch}: no better validation {what} for "
                   f"{s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
         self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
         if signum := agreed(signals.requested, self.device, self.world):  # also after the last epoch
@@ -322,17 +346,21 @@ class Run:
             raise Interrupted(signum)
         print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
               f"trained {train_seconds:.1f} s")
-        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi,
+        weights = self.class_weights
+        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi, "task": self.task,
+                   "class_weights": None if weights is None else dict(zip(self.names, weights.tolist(), strict=True)),
                    "examples": {"train": self.n_train, "valid": self.n_valid, "test": self.n_test}, "epochs": state["history"],
                    "best_epoch": state["best_epoch"], "stopped_early_at": state.get("stopped_early_at"),
-                   "valid_accuracy": state["best_valid"]["accuracy"],
-                   "test_accuracy": test["accuracy"], "valid": state["best_valid"], "test": test,
+                   "valid_accuracy": state["best_valid"].get("accuracy"),
+                   "test_accuracy": test.get("accuracy"), "valid": state["best_valid"], "test": test,
                    "train_seconds": train_seconds, "device": devices[0], "devices": devices,
                    "world_size": self.world, "world_sizes": self.recorded["world_sizes"], "script": self.script, **extra,
                    "parameters": sum(p.numel() for p in best.parameters()),
                    "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None}
-        final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_macro_f1": test.get("macro_f1"),
-                 "test_macro_roc_auc": test.get("macro_roc_auc"), "valid_accuracy": state["best_valid"]["accuracy"]}
+        final = {"test_accuracy": test.get("accuracy"), "test_loss": test["loss"], "test_macro_f1": test.get("macro_f1"),
+                 "test_macro_roc_auc": test.get("macro_roc_auc"), "test_pearson": test.get("pearson"),
+                 "test_spearman": test.get("spearman"), "test_rmse": test.get("rmse"),
+                 "valid_accuracy": state["best_valid"].get("accuracy"), "valid_pearson": state["best_valid"].get("pearson")}
         with agreeing(self.world):  # a full disk on rank 0 stops every process, each machine's checkpoint kept
             if leader():
                 if card:
@@ -350,6 +378,20 @@ class Run:
         if self.world > 1:  # no process tears down its connections while another still uses them
             dist.barrier()
         return metrics
+
+
+def class_weights(labels, classes, kind):
+    """The loss's weights for kind "balanced", from the training labels: single-label, each class's
+    n_samples / (n_classes x its count), as scikit-learn's compute_class_weight gives them (a class absent from
+    training 0); multi-label, each label's positives weighted by its negatives / positives. None for "none"."""
+    if kind == "none":
+        return None
+    if labels.ndim == 2:
+        positives = labels.sum(0)
+        return (len(labels) - positives) / positives
+    counts = torch.bincount(labels, minlength=classes).double()
+    weights = len(labels) / (classes * counts)
+    return torch.where(counts > 0, weights, 0.0).float()
 
 
 def own_random_state(saved, rank):
