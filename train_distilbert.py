@@ -32,8 +32,9 @@ from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from textclf.batches import flat_token_ids, pad_batch
-from textclf.card import model_card
+from textclf.card import adapter_card, model_card
 from textclf.data import BR_TAG, clean
+from textclf.lora import Trained, base_dtype, lora_config, merged, quantization, saved_state, with_adapters
 from textclf.metrics import all_logits, batch_loss
 from textclf.parallel import accumulating, agreeing, autocast_for, leader_first, progress, run_precision
 from textclf.runfolder import atomic_write, temporary, write_error
@@ -62,6 +63,11 @@ MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, 
 MAX_LENGTH = 512  # tokens per review, longer ones are truncated
 TRUNCATION = "head+tail"  # what a review over MAX_LENGTH keeps: head+tail = first HEAD_TOKENS + last ones; head = first
 HEAD_TOKENS = 128  # with head+tail: tokens kept from the start, the rest from the end; MAX_LENGTH // 4 if it leaves no room
+# adapters (README: Checkpoints bigger than the GPU)
+LORA_RANK = 0  # 0 = full fine-tuning (the recipe); r > 0 = LoRA adapters of rank r on every linear layer, base frozen
+LORA_ALPHA = 16  # LoRA scaling: each adapter's update x LORA_ALPHA / LORA_RANK
+LORA_DROPOUT = 0.05  # dropout on the adapters' input
+LOAD_IN_4BIT = False  # QLoRA: the frozen base in 4-bit NF4 by bitsandbytes (CUDA only; needs LORA_RANK > 0)
 # optimisation
 BATCH_SIZE = 16  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
@@ -111,6 +117,15 @@ def check_settings(s, given):
                           f"(room for [CLS] and [SEP]), got {s['HEAD_TOKENS']}")
     if s["PRECISION"] not in ("auto", "bf16", "fp16", "fp32"):
         raise RecipeError(f"PRECISION (--precision) must be auto, bf16, fp16 or fp32, got {s['PRECISION']!r}")
+    if s["LORA_RANK"] < 0:
+        raise RecipeError(f"LORA_RANK (--lora-rank) must be 0 (full fine-tuning) or a positive integer rank such as "
+                          f"8 or 16, got {s['LORA_RANK']}")
+    if s["LORA_RANK"] and not (s["LORA_ALPHA"] > 0 and 0 <= s["LORA_DROPOUT"] < 1):
+        raise RecipeError(f"LORA_ALPHA (--lora-alpha) must be positive and LORA_DROPOUT (--lora-dropout) in [0, 1), "
+                          f"got {s['LORA_ALPHA']} and {s['LORA_DROPOUT']}")
+    if s["LOAD_IN_4BIT"] and not s["LORA_RANK"]:
+        raise RecipeError("LOAD_IN_4BIT (--load-in-4bit) freezes a 4-bit base that only adapters can train: give "
+                          "--lora-rank too (e.g. 16)")
     return s
 
 
@@ -222,7 +237,7 @@ def parameter_groups(model, learning_rate, weight_decay, lr_decay):
     embeddings last with every embedding-like parameter (ELECTRA's projection, DeBERTa's relative position embeddings
     and their norm, MPNet's relative attention bias). Layers are found by name: ...layer.N (BERT, DistilBERT, RoBERTa,
     XLM-R, ELECTRA, MPNet, DeBERTa), ...layers.N (ModernBERT, Llama, Qwen) or ...h.N (GPT-2)."""
-    names = dict(model.named_parameters())
+    names = {name: p for name, p in model.named_parameters() if p.requires_grad}  # with LoRA: adapters and head
     layer_of = {name: int(m.group(1)) for name in names if (m := LAYER.search(name))} if lr_decay != 1 else {}
     if lr_decay != 1 and not layer_of:
         why = ("shares one set of weights among all its layers (ALBERT): no layer has weights of its own to learn "
@@ -323,6 +338,18 @@ def ready(model, tokenizer, s):
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)({"use_reentrant": False})
 
 
+def load_checkpoint(name, r, dtype, device, four_bit=None):
+    """MODEL_NAME with a new head for the run's labels (or its score) on device, its weights in dtype (fp32 to train
+    them all; LoRA: the frozen base in the run's precision) or, with four_bit, in 4-bit NF4."""
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, num_labels=len(r.names),
+                            id2label=dict(enumerate(r.names)), label2id={label: i for i, label in enumerate(r.names)},
+                            problem_type=PROBLEM[r.task],
+                            ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
+                            dtype=dtype, quantization_config=four_bit,
+                            **({"device_map": {"": device}} if four_bit else {}))  # 4-bit weights load in place
+    return model if four_bit else model.to(device)
+
+
 def start_at(model, mean):
     """A regression head whose output starts at the training mean: its bias (the last one-output linear layer's, where
     it has one) set to mean, as AdamW moves a bias only about LEARNING_RATE a step."""
@@ -341,16 +368,16 @@ def run(settings, given, held):
     frame = r.load_data()
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None  # a sentence-pair task: the second texts
     torch.manual_seed(s["SEED"])
+    lora = s["LORA_RANK"] > 0  # adapters on a frozen base; 0: every weight trains, in fp32
     with agreeing(r.world):  # a model folder missing on one machine stops every process
-        model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s["MODEL_NAME"],
-                                num_labels=len(r.names), id2label=dict(enumerate(r.names)),
-                                label2id={name: i for i, name in enumerate(r.names)}, problem_type=PROBLEM[r.task],
-                                ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
-                                dtype=torch.float32).to(device)  # fp32 weights to train, whatever the checkpoint has
+        four_bit = quantization(s["LOAD_IN_4BIT"], device, precision)  # None, or the base in 4-bit NF4
+        model = load_checkpoint(s["MODEL_NAME"], r, base_dtype(s["LORA_RANK"], precision), device, four_bit)
         tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
         ready(model, tokenizer, s)  # pad token, MAX_LENGTH, pair template, gradient checkpointing
         if r.regression:  # the head starts at the training mean (decoders' heads have no bias: they learn it)
             start_at(model, frame["label"].iloc[:r.n_train].mean())
+        if lora:  # the base frozen in the run's precision; adapters and head train in fp32
+            model = with_adapters(model, s, s["GRADIENT_CHECKPOINTING"])
     with leader_first(r.world):
         ids, offsets, types = cached_token_ids(frame["text"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
                                                r.data_sha256, s["TRUNCATION"], s["HEAD_TOKENS"], pairs)
@@ -367,8 +394,9 @@ def run(settings, given, held):
     forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
     train_model = forward_model if r.world == 1 else torch.nn.parallel.DistributedDataParallel(
         forward_model, device_ids=[device] if device.type == "cuda" else None)
-    r.resume({"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}, r.out_dir / "model",
-             precision=precision)
+    saved = r.out_dir / ("adapter" if lora else "model")  # the best epoch's weights (LoRA: its adapters and head)
+    r.resume({"model": Trained(model) if lora else model, "optimizer": optimizer, "scheduler": scheduler,
+              "scaler": scaler}, saved, precision=precision)  # a LoRA checkpoint holds only what trains
 
     # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
     print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
@@ -398,13 +426,34 @@ def run(settings, given, held):
                 optimizer.zero_grad(set_to_none=True)
             r.record(batch, loss_sum, correct, grad_norm)  # progress bar, TensorBoard, divergence; a stop checkpoints
         r.end_epoch(epoch, score(forward_model, r.valid_batches),  # keeps a better epoch's model, then a checkpoint
-                    lambda epoch: save_model(model, tokenizer, r.out_dir / "model", r.out_dir / "metrics.json"))
+                    lambda epoch: save_model(model, tokenizer, saved, r.out_dir / "metrics.json"))
 
-    # test the best epoch's model, reloaded from disk exactly as a user would
-    best = lambda: AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model",
-                                                                     trust_remote_code=False).to(device)
-    card = lambda metrics: atomic_write(r.out_dir / "model" / "README.md",  # the hub's model card
-                                        lambda f: f.write(str(model_card(metrics, r.out_dir / "model")).encode()))
+    # test the best epoch's model, reloaded from disk exactly as a user would; a LoRA run's adapters are merged into
+    # the base first and saved as a whole model in model/ (the others merge theirs: rank 0 then sends its weights)
+    adapters = (s["LORA_RANK"], s["LORA_ALPHA"], s["LORA_DROPOUT"])
+
+    def merged_into_base(state):
+        base = load_checkpoint(s["MODEL_NAME"], r, base_dtype(s["LORA_RANK"], precision), device)
+        base.config.pad_token_id = tokenizer.pad_token_id
+        return merged(base, state, lora_config(base, *adapters))
+
+    def best():
+        if lora:
+            save_model(merged_into_base(saved_state(saved, device)), tokenizer, r.out_dir / "model",
+                       r.out_dir / "metrics.json")
+        return AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False).to(device)
+
+    if lora and r.rank > 0:  # the merged model's shape, for rank 0's weights
+        model = merged_into_base(Trained(model).state_dict())
+
+    def card(metrics):  # the hub's model card; a LoRA run's adapter folder gets peft's
+        atomic_write(r.out_dir / "model" / "README.md",
+                     lambda f: f.write(str(model_card(metrics, r.out_dir / "model")).encode()))
+        if lora:
+            atomic_write(saved / "README.md", lambda f: f.write(str(adapter_card(metrics, saved)).encode()))
+        else:  # an earlier LoRA run's adapters in this OUT_DIR are not this run's
+            shutil.rmtree(r.out_dir / "adapter", ignore_errors=True)
+
     return r.finish(best, model, score, f"{r.out_dir / 'model'}/", card, precision=precision, precision_chosen_by=why)
 
 

@@ -1,4 +1,5 @@
-"""Check a GPU box in one command: both training scripts in every precision the GPU has, COMPILE on and off, a run
+"""Check a GPU box in one command: both training scripts in every precision the GPU has, COMPILE on and off, LoRA
+adapters (and, where bitsandbytes is installed, on a 4-bit base), a run
 interrupted by SIGTERM and resumed (one process, and torchrun over all visible GPUs with --device cuda), and
 predict.py on a finished run. Prints a table (passed, optimizer steps per second, peak GPU memory) and writes it as
 JSON into --results.
@@ -12,6 +13,7 @@ DistilBERT made here). Steps per second include start-up and warm-up; only a GPU
 """
 import argparse
 import datetime
+import importlib.util
 import json
 import platform
 import subprocess
@@ -182,6 +184,15 @@ def main(argv=None):
             checks.train(f"train_distilbert.py {auto}, COMPILE", "train_distilbert.py", "bert-compile", **bert,
                          precision=auto, compile=True)
         checks.train("train_lstm_baseline.py", "train_lstm_baseline.py", "lstm")
+        # LoRA: adapters on the base frozen in the run's precision; 4-bit (QLoRA) where bitsandbytes and CUDA are
+        checks.train(f"train_distilbert.py {auto}, LoRA rank 16", "train_distilbert.py", "bert-lora", **bert,
+                     precision=auto, lora_rank=16, learning_rate=5e-4)
+        if cuda and importlib.util.find_spec("bitsandbytes"):
+            checks.train(f"train_distilbert.py {auto}, LoRA rank 16, 4-bit base", "train_distilbert.py", "bert-qlora",
+                         **bert, precision=auto, lora_rank=16, learning_rate=5e-4, load_in_4bit=True)
+        else:
+            checks.add("4-bit base (LOAD_IN_4BIT)", True, note="not run: needs CUDA and pip install -r "
+                       "requirements-qlora.txt")
         reference = runs.get(auto) or next(iter(runs.values()))
         if reference:
             checks.interrupted(f"train_distilbert.py {auto}: SIGTERM, --resume", "train_distilbert.py", "resumed", 0,

@@ -99,11 +99,14 @@ def test_gpu_check_runs_every_check_on_a_cpu(tiny_model, tmp_path):
     auto = auto_precision(torch.device("cpu"))[0]
     native = ["bf16", "fp32"] if cpu_bf16() else ["fp32"]  # fp16 (and bf16 without AVX512-BF16) is emulated
     assert list(rows) == [*(f"train_distilbert.py {p}" for p in native),
-                          "train_lstm_baseline.py", f"train_distilbert.py {auto}: SIGTERM, --resume",
+                          "train_lstm_baseline.py", f"train_distilbert.py {auto}, LoRA rank 16",
+                          "4-bit base (LOAD_IN_4BIT)", f"train_distilbert.py {auto}: SIGTERM, --resume",
                           "torchrun x 2, --device cpu: SIGTERM, --resume", f"predict.py on the {auto} run"]
     assert all(passed == "yes" for passed, *_ in rows.values())
-    assert "identical to the uninterrupted run's" in rows[list(rows)[len(native) + 1]][3]  # one process: the same bits
-    assert all(float(speed) > 0 for _, speed, *_ in list(rows.values())[:-1])
+    assert rows["4-bit base (LOAD_IN_4BIT)"][3].startswith("not run: needs CUDA")
+    assert "identical to the uninterrupted run's" in rows[list(rows)[len(native) + 3]][3]  # one process: the same bits
+    speeds = [speed for check, (_, speed, *_) in rows.items() if not check.startswith(("4-bit", "predict"))]
+    assert all(float(speed) > 0 for speed in speeds)
     assert f"\n{cpu_name() or platform.machine()} | {', '.join(native)} checked |" in stdout
     saved = json.loads(next((tmp_path / "results").glob("gpu-check_*.json")).read_text())
     assert [row["check"] for row in saved["rows"]] == list(rows) and saved["torch"] == torch.__version__

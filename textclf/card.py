@@ -92,3 +92,31 @@ classify({example})
 preprocessing (its cleaning and {s['TRUNCATION']} truncation) is `python predict.py {s['OUT_DIR']} "a text"`.
 """
     return ModelCard(f"---\n{card.to_yaml()}\n---\n\n{body}")
+
+
+def adapter_card(metrics, folder):
+    """The model card of a LoRA run's adapter folder, as the hub expects a peft adapter's: library_name peft, the base
+    model, the test scores, and how to load it (with the run's labels: the base's own config has other ones)."""
+    s, names = metrics["settings"], metrics["labels"]
+    hub_name = not Path(s["MODEL_NAME"]).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s["MODEL_NAME"])
+    data = ModelCardData(base_model=s["MODEL_NAME"] if hub_name else None, library_name="peft",
+                         pipeline_tag="text-classification", tags=["text-classification", "lora", "peft"])
+    problem = {"regression": "regression", "multi_label": "multi_label_classification"}.get(
+        metrics.get("task"), "single_label_classification")
+    labels = {i: name for i, name in enumerate(names)}
+    test = metrics["test"]
+    shown = ", ".join(f"{key} {test[key]:.4f}" for key in ("accuracy", "macro_f1", "macro_roc_auc", "pearson",
+                                                           "spearman") if test.get(key) is not None)
+    body = f"""# {Path(s["OUT_DIR"]).resolve().name}: LoRA adapter
+
+LoRA adapters of rank {s["LORA_RANK"]} (alpha {s["LORA_ALPHA"]}, dropout {s["LORA_DROPOUT"]}) on every linear layer of
+`{s["MODEL_NAME"]}`, and its classification head, trained by `train_distilbert.py`: {shown} on the
+{metrics["examples"]["test"]:,} test texts. The whole model, adapters merged, is the run's `model/` folder beside this one.
+
+```python
+from peft import AutoPeftModelForSequenceClassification
+model = AutoPeftModelForSequenceClassification.from_pretrained(
+    "{folder}", num_labels={len(names)}, id2label={labels}, problem_type="{problem}")
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
