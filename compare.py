@@ -5,6 +5,7 @@
 
 Each argument is a run's OUT_DIR (or its metrics.json), from either training script.
 """
+
 import argparse
 import json
 import math
@@ -23,10 +24,15 @@ def load(path):
         metrics = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise RecipeError(f"{file} is not the metrics.json of a finished run ({type(e).__name__}: {e})") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("settings"), dict) or not isinstance(
-            metrics.get("epochs"), list) or not all(isinstance(e, dict) and "epoch" in e for e in metrics["epochs"]):
-        raise RecipeError(f"{file} is not the metrics.json of a finished run of train_distilbert.py or "
-                          f"train_lstm_baseline.py")
+    if (
+        not isinstance(metrics, dict)
+        or not isinstance(metrics.get("settings"), dict)
+        or not isinstance(metrics.get("epochs"), list)
+        or not all(isinstance(e, dict) and "epoch" in e for e in metrics["epochs"])
+    ):
+        raise RecipeError(
+            f"{file} is not the metrics.json of a finished run of train_distilbert.py or train_lstm_baseline.py"
+        )
     return (path.name if path.is_dir() else file.parent.name if file.name == "metrics.json" else file.stem), metrics
 
 
@@ -66,28 +72,62 @@ def table(runs):
     auc = any(m.get("multi_label") for _, m in runs)
     regression = any(m.get("task") == "regression" for _, m in runs)
     tested = [test_data(m) for _, m in runs]
-    differ = len(set(tested) - {None}) > 1  # then their test numbers do not compare: the table says on what each was tested
-    header = (["run", "script", "model", "parameters", "training reviews", "max length", "epochs", "device",
-               "training s", "s per epoch", "best epoch", "valid accuracy", "test accuracy"]
-              + ["valid macro ROC AUC", "test macro ROC AUC"] * auc
-              + ["valid Pearson", "test Pearson", "test Spearman", "test RMSE"] * regression + ["test data"] * differ)
+    differ = (
+        len(set(tested) - {None}) > 1
+    )  # then their test numbers do not compare: the table says on what each was tested
+    header = (
+        [
+            "run",
+            "script",
+            "model",
+            "parameters",
+            "training reviews",
+            "max length",
+            "epochs",
+            "device",
+            "training s",
+            "s per epoch",
+            "best epoch",
+            "valid accuracy",
+            "test accuracy",
+        ]
+        + ["valid macro ROC AUC", "test macro ROC AUC"] * auc
+        + ["valid Pearson", "test Pearson", "test Spearman", "test RMSE"] * regression
+        + ["test data"] * differ
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (name, m), test in zip(runs, tested, strict=True):
         s, epochs = m["settings"], m["epochs"]
         script, model = describe(m)
-        device = m.get("device", "?") + (f" x {m['world_size']}" if m.get("world_size", 1) > 1 else "") + \
-            (f", {m['precision']}" if "precision" in m else "")
+        device = (
+            m.get("device", "?")
+            + (f" x {m['world_size']}" if m.get("world_size", 1) > 1 else "")
+            + (f", {m['precision']}" if "precision" in m else "")
+        )
         n = m.get("parameters")
         parameters = "?" if n is None else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
         seconds = [e["seconds"] for e in epochs if "seconds" in e]
-        per_epoch = ", ".join(f"{t:.1f}" for t in seconds) if len(seconds) <= 3 else \
-            f"{min(seconds):.1f}–{max(seconds):.1f}"
+        per_epoch = (
+            ", ".join(f"{t:.1f}" for t in seconds) if len(seconds) <= 3 else f"{min(seconds):.1f}–{max(seconds):.1f}"
+        )
         train = m.get("examples", {}).get("train", s.get("TRAIN_SIZE"))  # older runs: a fraction stays a fraction
         train = "?" if train is None else f"{train:.0%} of the rows" if isinstance(train, float) else f"{train:,}"
         ran = f"{len(epochs)} of {s['EPOCHS']}" if len(epochs) < s.get("EPOCHS", 0) else str(len(epochs))
-        row = [name, script, model, parameters, train, str(s.get("MAX_LENGTH", "all")), ran, device,
-               number(m.get("train_seconds"), ".1f"), per_epoch or "?", number(m.get("best_epoch"), "d"),
-               number(m.get("valid_accuracy"), ".4f"), number(m.get("test_accuracy"), ".4f")]
+        row = [
+            name,
+            script,
+            model,
+            parameters,
+            train,
+            str(s.get("MAX_LENGTH", "all")),
+            ran,
+            device,
+            number(m.get("train_seconds"), ".1f"),
+            per_epoch or "?",
+            number(m.get("best_epoch"), "d"),
+            number(m.get("valid_accuracy"), ".4f"),
+            number(m.get("test_accuracy"), ".4f"),
+        ]
         row += [number((m.get(split) or {}).get("macro_roc_auc"), ".4f") for split in ("valid", "test") if auc]
         if regression:
             row += [number((m.get("valid") or {}).get("pearson"), ".4f")]
@@ -95,8 +135,9 @@ def table(runs):
         row += [test or "?"] * differ
         lines.append("| " + " | ".join(row) + " |")
     if differ:
-        lines.append("\nThese runs were tested on different data (the test data column): their test numbers do not "
-                     "compare.")
+        lines.append(
+            "\nThese runs were tested on different data (the test data column): their test numbers do not compare."
+        )
     return "\n".join(lines)
 
 
@@ -104,6 +145,7 @@ def figure_of(runs):
     """Loss and accuracy per epoch of every run: training solid, validation dashed, the best epoch starred; a colour
     a run (the default ten, then tab20's, then evenly spaced), and the legend below the plots, however many runs."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -113,26 +155,49 @@ def figure_of(runs):
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(12, height), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if len(runs) > len(colors):
-        colors = [plt.get_cmap("tab20")(i) for i in range(len(runs))] if len(runs) <= 20 else \
-            [plt.get_cmap("turbo")(i / (len(runs) - 1)) for i in range(len(runs))]
+        colors = (
+            [plt.get_cmap("tab20")(i) for i in range(len(runs))]
+            if len(runs) <= 20
+            else [plt.get_cmap("turbo")(i / (len(runs) - 1)) for i in range(len(runs))]
+        )
     for (name, m), color in zip(runs, colors, strict=False):
         epochs = [e["epoch"] for e in m["epochs"]]
         score = "pearson" if m.get("task") == "regression" else "accuracy"  # the right panel: what picks the epoch
         for axes, key in ((loss_axes, "loss"), (accuracy_axes, score)):
-            axes.plot(epochs, [e.get(f"train_{key}", math.nan) for e in m["epochs"]], "o-", color=color,
-                      label=f"{name}, training")
+            axes.plot(
+                epochs,
+                [e.get(f"train_{key}", math.nan) for e in m["epochs"]],
+                "o-",
+                color=color,
+                label=f"{name}, training",
+            )
             if all(f"valid_{key}" in e for e in m["epochs"]):
-                axes.plot(epochs, [e[f"valid_{key}"] for e in m["epochs"]], "s--", color=color,
-                          label=f"{name}, validation")
+                axes.plot(
+                    epochs, [e[f"valid_{key}"] for e in m["epochs"]], "s--", color=color, label=f"{name}, validation"
+                )
         for best in (e for e in m["epochs"] if e["epoch"] == m.get("best_epoch") and e.get(f"valid_{score}")):
-            accuracy_axes.plot(best["epoch"], best[f"valid_{score}"], "*", color=color, markersize=16,
-                               markeredgecolor="black", zorder=3)
+            accuracy_axes.plot(
+                best["epoch"],
+                best[f"valid_{score}"],
+                "*",
+                color=color,
+                markersize=16,
+                markeredgecolor="black",
+                zorder=3,
+            )
     regression = any(m.get("task") == "regression" for _, m in runs)
-    loss_axes.set(title="Loss per epoch", xlabel="epoch",
-                  ylabel="cross-entropy (regression: squared error), mean per text" if regression else
-                  "cross-entropy (mean per review)")
-    accuracy_axes.set(title="Accuracy per epoch (★ best epoch, the saved model)", xlabel="epoch",
-                      ylabel="accuracy (regression: Pearson correlation)" if regression else "accuracy")
+    loss_axes.set(
+        title="Loss per epoch",
+        xlabel="epoch",
+        ylabel="cross-entropy (regression: squared error), mean per text"
+        if regression
+        else "cross-entropy (mean per review)",
+    )
+    accuracy_axes.set(
+        title="Accuracy per epoch (★ best epoch, the saved model)",
+        xlabel="epoch",
+        ylabel="accuracy (regression: Pearson correlation)" if regression else "accuracy",
+    )
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
@@ -161,10 +226,13 @@ def main(argv=None):
     try:
         if args.output:  # before anything is drawn or written
             from matplotlib.backend_bases import FigureCanvasBase
+
             kind, known = Path(args.output).suffix.lstrip(".").lower(), FigureCanvasBase.get_supported_filetypes()
             if kind and kind not in known:
-                raise RecipeError(f"--output {args.output}: matplotlib cannot write .{kind} files; use one of "
-                                  f"{', '.join('.' + k for k in sorted(known))}")
+                raise RecipeError(
+                    f"--output {args.output}: matplotlib cannot write .{kind} files; use one of "
+                    f"{', '.join('.' + k for k in sorted(known))}"
+                )
         runs = [load(path) for path in args.runs]
         print(table(runs))
         if args.output:

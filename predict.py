@@ -18,6 +18,7 @@ with a tab between them. Large files and standard input stream in chunks of 10,0
 every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in bf16 where
 training's PRECISION=auto would (CUDA, and CPUs with native bf16); --precision fp32 turns that off.
 """
+
 import argparse
 import gzip
 import io
@@ -54,8 +55,10 @@ class Run:
     def __init__(self, run_dir, device, precision="auto"):
         run_dir = Path(run_dir)
         if not (run_dir / "metrics.json").exists():
-            raise RecipeError(f"{run_dir} holds no finished run (no metrics.json); pass the OUT_DIR of a run of "
-                              f"train_distilbert.py or train_lstm_baseline.py that ran to the end")
+            raise RecipeError(
+                f"{run_dir} holds no finished run (no metrics.json); pass the OUT_DIR of a run of "
+                f"train_distilbert.py or train_lstm_baseline.py that ran to the end"
+            )
         try:
             record = json.loads((run_dir / "metrics.json").read_text())
             saved, script = record["settings"], record.get("script")  # older runs: known by their model's file
@@ -63,8 +66,9 @@ class Run:
             defaults = td.DEFAULTS if script == "train_distilbert.py" else tl.DEFAULTS  # for what an older run lacks
             self.settings = {**defaults, "TRUNCATION": "head", "HEAD_TOKENS": 0, **saved}  # older runs: head only
         except (ValueError, KeyError, TypeError) as e:
-            raise RecipeError(f"{run_dir / 'metrics.json'} is not a training script's metrics.json "
-                              f"({type(e).__name__}: {e})") from None
+            raise RecipeError(
+                f"{run_dir / 'metrics.json'} is not a training script's metrics.json ({type(e).__name__}: {e})"
+            ) from None
         try:
             self.load(run_dir, device, script)
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, SafetensorError) as e:
@@ -72,11 +76,14 @@ class Run:
                 raise
             if "trust_remote_code" in str(e):
                 raise RecipeError(td.needs_code(run_dir / "model")) from None
-            raise RecipeError(f"the model in {run_dir} is damaged ({type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0][:100]}); train the run again or restore its files") from None
+            raise RecipeError(
+                f"the model in {run_dir} is damaged ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:100]}); train the run again or restore its files"
+            ) from None
         self.device = device  # auto: the training script's rule (bf16 on CUDA and on CPUs with native bf16)
-        self.precision = (auto_precision(device)[0] if precision == "auto" else precision) if self.kind == "distilbert" \
-            else "fp32"  # the LSTM runs as it trained
+        self.precision = (
+            (auto_precision(device)[0] if precision == "auto" else precision) if self.kind == "distilbert" else "fp32"
+        )  # the LSTM runs as it trained
         self.autocast = autocast_for(device, self.precision)
 
     def load(self, run_dir, device, script):
@@ -84,8 +91,9 @@ class Run:
         same OUT_DIR never answers)."""
         if script == "train_distilbert.py" and (run_dir / "model" / "config.json").exists():  # save_pretrained's
             self.kind = "distilbert"
-            model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model",
-                                                                       trust_remote_code=False)  # never its code
+            model = AutoModelForSequenceClassification.from_pretrained(
+                run_dir / "model", trust_remote_code=False
+            )  # never its code
             tokenizer = AutoTokenizer.from_pretrained(run_dir / "model", trust_remote_code=False)
             td.check_tokenizer(tokenizer, model, run_dir / "model")
             self.model, self.pad_id = model.to(device).eval(), tokenizer.pad_token_id
@@ -95,8 +103,14 @@ class Run:
             self.regression = model.config.problem_type == "regression"
 
             def encode(texts, pairs):
-                return td.tokenize(texts, tokenizer, self.settings["MAX_LENGTH"], self.settings["TRUNCATION"],
-                                   self.settings["HEAD_TOKENS"], pairs=pairs)
+                return td.tokenize(
+                    texts,
+                    tokenizer,
+                    self.settings["MAX_LENGTH"],
+                    self.settings["TRUNCATION"],
+                    self.settings["HEAD_TOKENS"],
+                    pairs=pairs,
+                )
         elif script == "train_lstm_baseline.py" and (run_dir / "model.pt").exists():  # weights and vocabulary
             self.kind = "lstm"
             self.model, vocab = tl.load_model(run_dir, device)
@@ -106,8 +120,10 @@ class Run:
             def encode(texts, pairs):
                 return *tl.encode(texts, vocab, self.model.max_length, pairs), None
         else:
-            raise RecipeError(f"{run_dir}'s metrics.json is a run of {script}, but its model "
-                              f"({'model/' if script == 'train_distilbert.py' else 'model.pt'}) is missing")
+            raise RecipeError(
+                f"{run_dir}'s metrics.json is a run of {script}, but its model "
+                f"({'model/' if script == 'train_distilbert.py' else 'model.pt'}) is missing"
+            )
         self.encode = encode  # (ids, offsets, token types or None) of texts and, for a pair run, their pairs
         self.pairs = len(text_columns(self.settings)) > 1  # a sentence-pair run: two texts each
 
@@ -134,7 +150,8 @@ def damaged(error):
     """Whether an error loading a run's model says its files are damaged, not that the device failed (out of memory,
     a CUDA error: both RuntimeErrors, as a damaged torch file's is)."""
     device_error = isinstance(error, (torch.OutOfMemoryError, torch.AcceleratorError)) or any(
-        word in str(error) for word in ("CUDA", "cuDNN", "cuBLAS", "NCCL", "out of memory"))
+        word in str(error) for word in ("CUDA", "cuDNN", "cuBLAS", "NCCL", "out of memory")
+    )
     return not device_error
 
 
@@ -142,8 +159,9 @@ def file_format(path, option):
     """.csv, .tsv, .jsonl or .parquet, from the file's name (data.csv.gz is .csv, gzipped)."""
     kind = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
     if kind not in (".csv", ".tsv", ".jsonl", ".parquet"):
-        raise RecipeError(f"{option} {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz), "
-                          f"or .parquet")
+        raise RecipeError(
+            f"{option} {path}: unknown format {kind!r}; use .csv, .tsv or .jsonl (optionally .gz), or .parquet"
+        )
     return kind
 
 
@@ -154,8 +172,9 @@ def read_chunks(texts, input_path, text_columns):
     without rows."""
     if input_path is None:
         if not texts:
-            raise RecipeError("no input: give texts as arguments, --input FILE, or - to read one text per line "
-                              "from standard input")
+            raise RecipeError(
+                "no input: give texts as arguments, --input FILE, or - to read one text per line from standard input"
+            )
         if texts == ["-"]:
             if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach predict()'s check, not a traceback
                 sys.stdin.reconfigure(errors="surrogateescape")
@@ -175,8 +194,10 @@ def read_chunks(texts, input_path, text_columns):
     try:
         if kind == ".jsonl":
             columns = jsonl_columns(path)
-            frames = (frame.reindex(columns=columns) for frame in jsonl_frames(path, path.suffix == ".gz",
-                                                                               f"--input {path}", CHUNK))
+            frames = (
+                frame.reindex(columns=columns)
+                for frame in jsonl_frames(path, path.suffix == ".gz", f"--input {path}", CHUNK)
+            )
         elif kind == ".parquet":
             parquet = pyarrow.parquet.ParquetFile(path)
             columns = parquet.schema_arrow.names
@@ -184,16 +205,23 @@ def read_chunks(texts, input_path, text_columns):
             if parquet.metadata.num_rows == 0:
                 frames = iter([parquet.schema_arrow.empty_table().to_pandas()])
         else:
-            frames = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", chunksize=CHUNK,
-                                 dtype={text_column: object}, keep_default_na=False)
+            frames = pd.read_csv(
+                path,
+                sep="\t" if kind == ".tsv" else ",",
+                chunksize=CHUNK,
+                dtype={text_column: object},
+                keep_default_na=False,
+            )
             columns = None  # the header's, in every chunk
         first = True
         for frame in frames:
             columns = list(frame.columns) if columns is None else columns
             for text_column in text_columns:
                 if text_column not in columns:
-                    raise RecipeError(f"--input {path} has no column {text_column!r} (it has {list(columns)[:8]}); "
-                                      f"name the text column{'s' * (len(text_columns) > 1)} with --text-column")
+                    raise RecipeError(
+                        f"--input {path} has no column {text_column!r} (it has {list(columns)[:8]}); "
+                        f"name the text column{'s' * (len(text_columns) > 1)} with --text-column"
+                    )
             yield frame
             first = False
         if first:  # a JSONL file without a line: no columns but the texts'
@@ -211,10 +239,13 @@ def text_frame(lines, text_columns, done):
     parts = [line.split("\t", 1) for line in lines]
     alone = [i for i, part in enumerate(parts) if len(part) < 2]
     if alone:
-        raise RecipeError(f"the run classifies sentence pairs, but text {done + alone[0]} (0-based) holds no tab: "
-                          f"give each pair as its two texts with a tab between them")
-    return pd.DataFrame({text_columns[0]: [part[0] for part in parts], text_columns[1]: [part[1] for part in parts]},
-                        dtype=object)
+        raise RecipeError(
+            f"the run classifies sentence pairs, but text {done + alone[0]} (0-based) holds no tab: "
+            f"give each pair as its two texts with a tab between them"
+        )
+    return pd.DataFrame(
+        {text_columns[0]: [part[0] for part in parts], text_columns[1]: [part[1] for part in parts]}, dtype=object
+    )
 
 
 def jsonl_columns(path):
@@ -250,8 +281,10 @@ def write_frame(frame, f, kind, first):
         try:
             f.write_table(pyarrow.Table.from_pandas(frame, schema=f.schema, preserve_index=False))
         except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, pyarrow.ArrowNotImplementedError) as e:
-            raise RecipeError(f"--output: a column changes its type after the first {CHUNK:,} rows, which one Parquet "
-                              f"file cannot hold ({e}); write .csv or .jsonl instead") from None
+            raise RecipeError(
+                f"--output: a column changes its type after the first {CHUNK:,} rows, which one Parquet "
+                f"file cannot hold ({e}); write .csv or .jsonl instead"
+            ) from None
     elif kind == ".jsonl":
         if len(frame) == 0:  # pandas writes an empty line for no rows: an empty JSONL file has none
             return
@@ -267,15 +300,19 @@ def checked_texts(frame, column, done):
     empty = np.array([text is None or not text.strip() for text in texts], dtype=bool)
     if empty.any():
         rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
-        raise RecipeError(f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
-                          f"(0-based, header not counted); every text needs at least one word")
+        raise RecipeError(
+            f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
+            f"(0-based, header not counted); every text needs at least one word"
+        )
     surrogate = [SURROGATE.search(text) for text in texts]  # how Python keeps bytes that are not UTF-8
     if any(surrogate):
         row = next(i for i, found in enumerate(surrogate) if found)
         byte = ord(surrogate[row].group()) - 0xDC00
         what = f"the byte {byte:#04x}" if 0x80 <= byte <= 0xFF else "a lone surrogate escape"
-        raise RecipeError(f"the text in row {done + row} (0-based, header not counted) is not UTF-8: it holds "
-                          f"{what}; convert the input to UTF-8, e.g. iconv -f latin1 -t utf-8")
+        raise RecipeError(
+            f"the text in row {done + row} (0-based, header not counted) is not UTF-8: it holds "
+            f"{what}; convert the input to UTF-8, e.g. iconv -f latin1 -t utf-8"
+        )
     return texts
 
 
@@ -286,8 +323,10 @@ def predict(run, chunks, text_columns, batch_size, write):
         if chunk_number == 0:
             clash = [column for column in output_columns(run) if column in frame.columns]
             if clash:
-                raise RecipeError(f"the input already has a column {clash[0]!r}, which predict.py writes its "
-                                  f"predictions to; rename or drop that column of the input")
+                raise RecipeError(
+                    f"the input already has a column {clash[0]!r}, which predict.py writes its "
+                    f"predictions to; rename or drop that column of the input"
+                )
         texts = [checked_texts(frame, column, done) for column in text_columns]
         if texts[0]:
             logits = run.logits(texts[0], batch_size, texts[1] if len(texts) > 1 else None)
@@ -301,10 +340,14 @@ def predict(run, chunks, text_columns, batch_size, write):
             frame = frame.assign(predicted_label=labels, predicted_score=scores.numpy())
         else:
             probabilities = logits.sigmoid().numpy()
-            over = [[name for name, p in zip(run.labels, row, strict=True) if p > run.threshold] for row in probabilities]
+            over = [
+                [name for name, p in zip(run.labels, row, strict=True) if p > run.threshold] for row in probabilities
+            ]
             labels = pd.Series([",".join(names) for names in over], index=frame.index, dtype=object)
-            frame = frame.assign(predicted_labels=labels,
-                                 **{f"predicted_score_{name}": probabilities[:, k] for k, name in enumerate(run.labels)})
+            frame = frame.assign(
+                predicted_labels=labels,
+                **{f"predicted_score_{name}": probabilities[:, k] for k, name in enumerate(run.labels)},
+            )
         write(frame, chunk_number == 0)
         done += len(frame)
     return done
@@ -315,14 +358,21 @@ def main(argv=None):
     parser.add_argument("run_dir", help="OUT_DIR of a finished run of either training script")
     parser.add_argument("texts", nargs="*", help="texts to classify, or - for one text per line on standard input")
     parser.add_argument("--input", help="a .csv, .tsv or .jsonl file (optionally .gz), or .parquet, with a text column")
-    parser.add_argument("--text-column", help="the column of --input that holds the texts (default: the run's "
-                                              "TEXT_COLUMN)")
-    parser.add_argument("--output", help="write the input rows plus predicted_label and predicted_score here "
-                                         "(.csv, .tsv, .jsonl, .parquet)")
+    parser.add_argument(
+        "--text-column", help="the column of --input that holds the texts (default: the run's TEXT_COLUMN)"
+    )
+    parser.add_argument(
+        "--output",
+        help="write the input rows plus predicted_label and predicted_score here (.csv, .tsv, .jsonl, .parquet)",
+    )
     parser.add_argument("--batch-size", type=int, help="texts per forward pass (default: the run's EVAL_BATCH_SIZE)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                        help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (DistilBERT runs only)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (DistilBERT runs only)",
+    )
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
     args = parser.parse_intermixed_args(argv)  # options before, between or after the texts
     batch_size = None
@@ -336,28 +386,38 @@ def main(argv=None):
         if args.input:
             columns = text_columns({"TEXT_COLUMN": args.text_column or run.settings["TEXT_COLUMN"]})
         else:
-            columns = ["text", "text_pair"][:1 + run.pairs]
+            columns = ["text", "text_pair"][: 1 + run.pairs]
         if len(columns) != 1 + run.pairs:
-            raise RecipeError(f"--text-column names {len(columns)} column{'s' * (len(columns) > 1)}, but the run "
-                              f"reads {'a pair of texts: name two (a,b)' if run.pairs else 'one text: name one'}")
+            raise RecipeError(
+                f"--text-column names {len(columns)} column{'s' * (len(columns) > 1)}, but the run "
+                f"reads {'a pair of texts: name two (a,b)' if run.pairs else 'one text: name one'}"
+            )
         chunks = read_chunks(args.texts, args.input, columns)
         if args.output is None:
+
             def show(frame, first):
                 if run.regression:
                     shown = [f"{score:.4f}" for score in frame["predicted_score"]]
                 elif run.threshold is None:
-                    shown = [f"{label}\t{score:.4f}" for label, score in
-                             zip(frame["predicted_label"], frame["predicted_score"], strict=True)]
+                    shown = [
+                        f"{label}\t{score:.4f}"
+                        for label, score in zip(frame["predicted_label"], frame["predicted_score"], strict=True)
+                    ]
                 else:  # the labels over the threshold (or -), then every label's score
                     scores = frame[[f"predicted_score_{name}" for name in run.labels]].to_numpy()
-                    shown = [f"{labels or '-'}\t" + " ".join(f"{name}={p:.4f}"
-                                                             for name, p in zip(run.labels, row, strict=True))
-                             for labels, row in zip(frame["predicted_labels"], scores, strict=True)]
-                texts = ["\t".join(" ".join(str(text).split()) for text in row)
-                         for row in zip(*(frame[column] for column in columns), strict=True)]
+                    shown = [
+                        f"{labels or '-'}\t"
+                        + " ".join(f"{name}={p:.4f}" for name, p in zip(run.labels, row, strict=True))
+                        for labels, row in zip(frame["predicted_labels"], scores, strict=True)
+                    ]
+                texts = [
+                    "\t".join(" ".join(str(text).split()) for text in row)
+                    for row in zip(*(frame[column] for column in columns), strict=True)
+                ]
                 for line, text in zip(shown, texts, strict=True):
                     print(f"{line}\t{text}")
                 sys.stdout.flush()
+
             predict(run, chunks, columns, batch_size, show)
             return
         output = Path(args.output)
@@ -372,22 +432,30 @@ def main(argv=None):
                     nonlocal writer
                     writer = writer or pyarrow.parquet.ParquetWriter(binary, parquet_schema(frame))
                     write_frame(frame, writer, kind, first)
+
                 count = predict(run, chunks, columns, batch_size, write)
                 if writer:
                     writer.close()
             else:
-                with (gzip.open(binary, "wt", newline="", encoding="utf-8") if output.suffix == ".gz"
-                      else io.TextIOWrapper(binary, newline="", encoding="utf-8")) as f:
-                    count = predict(run, chunks, columns, batch_size,
-                                    lambda frame, first: write_frame(frame, f, kind, first))
+                with (
+                    gzip.open(binary, "wt", newline="", encoding="utf-8")
+                    if output.suffix == ".gz"
+                    else io.TextIOWrapper(binary, newline="", encoding="utf-8")
+                ) as f:
+                    count = predict(
+                        run, chunks, columns, batch_size, lambda frame, first: write_frame(frame, f, kind, first)
+                    )
             print(f"wrote {count:,} predictions to {output}", file=sys.stderr)
 
         atomic_write(output, write_all)
     except RecipeError as e:
         raise SystemExit(f"error: {e}") from None
     except torch.OutOfMemoryError:  # loading the model (no batch yet), or classifying a batch
-        advice = f"lower --batch-size (now {batch_size}, e.g. {max(1, batch_size // 2)})" if batch_size else \
-            "free the GPU or use --device cpu"
+        advice = (
+            f"lower --batch-size (now {batch_size}, e.g. {max(1, batch_size // 2)})"
+            if batch_size
+            else "free the GPU or use --device cpu"
+        )
         raise SystemExit(f"error: out of GPU memory (--device {args.device}): {advice}") from None
     except BrokenPipeError:  # the reader stopped early (| head): not an error; quiet the flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

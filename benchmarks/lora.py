@@ -7,6 +7,7 @@ memory on CUDA), the size of checkpoint.pt (its largest while the run lasts) and
 Each run is train_distilbert.py started from the shell with the same settings but LORA_RANK and LEARNING_RATE; the
 full fine-tune uses the recipe's 5e-5. Prints a markdown table, and writes it with the command into --results.
 """
+
 import argparse
 import datetime
 import json
@@ -43,8 +44,13 @@ def run(flags, out):
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    process = subprocess.Popen([sys.executable, str(ROOT / "train_distilbert.py"), *flags, f"--out-dir={out}"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train_distilbert.py"), *flags, f"--out-dir={out}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory (ru_maxrss: kilobytes on Linux)
     done.set()
     watcher.join()
@@ -67,11 +73,19 @@ def main(argv=None):
     parser.add_argument("--full-rate", type=float, default=5e-5)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    common = [f"--data-url={Path(args.data).resolve()}", f"--model-name={Path(args.model_name).resolve()}",
-              f"--train-size={args.train_size}", f"--valid-size={args.valid_size}", f"--test-size={args.test_size}",
-              f"--max-length={args.max_length}", f"--epochs={args.epochs}", "--tensorboard=false"]
-    configs = [("full fine-tuning", 0, args.full_rate)] + [(f"LoRA rank {args.lora_rank}", args.lora_rank, rate)
-                                                            for rate in args.lora_rates]
+    common = [
+        f"--data-url={Path(args.data).resolve()}",
+        f"--model-name={Path(args.model_name).resolve()}",
+        f"--train-size={args.train_size}",
+        f"--valid-size={args.valid_size}",
+        f"--test-size={args.test_size}",
+        f"--max-length={args.max_length}",
+        f"--epochs={args.epochs}",
+        "--tensorboard=false",
+    ]
+    configs = [("full fine-tuning", 0, args.full_rate)] + [
+        (f"LoRA rank {args.lora_rank}", args.lora_rank, rate) for rate in args.lora_rates
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         common.append(f"--data-dir={Path(tmp) / 'data'}")
@@ -80,19 +94,39 @@ def main(argv=None):
             metrics, peak, checkpoint = run([*common, f"--lora-rank={rank}", f"--learning-rate={rate}"], out)
             steps = -(-metrics["examples"]["train"] // metrics["settings"]["BATCH_SIZE"]) * len(metrics["epochs"])
             memory = metrics["peak_gpu_memory"] or peak
-            rows.append([name, f"{rate:g}", f"{metrics['test_accuracy']:.4f}",
-                         f"{metrics['train_seconds'] / steps:.3f}", f"{memory / 2**20:,.0f} MiB",
-                         f"{checkpoint / 2**20:,.1f} MiB", f"{folder_size(out / 'model') / 2**20:,.1f} MiB",
-                         f"{folder_size(out / 'adapter') / 2**20:,.2f} MiB" if rank else "–",
-                         metrics.get("precision", "?")])
+            rows.append(
+                [
+                    name,
+                    f"{rate:g}",
+                    f"{metrics['test_accuracy']:.4f}",
+                    f"{metrics['train_seconds'] / steps:.3f}",
+                    f"{memory / 2**20:,.0f} MiB",
+                    f"{checkpoint / 2**20:,.1f} MiB",
+                    f"{folder_size(out / 'model') / 2**20:,.1f} MiB",
+                    f"{folder_size(out / 'adapter') / 2**20:,.2f} MiB" if rank else "–",
+                    metrics.get("precision", "?"),
+                ]
+            )
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
             device = metrics["device"] if metrics["device"] != "cpu" else f"CPU: {cpu_name() or 'model unknown'}"
-    header = ["run", "learning rate", "test accuracy", "s a step", "peak memory", "checkpoint.pt", "model/",
-              "adapter/", "precision"]
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-                      ["| " + " | ".join(row) + " |" for row in rows])
-    text = (f"# LoRA against full fine-tuning ({datetime.date.today()}, {device})\n\n"
-            f"    python benchmarks/lora.py {shlex.join(argv if argv is not None else sys.argv[1:])}\n\n{table}\n")
+    header = [
+        "run",
+        "learning rate",
+        "test accuracy",
+        "s a step",
+        "peak memory",
+        "checkpoint.pt",
+        "model/",
+        "adapter/",
+        "precision",
+    ]
+    table = "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in rows]
+    )
+    text = (
+        f"# LoRA against full fine-tuning ({datetime.date.today()}, {device})\n\n"
+        f"    python benchmarks/lora.py {shlex.join(argv if argv is not None else sys.argv[1:])}\n\n{table}\n"
+    )
     print(text)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

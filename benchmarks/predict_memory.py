@@ -6,6 +6,7 @@ For each run folder: one 10 MB text in a CSV (--input, --output), and 1,000,000 
 standard input. Each case runs predict.py in a fresh process; its peak resident memory is that process's maximum
 RSS as the operating system counts it (getrusage of a helper that starts only that child).
 """
+
 import argparse
 import subprocess
 import sys
@@ -27,8 +28,13 @@ print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss //
 def measure(command, stdin, stdout):
     """(exit status, peak MiB, seconds) of command, reading stdin and writing stdout (files)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(stdin), str(stdout), *command], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(stdin), str(stdout), *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     status, peak = map(int, done.stdout.split())
     return status, peak, time.perf_counter() - start
 
@@ -48,14 +54,27 @@ def main(argv=None):
     print("| run | input | exit | output rows | peak RSS | seconds |")
     print("|---|---|---|---|---|---|")
     for run in args.runs:
-        cases = [("one 10 MB text (--input)", ["--input", str(work / "long.csv"), "--output", str(work / "out.csv")],
-                  work / "empty", lambda: len(pd.read_csv(work / "out.csv"))),
-                 (f"{args.lines:,} lines (stdin)", ["-"], work / "lines.txt",
-                  lambda: len((work / "stdout.txt").read_text().splitlines()))]
+        cases = [
+            (
+                "one 10 MB text (--input)",
+                ["--input", str(work / "long.csv"), "--output", str(work / "out.csv")],
+                work / "empty",
+                lambda: len(pd.read_csv(work / "out.csv")),
+            ),
+            (
+                f"{args.lines:,} lines (stdin)",
+                ["-"],
+                work / "lines.txt",
+                lambda: len((work / "stdout.txt").read_text().splitlines()),
+            ),
+        ]
         for name, options, stdin, rows in cases:
             status, peak, seconds = measure([sys.executable, "predict.py", run, *options], stdin, work / "stdout.txt")
-            print(f"| {Path(run).name} | {name} | {status} | {rows() if status == 0 else '-'} | {peak:,} MiB | "
-                  f"{seconds:.1f} |", flush=True)
+            print(
+                f"| {Path(run).name} | {name} | {status} | {rows() if status == 0 else '-'} | {peak:,} MiB | "
+                f"{seconds:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Each tool classifies the texts once untimed (warm-up), then --repeats times; the
 gives pipeline the texts as training cleaned them (HTML line breaks removed, as predict.py does before it
 tokenizes), which separates what the cleaning changes from what the numerics change.
 """
+
 import argparse
 import json
 import platform
@@ -49,15 +50,22 @@ def ours(run_dir, texts, device, precision, repeats):
         out = []
         predict.predict(run, [frame], ["text"], run.settings["EVAL_BATCH_SIZE"], lambda f, first: out.append(f))
         return out[0]["predicted_label"].tolist()
+
     seconds, labels = best_of(repeats, classify)
     return seconds, labels, run.precision
 
 
 def theirs(run_dir, texts, device, fp32, repeats, cleaned=False):
     """pipeline as users call it; fp32 is the model's own dtype, which pipeline keeps by default."""
-    classifier = transformers.pipeline("text-classification", model=str(Path(run_dir) / "model"), batch_size=64,
-                                       truncation=True, device=device, dtype=torch.float32 if fp32 else "auto",
-                                       trust_remote_code=False)
+    classifier = transformers.pipeline(
+        "text-classification",
+        model=str(Path(run_dir) / "model"),
+        batch_size=64,
+        truncation=True,
+        device=device,
+        dtype=torch.float32 if fp32 else "auto",
+        trust_remote_code=False,
+    )
     texts = [clean(text) for text in texts] if cleaned else texts
     seconds, out = best_of(repeats, lambda: classifier(texts))
     return seconds, [o["label"] for o in out], str(classifier.model.dtype).replace("torch.", "")
@@ -75,22 +83,27 @@ def main(argv=None):
     settings = json.loads((Path(args.run_dir) / "metrics.json").read_text())["settings"]  # ours() checks the run
     column = args.text_column or settings.get("TEXT_COLUMN", "review")
     frame = next(predict.read_chunks([], args.texts, column))  # the first CHUNK rows, as predict.py reads them
-    texts = frame[column].astype(str).tolist()[:args.limit]
+    texts = frame[column].astype(str).tolist()[: args.limit]
     device = resolve_device(args.device)
-    print(f"device: {device} ({platform.machine()}, {torch.get_num_threads()} threads) | torch {torch.__version__} | "
-          f"transformers {transformers.__version__} | {len(texts):,} texts | run: MAX_LENGTH {settings['MAX_LENGTH']}, "
-          f"TRUNCATION {settings.get('TRUNCATION', 'head')} | {time.strftime('%Y-%m-%d')}")
+    print(
+        f"device: {device} ({platform.machine()}, {torch.get_num_threads()} threads) | torch {torch.__version__} | "
+        f"transformers {transformers.__version__} | {len(texts):,} texts | run: MAX_LENGTH {settings['MAX_LENGTH']}, "
+        f"TRUNCATION {settings.get('TRUNCATION', 'head')} | {time.strftime('%Y-%m-%d')}"
+    )
     print("| precisions | predict.py texts/s | pipeline texts/s | predict.py vs pipeline | identical predictions |")
     print("|---|---|---|---|---|")
     for fp32, cleaned in ((False, False), (True, False), (True, True)):
-        ours_s, ours_labels, ours_precision = ours(args.run_dir, texts, device, "fp32" if fp32 else "auto",
-                                                   args.repeats)
+        ours_s, ours_labels, ours_precision = ours(
+            args.run_dir, texts, device, "fp32" if fp32 else "auto", args.repeats
+        )
         theirs_s, theirs_labels, theirs_precision = theirs(args.run_dir, texts, device, fp32, args.repeats, cleaned)
         same = sum(a == b for a, b in zip(ours_labels, theirs_labels, strict=True)) / len(texts)
         name = ("both fp32" if fp32 else "defaults") + (", pipeline given cleaned texts" if cleaned else "")
-        print(f"| {name}: predict.py {ours_precision}, pipeline {theirs_precision} | "
-              f"{len(texts) / ours_s:,.1f} | {len(texts) / theirs_s:,.1f} | {theirs_s / ours_s:.2f}x | {same:.2%} |",
-              flush=True)
+        print(
+            f"| {name}: predict.py {ours_precision}, pipeline {theirs_precision} | "
+            f"{len(texts) / ours_s:,.1f} | {len(texts) / theirs_s:,.1f} | {theirs_s / ours_s:.2f}x | {same:.2%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

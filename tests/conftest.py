@@ -1,4 +1,5 @@
 """Tiny models and tiny data, made on the spot: the suite runs offline on a CPU in a few minutes."""
+
 import gzip
 import http.server
 import sys
@@ -52,8 +53,15 @@ def save_tiny_distilbert(path, dim=32, heads=2):
     words = sorted(set(POSITIVE + NEGATIVE + NEUTRAL + list("abcdefghijklmnopqrstuvwxyz") + ["<", ">", "/", "br"]))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
     tokenizer = DistilBertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
-    config = DistilBertConfig(vocab_size=len(vocab), dim=dim, n_layers=2, n_heads=heads, hidden_dim=2 * dim,
-                              max_position_embeddings=128, seq_classif_dropout=0.1)
+    config = DistilBertConfig(
+        vocab_size=len(vocab),
+        dim=dim,
+        n_layers=2,
+        n_heads=heads,
+        hidden_dim=2 * dim,
+        max_position_embeddings=128,
+        seq_classif_dropout=0.1,
+    )
     DistilBertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -1,6 +1,7 @@
 """Tiny random checkpoints of each model family users fine-tune, saved as the hub ships them: the family's config
 (2 layers, 32 wide, random weights) and a tokenizer laid out like the real one (its special tokens and their ids,
 a pad token or none, its kind of vocabulary), trained with `tokenizers` on a few hundred synthetic reviews."""
+
 import json
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def unigram(specials):
 
 def encoder(path, family, tokenizer, config, **extra):
     """Save a random encoder of family (its config class from transformers) and tokenizer into path."""
-    config = transformers.CONFIG_MAPPING[family](vocab_size=len(tokenizer), **{**SIZE, **extra},
-                                                 pad_token_id=tokenizer.pad_token_id, **config)
+    config = transformers.CONFIG_MAPPING[family](
+        vocab_size=len(tokenizer), **{**SIZE, **extra}, pad_token_id=tokenizer.pad_token_id, **config
+    )
     transformers.AutoModelForSequenceClassification.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -64,20 +66,26 @@ def distilbert(path):
 
 def electra(path):
     vocab = wordpiece(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    return encoder(path, "electra", transformers.ElectraTokenizer(vocab=vocab, model_max_length=512),
-                   {"embedding_size": 16})  # narrower embeddings, projected up: embeddings_project
+    return encoder(
+        path, "electra", transformers.ElectraTokenizer(vocab=vocab, model_max_length=512), {"embedding_size": 16}
+    )  # narrower embeddings, projected up: embeddings_project
 
 
 def mpnet(path):  # WordPiece words with RoBERTa's special tokens, <pad> = 1: positions start at 2
     vocab = wordpiece(["<s>", "<pad>", "</s>", "[UNK]", "<mask>"])
-    return encoder(path, "mpnet", transformers.MPNetTokenizer(vocab=vocab, model_max_length=512),
-                   {"max_position_embeddings": 514})
+    return encoder(
+        path, "mpnet", transformers.MPNetTokenizer(vocab=vocab, model_max_length=512), {"max_position_embeddings": 514}
+    )
 
 
 def roberta(path):  # byte-level BPE, <s> <pad> </s> <unk>, positions offset by <pad> = 1
     vocab, merges = byte_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    return encoder(path, "roberta", transformers.RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=512),
-                   {"max_position_embeddings": 514})
+    return encoder(
+        path,
+        "roberta",
+        transformers.RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=512),
+        {"max_position_embeddings": 514},
+    )
 
 
 def xlm_roberta(path):  # SentencePiece Unigram, RoBERTa's special tokens and position offset
@@ -89,17 +97,28 @@ def xlm_roberta(path):  # SentencePiece Unigram, RoBERTa's special tokens and po
 
 def albert(path):  # SentencePiece Unigram; one set of layer weights shared by every layer
     vocab = unigram(["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"])
-    return encoder(path, "albert", transformers.AlbertTokenizer(vocab=vocab, model_max_length=512),
-                   {"embedding_size": 16})
+    return encoder(
+        path, "albert", transformers.AlbertTokenizer(vocab=vocab, model_max_length=512), {"embedding_size": 16}
+    )
 
 
 def deberta_v2(path):  # DeBERTa-v3's layout: SentencePiece Unigram, [PAD] [CLS] [SEP] [UNK], relative positions
     vocab = unigram(["[PAD]", "[CLS]", "[SEP]", "[UNK]"])
     tokenizer = transformers.DebertaV2Tokenizer(vocab=vocab, do_lower_case=False, unk_id=3)
     tokenizer.add_special_tokens({"mask_token": "[MASK]"})
-    return encoder(path, "deberta-v2", tokenizer, {"relative_attention": True, "position_biased_input": False,
-                                                   "pos_att_type": ["p2c", "c2p"], "max_relative_positions": -1,
-                                                   "position_buckets": 16, "norm_rel_ebd": "layer_norm"})
+    return encoder(
+        path,
+        "deberta-v2",
+        tokenizer,
+        {
+            "relative_attention": True,
+            "position_biased_input": False,
+            "pos_att_type": ["p2c", "c2p"],
+            "max_relative_positions": -1,
+            "position_buckets": 16,
+            "norm_rel_ebd": "layer_norm",
+        },
+    )
 
 
 def modernbert(path):  # byte-level BPE with BERT's special tokens at the end of the vocabulary, rotary positions
@@ -109,13 +128,32 @@ def modernbert(path):  # byte-level BPE with BERT's special tokens at the end of
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"])
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                                        pad_token="[PAD]", mask_token="[MASK]", model_max_length=8192)
-    return encoder(path, "modernbert", tokenizer, {"cls_token_id": cls, "sep_token_id": sep, "bos_token_id": cls,
-                                                   "eos_token_id": sep, "global_attn_every_n_layers": 2,
-                                                   "local_attention": 16, "max_position_embeddings": 8192})
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_max_length=8192,
+    )
+    return encoder(
+        path,
+        "modernbert",
+        tokenizer,
+        {
+            "cls_token_id": cls,
+            "sep_token_id": sep,
+            "bos_token_id": cls,
+            "eos_token_id": sep,
+            "global_attn_every_n_layers": 2,
+            "local_attention": 16,
+            "max_position_embeddings": 8192,
+        },
+    )
 
 
 def decoder(path, family, tokenizer, config):
@@ -130,32 +168,49 @@ def decoder(path, family, tokenizer, config):
 def gpt2(path):  # byte-level BPE, <|endoftext|> its only special token: no pad token
     vocab, merges = byte_bpe(["<|endoftext|>"])
     tokenizer = transformers.GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=1024)
-    return decoder(path, "gpt2", tokenizer, {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 1024,
-                                                 "bos_token_id": 0, "eos_token_id": 0})
+    return decoder(
+        path,
+        "gpt2",
+        tokenizer,
+        {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 1024, "bos_token_id": 0, "eos_token_id": 0},
+    )
 
 
 def llama(path):  # Llama 3's layout: byte-level BPE, <|begin_of_text|> before each text, no pad token
     vocab, merges = byte_bpe(["<|begin_of_text|>", "<|end_of_text|>"])
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                                       special_tokens=[("<|begin_of_text|>", 0)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
-                                        eos_token="<|end_of_text|>", model_max_length=131072)
-    return decoder(path, "llama", tokenizer, dict(**SIZE, num_key_value_heads=1, max_position_embeddings=131072,
-                                                  bos_token_id=0, eos_token_id=1))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", model_max_length=131072
+    )
+    return decoder(
+        path,
+        "llama",
+        tokenizer,
+        dict(**SIZE, num_key_value_heads=1, max_position_embeddings=131072, bos_token_id=0, eos_token_id=1),
+    )
 
 
 def qwen(path):  # Qwen2.5/3's layout: byte-level BPE, a pad token in the tokenizer, none in config.json
     vocab, merges = byte_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tokenizer = transformers.Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>",
-                                            pad_token="<|endoftext|>", model_max_length=131072)
-    return decoder(path, "qwen3", tokenizer, dict(**SIZE, num_key_value_heads=1, head_dim=16,
-                                                  max_position_embeddings=40960, eos_token_id=2))
+    tokenizer = transformers.Qwen2Tokenizer(
+        vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=131072
+    )
+    return decoder(
+        path,
+        "qwen3",
+        tokenizer,
+        dict(**SIZE, num_key_value_heads=1, head_dim=16, max_position_embeddings=40960, eos_token_id=2),
+    )
 
 
-FAMILIES = {f.__name__.replace("_", "-"): f for f in (bert, distilbert, roberta, xlm_roberta, electra, albert, mpnet,
-                                                      deberta_v2, modernbert, gpt2, llama, qwen)}
+FAMILIES = {
+    f.__name__.replace("_", "-"): f
+    for f in (bert, distilbert, roberta, xlm_roberta, electra, albert, mpnet, deberta_v2, modernbert, gpt2, llama, qwen)
+}
 
 
 def save_family(name, path):

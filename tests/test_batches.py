@@ -1,4 +1,5 @@
 """textclf.batches: length-grouped batches that cover every example once, and padding."""
+
 import numpy as np
 import torch
 

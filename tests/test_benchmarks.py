@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on a tiny model and tiny data and print their tables. Their timings are
 not checked here (that is what the scripts are for); only that every variant runs and reports sane numbers."""
+
 import json
 import platform
 import re
@@ -17,8 +18,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run(*args, cwd=None):
-    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -31,10 +33,26 @@ def table(stdout):
 
 def test_vs_trainer_prints_all_tools_with_their_accuracy(tiny_model, tmp_path):
     data = write_csv(make_reviews(160, seed=4), tmp_path / "reviews.csv")
-    common = ["--model-name", tiny_model, "--data", data, "--train-size", 96, "--valid-size", 16, "--test-size", 48,
-              "--max-length", 32]
-    rows = {row[0]: row[1:] for row in table(run(BENCHMARKS / "vs_trainer.py", *common, "--seeds", 1, 2,
-                                                  "--precision", "bf16", cwd=tmp_path))}
+    common = [
+        "--model-name",
+        tiny_model,
+        "--data",
+        data,
+        "--train-size",
+        96,
+        "--valid-size",
+        16,
+        "--test-size",
+        48,
+        "--max-length",
+        32,
+    ]
+    rows = {
+        row[0]: row[1:]
+        for row in table(
+            run(BENCHMARKS / "vs_trainer.py", *common, "--seeds", 1, 2, "--precision", "bf16", cwd=tmp_path)
+        )
+    }
     assert set(rows) == {"ours: train_distilbert.py", "HF Trainer", "reference-style loop", "bare step (the floor)"}
     for name, (runs, seconds, tokens_per_second, speed, accuracy) in rows.items():
         assert runs == ("1" if name in ("reference-style loop", "bare step (the floor)") else "2")
@@ -52,8 +70,18 @@ def test_vs_trainer_prints_all_tools_with_their_accuracy(tiny_model, tmp_path):
 
 
 def test_benchmark_prints_both_tables(tmp_path):
-    stdout = run(BENCHMARKS / "benchmark.py", "--data", tmp_path / "absent.csv.gz", "--steps", 1, "--lstm-steps", 1,
-                 "--warmup", 0, cwd=tmp_path)
+    stdout = run(
+        BENCHMARKS / "benchmark.py",
+        "--data",
+        tmp_path / "absent.csv.gz",
+        "--steps",
+        1,
+        "--lstm-steps",
+        1,
+        "--warmup",
+        0,
+        cwd=tmp_path,
+    )
     assert "synthetic" in stdout
     rows = table(stdout)
     assert len(rows) >= 4 and all(re.search(r"\d+\.\d\dx", " ".join(cells)) for cells in rows)
@@ -62,17 +90,40 @@ def test_benchmark_prints_both_tables(tmp_path):
 def tiny_run(tmp_path, model, script="train_distilbert.py"):
     """A finished run of script on synthetic reviews, and its CSV."""
     data = write_csv(make_reviews(300, seed=5), tmp_path / "reviews.csv")
-    extra = ["--model-name", model, "--max-length", 48] if script == "train_distilbert.py" else ["--vocab-size", 60,
-                                                                                               "--hidden-dim", 16]
-    run(BENCHMARKS.parent / script, "--data-url", data, "--data-dir", tmp_path / "data", "--train-size", 200,
-        "--valid-size", 50, "--test-size", 50, "--epochs", 1, "--out-dir", tmp_path / script, *extra)
+    extra = (
+        ["--model-name", model, "--max-length", 48]
+        if script == "train_distilbert.py"
+        else ["--vocab-size", 60, "--hidden-dim", 16]
+    )
+    run(
+        BENCHMARKS.parent / script,
+        "--data-url",
+        data,
+        "--data-dir",
+        tmp_path / "data",
+        "--train-size",
+        200,
+        "--valid-size",
+        50,
+        "--test-size",
+        50,
+        "--epochs",
+        1,
+        "--out-dir",
+        tmp_path / script,
+        *extra,
+    )
     return tmp_path / script, data
 
 
 def test_vs_pipeline_prints_both_rows_with_their_agreement(tiny_model, tmp_path):
     run_dir, data = tiny_run(tmp_path, tiny_model)
     rows = table(run(BENCHMARKS / "vs_pipeline.py", run_dir, data, "--limit", 100, "--repeats", 1))
-    assert [row[0].split(":")[0] for row in rows] == ["defaults", "both fp32", "both fp32, pipeline given cleaned texts"]
+    assert [row[0].split(":")[0] for row in rows] == [
+        "defaults",
+        "both fp32",
+        "both fp32, pipeline given cleaned texts",
+    ]
     assert rows[1][0] == "both fp32: predict.py fp32, pipeline float32"
     for _, ours, theirs, speed, same in rows:
         assert float(ours.replace(",", "")) > 0 and float(theirs.replace(",", "")) > 0
@@ -82,8 +133,10 @@ def test_vs_pipeline_prints_both_rows_with_their_agreement(tiny_model, tmp_path)
 def test_predict_memory_counts_every_row_of_both_inputs(tmp_path):
     run_dir, _ = tiny_run(tmp_path, None, "train_lstm_baseline.py")
     rows = table(run(BENCHMARKS / "predict_memory.py", run_dir, "--lines", 1_000))
-    assert [(row[1], row[2], row[3]) for row in rows] == [("one 10 MB text (--input)", "0", "1"),
-                                                          ("1,000 lines (stdin)", "0", "1000")]
+    assert [(row[1], row[2], row[3]) for row in rows] == [
+        ("one 10 MB text (--input)", "0", "1"),
+        ("1,000 lines (stdin)", "0", "1000"),
+    ]
     assert all(int(row[4].split()[0].replace(",", "")) > 0 for row in rows)
 
 
@@ -93,15 +146,33 @@ def test_gpu_check_runs_every_check_on_a_cpu(tiny_model, tmp_path):
     says; --model-name and --data relative to where it is started."""
     shutil.copytree(tiny_model, tmp_path / "model")
     write_csv(make_reviews(600, seed=4), tmp_path / "reviews.csv")
-    stdout = run(BENCHMARKS / "gpu_check.py", "--device", "cpu", "--model-name", "model", "--data", "reviews.csv",
-                 "--max-length", 32, "--no-compile", "--results", tmp_path / "results", cwd=tmp_path)
+    stdout = run(
+        BENCHMARKS / "gpu_check.py",
+        "--device",
+        "cpu",
+        "--model-name",
+        "model",
+        "--data",
+        "reviews.csv",
+        "--max-length",
+        32,
+        "--no-compile",
+        "--results",
+        tmp_path / "results",
+        cwd=tmp_path,
+    )
     rows = {row[0]: row[1:] for row in table(stdout) if row[0] != "check"}
     auto = auto_precision(torch.device("cpu"))[0]
     native = ["bf16", "fp32"] if cpu_bf16() else ["fp32"]  # fp16 (and bf16 without AVX512-BF16) is emulated
-    assert list(rows) == [*(f"train_distilbert.py {p}" for p in native),
-                          "train_lstm_baseline.py", f"train_distilbert.py {auto}, LoRA rank 16",
-                          "4-bit base (LOAD_IN_4BIT)", f"train_distilbert.py {auto}: SIGTERM, --resume",
-                          "torchrun x 2, --device cpu: SIGTERM, --resume", f"predict.py on the {auto} run"]
+    assert list(rows) == [
+        *(f"train_distilbert.py {p}" for p in native),
+        "train_lstm_baseline.py",
+        f"train_distilbert.py {auto}, LoRA rank 16",
+        "4-bit base (LOAD_IN_4BIT)",
+        f"train_distilbert.py {auto}: SIGTERM, --resume",
+        "torchrun x 2, --device cpu: SIGTERM, --resume",
+        f"predict.py on the {auto} run",
+    ]
     assert all(passed == "yes" for passed, *_ in rows.values())
     assert rows["4-bit base (LOAD_IN_4BIT)"][3].startswith("not run: needs CUDA")
     assert "identical to the uninterrupted run's" in rows[list(rows)[len(native) + 3]][3]  # one process: the same bits

@@ -1,5 +1,6 @@
 """textclf.board through both scripts: TensorBoard curves that tensorboard's own reader reads back, and a resumed run
 that continues them without a step twice. CPU, offline."""
+
 import shutil
 
 import pytest
@@ -35,13 +36,18 @@ def test_a_run_writes_its_curves_for_tensorboard(tmp_path, tiny_model, name):
         assert scalars.get(tag), tag
     steps = 38 if module is td else 19  # optimizer steps an epoch: 600 reviews in batches of 16 and 32
     assert [step for step, _ in scalars["valid/accuracy"]] == [steps, 2 * steps]
-    assert [value for _, value in scalars["valid/accuracy"]] == pytest.approx([e["valid_accuracy"] for e in
-                                                                               metrics["epochs"]])  # float32
+    assert [value for _, value in scalars["valid/accuracy"]] == pytest.approx(
+        [e["valid_accuracy"] for e in metrics["epochs"]]
+    )  # float32
     assert scalars["test/accuracy"] == [(2 * steps, pytest.approx(metrics["test_accuracy"]))]
     assert [step for step, _ in scalars["train/loss"]][:3] == [5, 10, 15] and scalars["train/loss"][-1][0] == 2 * steps
     if module is td:  # layer-wise rates: the head's above the embeddings'
-        assert all(top > bottom for (_, top), (_, bottom) in zip(scalars["train/learning_rate_top"],
-                                                                 scalars["train/learning_rate_bottom"], strict=True))
+        assert all(
+            top > bottom
+            for (_, top), (_, bottom) in zip(
+                scalars["train/learning_rate_top"], scalars["train/learning_rate_bottom"], strict=True
+            )
+        )
     assert all(value > 0 for _, value in scalars["train/grad_norm"] + scalars["train/reviews_per_second"])
     assert events.PluginTagToContent("hparams")  # the settings beside the final scores
     assert scalars["hparam/test_accuracy"][0][1] == pytest.approx(metrics["test_accuracy"])
@@ -91,10 +97,22 @@ def test_accumulated_batches_log_once_a_step(tmp_path):
 
 def test_without_the_tensorboard_package_a_run_says_what_to_do(tmp_path, monkeypatch):
     import builtins
+
     real_import = builtins.__import__
-    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
-                        if name == "torch.utils.tensorboard" else real_import(name, *a, **k))
+    monkeypatch.setattr(
+        builtins,
+        "__import__",
+        lambda name, *a, **k: (
+            (_ for _ in ()).throw(ImportError(name))
+            if name == "torch.utils.tensorboard"
+            else real_import(name, *a, **k)
+        ),
+    )
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
     from test_reliability import fails
-    fails(tl, SCRIPTS["lstm"][1](tmp_path, csv.as_uri(), epochs=1), "TENSORBOARD needs the tensorboard package: pip "
-          "install tensorboard, or pass --tensorboard false")
+
+    fails(
+        tl,
+        SCRIPTS["lstm"][1](tmp_path, csv.as_uri(), epochs=1),
+        "TENSORBOARD needs the tensorboard package: pip install tensorboard, or pass --tensorboard false",
+    )

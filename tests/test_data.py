@@ -1,4 +1,5 @@
 """textclf.data: reading, downloading once, validating and splitting the data, whichever script asks."""
+
 import gzip
 import hashlib
 import json
@@ -14,6 +15,7 @@ from textclf.data import clean, first_invalid_utf8, load_reviews, read_reviews, 
 from textclf.settings import RecipeError
 
 IMDB = train_distilbert.DEFAULTS  # TEXT_COLUMN review, LABEL_COLUMNS sentiment, LABEL_NAMES negative,positive
+
 
 def test_split_takes_rows_in_file_order():
     df = pd.DataFrame({"review": [f"review {i}" for i in range(50_000)], "sentiment": np.arange(50_000) % 2})
@@ -47,8 +49,10 @@ def test_download_over_http_once(serve, tmp_path):
     again, reviews_again, _ = load_reviews(f"{base}/movie_data.csv.gz", tmp_path / "data", IMDB)
     assert again == path and reviews_again.equals(reviews)
     assert len(serve.requests) == 1  # the second call reuses the file
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".movie_data.csv.gz.source.json",
-                                                                       "movie_data.csv.gz"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        ".movie_data.csv.gz.source.json",
+        "movie_data.csv.gz",
+    ]
     record = json.loads((tmp_path / "data" / ".movie_data.csv.gz.source.json").read_text())
     assert record == {"url": f"{base}/movie_data.csv.gz", "sha256": hashlib.sha256(payload).hexdigest()}
 
@@ -60,8 +64,9 @@ def test_download_from_a_file_url(tmp_path):
 
 
 def test_read_reviews_accepts_word_labels(tmp_path):
-    df = pd.DataFrame({"review": ["good", "bad", "fine"], "sentiment": ["positive", "Negative", "positive"],
-                       "extra": [1, 2, 3]})
+    df = pd.DataFrame(
+        {"review": ["good", "bad", "fine"], "sentiment": ["positive", "Negative", "positive"], "extra": [1, 2, 3]}
+    )
     read, names = read_reviews(write_csv(df, tmp_path / "words.csv"), None, IMDB)
     assert list(read.columns) == ["text", "label"] and list(read["label"]) == [1, 0, 1]
     assert names == ["Negative", "positive"]  # word labels name themselves, sorted
@@ -74,8 +79,12 @@ def test_clean_removes_line_break_tags():
 # ------------------------------------------------------------------------------------- the download cache
 def test_another_url_with_the_same_file_name_is_downloaded_anew(tmp_path, serve, capsys):
     a, b = make_reviews(40, seed=1), make_reviews(60, seed=2)
-    base = serve({"a/movie_data.csv.gz": gzip.compress(a.to_csv(index=False).encode()),
-                  "b/movie_data.csv.gz": gzip.compress(b.to_csv(index=False).encode())})
+    base = serve(
+        {
+            "a/movie_data.csv.gz": gzip.compress(a.to_csv(index=False).encode()),
+            "b/movie_data.csv.gz": gzip.compress(b.to_csv(index=False).encode()),
+        }
+    )
     assert len(load_reviews(f"{base}/a/movie_data.csv.gz", tmp_path, IMDB)[1]) == 40
     assert len(load_reviews(f"{base}/b/movie_data.csv.gz", tmp_path, IMDB)[1]) == 60
     assert f"was downloaded from {base}/a/movie_data.csv.gz, not from {base}/b" in capsys.readouterr().out
@@ -93,12 +102,14 @@ def test_a_file_saved_by_hand_is_used_as_it_is(tmp_path):
 
 
 def test_the_first_byte_that_is_not_utf8_is_found_line_by_line_in_plain_and_gzip_files(tmp_path):
-    text = "review,sentiment\n\"café ok\",1\n\"na\u00efve\",0\n".encode() + b"\"caf\xe9\",1\n\"\xff\",0\n"
+    text = 'review,sentiment\n"café ok",1\n"na\u00efve",0\n'.encode() + b'"caf\xe9",1\n"\xff",0\n'
     (tmp_path / "a.csv").write_bytes(text)
     (tmp_path / "a.csv.gz").write_bytes(gzip.compress(text))
     assert first_invalid_utf8(tmp_path / "a.csv", False) == (4, b"\xe9")
     assert first_invalid_utf8(tmp_path / "a.csv.gz", True) == (4, b"\xe9")
-    with pytest.raises(RecipeError, match=r"a.csv.gz is not UTF-8 text: line 4 \(the header is line 1\) holds the byte b'\\xe9'"):
+    with pytest.raises(
+        RecipeError, match=r"a.csv.gz is not UTF-8 text: line 4 \(the header is line 1\) holds the byte b'\\xe9'"
+    ):
         read_reviews(tmp_path / "a.csv.gz", None, IMDB)
 
 
@@ -115,7 +126,9 @@ def test_jsonl_lines_that_are_not_objects_or_text_are_named_by_line(tmp_path):
         (tmp_path / "odd.jsonl").write_text('{"review": "a film", "sentiment": 1}\n' + line + "\n")
         with pytest.raises(RecipeError, match=rf"odd.jsonl: line 2 is {what}, not a JSON object \(one object a line\)"):
             read_reviews(tmp_path / "odd.jsonl", None, IMDB)
-    (tmp_path / "odd.jsonl").write_text('{"review": "a film", "sentiment": 1}\n{"review": "a \\ud800 b", "sentiment": 0}\n')
+    (tmp_path / "odd.jsonl").write_text(
+        '{"review": "a film", "sentiment": 1}\n{"review": "a \\ud800 b", "sentiment": 0}\n'
+    )
     with pytest.raises(RecipeError, match=r"odd.jsonl: line 2 holds a lone surrogate escape .* in review, which is"):
         read_reviews(tmp_path / "odd.jsonl", None, IMDB)
 

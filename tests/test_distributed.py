@@ -1,6 +1,7 @@
 """Both scripts under torchrun (2 processes, gloo, CPU) end where one process ends: the same schedule, the same
 batches, the same model to floating-point tolerance, every review evaluated once, and a SIGTERM to torchrun
 resumable to the same result."""
+
 import itertools
 import json
 import os
@@ -22,9 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def torchrun(script, args, cwd=ROOT):
     """Run script under torchrun with 2 processes on this CPU; returns the finished process."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
 
 
 LOSS_TOLERANCE = 1e-3  # relative: summation order moved a loss by 1.7e-4 on an AVX2 CPU, 1e-5 on an AMX one
@@ -83,10 +90,22 @@ script.main(sys.argv[1:])
 def test_lstm_under_torchrun_matches_one_process_and_resumes(tmp_path, reviews):
     # 609 training reviews in batches of 32: the last batch holds 1 review for 2 processes; 201 and 199
     # evaluation reviews do not divide by 2; two batches per optimizer step
-    settings = {"data_url": reviews, "data_dir": tmp_path / "data", "train_size": 609, "valid_size": 201,
-                "test_size": 199, "vocab_size": 60, "embedding_dim": 8, "hidden_dim": 16, "batch_size": 32,
-                "grad_accum_steps": 2, "eval_batch_size": 16, "epochs": 2, "learning_rate": 0.01,
-                "log_every": 2}  # under torchrun, a stop request is agreed on every LOG_EVERY optimizer steps
+    settings = {
+        "data_url": reviews,
+        "data_dir": tmp_path / "data",
+        "train_size": 609,
+        "valid_size": 201,
+        "test_size": 199,
+        "vocab_size": 60,
+        "embedding_dim": 8,
+        "hidden_dim": 16,
+        "batch_size": 32,
+        "grad_accum_steps": 2,
+        "eval_batch_size": 16,
+        "epochs": 2,
+        "learning_rate": 0.01,
+        "log_every": 2,
+    }  # under torchrun, a stop request is agreed on every LOG_EVERY optimizer steps
     single = tl.main(cli(**settings, out_dir=tmp_path / "single"))
     done = torchrun("train_lstm_baseline.py", cli(**settings, out_dir=tmp_path / "ddp"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -96,17 +115,22 @@ def test_lstm_under_torchrun_matches_one_process_and_resumes(tmp_path, reviews):
     assert "error" not in done.stdout and done.stdout.count("best epoch") == 1  # rank 0 alone prints
 
     # SIGTERM to torchrun, which forwards it to every process
-    (tmp_path / "interrupt.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), script="train_lstm_baseline", step=5,
-                                                                 rank=0,
-                                                                 target="os.getppid()", signal="SIGTERM"))
+    (tmp_path / "interrupt.py").write_text(
+        SIGNAL_AT_STEP.format(
+            root=str(ROOT), script="train_lstm_baseline", step=5, rank=0, target="os.getppid()", signal="SIGTERM"
+        )
+    )
     stopped = torchrun(tmp_path / "interrupt.py", cli(**settings, out_dir=tmp_path / "resumed"))
     assert stopped.returncode != 0 and (tmp_path / "resumed" / "checkpoint.pt").exists()
-    assert (f"interrupted (SIGTERM): the run is saved in {tmp_path / 'resumed' / 'checkpoint.pt'}; continue it "
-            f"with: torchrun <its options> train_lstm_baseline.py --out-dir {tmp_path / 'resumed'} --resume"
-            ) in stopped.stderr
+    assert (
+        f"interrupted (SIGTERM): the run is saved in {tmp_path / 'resumed' / 'checkpoint.pt'}; continue it "
+        f"with: torchrun <its options> train_lstm_baseline.py --out-dir {tmp_path / 'resumed'} --resume"
+    ) in stopped.stderr
     assert stopped.stderr.count("interrupted (SIGTERM)") == 1  # one line, from rank 0
-    assert ("--resume (machines that share no filesystem need a copy of it at that path first; torchrun reports the "
-            "stop as a failure, the checkpoint is complete)") in stopped.stderr
+    assert (
+        "--resume (machines that share no filesystem need a copy of it at that path first; torchrun reports the "
+        "stop as a failure, the checkpoint is complete)"
+    ) in stopped.stderr
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]
     assert state["batch"] == 8  # both processes stopped after the same optimizer step: the 4th (2 batches each)
     resumed = torchrun("train_lstm_baseline.py", [f"--out-dir={tmp_path / 'resumed'}", "--resume"])
@@ -121,15 +145,28 @@ def test_distilbert_under_torchrun_matches_one_process(tmp_path, reviews, tiny_m
     AutoModelForSequenceClassification.from_pretrained(tiny_model, config=config).save_pretrained(model)
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
     # 611 training reviews in batches of 16: the last batch holds 3 reviews for 2 processes
-    settings = {"data_url": reviews, "data_dir": tmp_path / "data", "model_name": model, "train_size": 611,
-                "valid_size": 201, "test_size": 199, "max_length": 32, "grad_accum_steps": 3, "eval_batch_size": 16,
-                "epochs": 2, "learning_rate": 3e-3, "precision": "fp32"}  # bf16 rounds each process's share apart
+    settings = {
+        "data_url": reviews,
+        "data_dir": tmp_path / "data",
+        "model_name": model,
+        "train_size": 611,
+        "valid_size": 201,
+        "test_size": 199,
+        "max_length": 32,
+        "grad_accum_steps": 3,
+        "eval_batch_size": 16,
+        "epochs": 2,
+        "learning_rate": 3e-3,
+        "precision": "fp32",
+    }  # bf16 rounds each process's share apart
     single = td.main(cli(**settings, out_dir=tmp_path / "single"))
     done = torchrun("train_distilbert.py", cli(**settings, out_dir=tmp_path / "ddp"))
     assert done.returncode == 0, done.stderr[-3000:]
     close(single, json.loads((tmp_path / "ddp" / "metrics.json").read_text()))
-    start, ours, theirs = (AutoModelForSequenceClassification.from_pretrained(path).state_dict()
-                           for path in (model, tmp_path / "single" / "model", tmp_path / "ddp" / "model"))
+    start, ours, theirs = (
+        AutoModelForSequenceClassification.from_pretrained(path).state_dict()
+        for path in (model, tmp_path / "single" / "model", tmp_path / "ddp" / "model")
+    )
     assert set(ours) == set(theirs) and not any(key.startswith("module.") for key in theirs)
     # Adam divides by the gradient's own size, so a weight whose gradient is near 0 may move by a whole step in one
     # run and not the other: the weights agree as a whole, to a hundredth of how far training moved them
@@ -140,23 +177,48 @@ def test_distilbert_under_torchrun_matches_one_process(tmp_path, reviews, tiny_m
 
 def test_a_process_that_dies_ends_the_run_naming_it_not_a_hang(tmp_path, reviews):
     # one process dies (out of host memory, a lost node)
-    (tmp_path / "die.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), script="train_lstm_baseline", step=3, rank=1,
-                                                           target="os.getpid()",
-                                                           signal="SIGKILL"))
-    done = torchrun(tmp_path / "die.py", cli(data_url=reviews, data_dir=tmp_path / "data", train_size=600,
-                                             valid_size=200, test_size=200, vocab_size=60, embedding_dim=8,
-                                             hidden_dim=16, batch_size=16, out_dir=tmp_path / "out"))
+    (tmp_path / "die.py").write_text(
+        SIGNAL_AT_STEP.format(
+            root=str(ROOT), script="train_lstm_baseline", step=3, rank=1, target="os.getpid()", signal="SIGKILL"
+        )
+    )
+    done = torchrun(
+        tmp_path / "die.py",
+        cli(
+            data_url=reviews,
+            data_dir=tmp_path / "data",
+            train_size=600,
+            valid_size=200,
+            test_size=200,
+            vocab_size=60,
+            embedding_dim=8,
+            hidden_dim=16,
+            batch_size=16,
+            out_dir=tmp_path / "out",
+        ),
+    )
     assert done.returncode != 0
-    cause = done.stderr[done.stderr.index("Root Cause"):]
+    cause = done.stderr[done.stderr.index("Root Cause") :]
     assert "rank      : 1" in cause and "SIGKILL" in cause
 
 
 def test_under_torchrun_all_processes_stop_early_together(tmp_path, reviews):
     """A learning rate of 1e-12 leaves the validation accuracy where epoch 1 put it: PATIENCE 1 ends the run
     after epoch 2 in every process (a process that went on alone would hang the next all-reduce)."""
-    settings = {"data_url": reviews, "data_dir": tmp_path / "data", "train_size": 600, "valid_size": 200,
-                "test_size": 200, "vocab_size": 60, "embedding_dim": 8, "hidden_dim": 16, "batch_size": 32,
-                "epochs": 4, "patience": 1, "learning_rate": 1e-12}
+    settings = {
+        "data_url": reviews,
+        "data_dir": tmp_path / "data",
+        "train_size": 600,
+        "valid_size": 200,
+        "test_size": 200,
+        "vocab_size": 60,
+        "embedding_dim": 8,
+        "hidden_dim": 16,
+        "batch_size": 32,
+        "epochs": 4,
+        "patience": 1,
+        "learning_rate": 1e-12,
+    }
     single = tl.main(cli(**settings, out_dir=tmp_path / "single"))
     done = torchrun("train_lstm_baseline.py", cli(**settings, out_dir=tmp_path / "ddp"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -166,13 +228,19 @@ def test_under_torchrun_all_processes_stop_early_together(tmp_path, reviews):
     assert done.stdout.count("stopping early") == 1  # rank 0 alone prints
 
 
-
 @pytest.mark.parametrize("name", ["lstm", "distilbert"])
 def test_a_batch_of_one_review_on_two_processes_trains_as_one_process(tmp_path, reviews, tiny_model, name):
     """--batch-size 1 on 2 processes: every batch leaves rank 1 a stand-in of weight 0, and the run is still the
     one-process run (it divided by rank 1's count of real reviews, 0, before)."""
-    settings = {"data_url": reviews, "data_dir": tmp_path / "data", "train_size": 40, "valid_size": 21,
-                "test_size": 19, "batch_size": 1, "epochs": 1}
+    settings = {
+        "data_url": reviews,
+        "data_dir": tmp_path / "data",
+        "train_size": 40,
+        "valid_size": 21,
+        "test_size": 19,
+        "batch_size": 1,
+        "epochs": 1,
+    }
     if name == "lstm":
         module, settings = tl, {**settings, "vocab_size": 60, "embedding_dim": 8, "hidden_dim": 16}
     else:
@@ -190,20 +258,35 @@ def test_distilbert_with_dropout_resumed_under_torchrun_ends_with_the_uninterrup
     """Dropout draws differ between processes (their shares of a batch differ in shape): each process's random state
     goes into the checkpoint. With rank 0's state restored in both, the resumed weights were 5e-4 off."""
     csv = write_csv(make_reviews(400, seed=13, min_words=1, max_words=30), tmp_path / "reviews.csv")
-    settings = {"data_url": csv.as_uri(), "data_dir": tmp_path / "data", "model_name": tiny_model, "train_size": 300,
-                "valid_size": 50, "test_size": 50, "max_length": 32, "epochs": 1, "learning_rate": 3e-3,
-                "precision": "fp32", "log_every": 1}
+    settings = {
+        "data_url": csv.as_uri(),
+        "data_dir": tmp_path / "data",
+        "model_name": tiny_model,
+        "train_size": 300,
+        "valid_size": 50,
+        "test_size": 50,
+        "max_length": 32,
+        "epochs": 1,
+        "learning_rate": 3e-3,
+        "precision": "fp32",
+        "log_every": 1,
+    }
     straight = torchrun("train_distilbert.py", cli(**settings, out_dir=tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
-    (tmp_path / "interrupt.py").write_text(SIGNAL_AT_STEP.format(root=str(ROOT), script="train_distilbert", step=6,
-                                                                 rank=1, target="os.getppid()", signal="SIGTERM"))
+    (tmp_path / "interrupt.py").write_text(
+        SIGNAL_AT_STEP.format(
+            root=str(ROOT), script="train_distilbert", step=6, rank=1, target="os.getppid()", signal="SIGTERM"
+        )
+    )
     stopped = torchrun(tmp_path / "interrupt.py", cli(**settings, out_dir=tmp_path / "resumed"))
     assert stopped.returncode != 0, stopped.stderr[-3000:]
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]["batch"] == 6
     resumed = torchrun("train_distilbert.py", [f"--out-dir={tmp_path / 'resumed'}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ours, theirs = (AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "model").state_dict()
-                    for name in ("straight", "resumed"))
+    ours, theirs = (
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / name / "model").state_dict()
+        for name in ("straight", "resumed")
+    )
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
@@ -222,16 +305,43 @@ def test_two_machines_that_share_no_filesystem_finish_with_metrics_on_the_first(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     csv = write_csv(make_reviews(300, seed=14), tmp_path / "reviews.csv")
-    args = cli(data_url=csv, data_dir="data", out_dir="runs/two", model_name=tiny_model, train_size=200,
-               valid_size=50, test_size=50, max_length=32, epochs=1, learning_rate=3e-3)
+    args = cli(
+        data_url=csv,
+        data_dir="data",
+        out_dir="runs/two",
+        model_name=tiny_model,
+        train_size=200,
+        valid_size=50,
+        test_size=50,
+        max_length=32,
+        epochs=1,
+        learning_rate=3e-3,
+    )
     nodes = []
     for rank in (0, 1):
         (tmp_path / f"node{rank}").mkdir()
         (tmp_path / f"node{rank}" / "node.py").write_text(NODE.format(root=str(ROOT)))
-        nodes.append(subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node-rank={rank}",
-             "--master-addr=127.0.0.1", f"--master-port={port}", "node.py", *args], cwd=tmp_path / f"node{rank}",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+        nodes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes=2",
+                    "--nproc_per_node=1",
+                    f"--node-rank={rank}",
+                    "--master-addr=127.0.0.1",
+                    f"--master-port={port}",
+                    "node.py",
+                    *args,
+                ],
+                cwd=tmp_path / f"node{rank}",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        )
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     metrics = json.loads((tmp_path / "node0" / "runs" / "two" / "metrics.json").read_text())
@@ -245,8 +355,17 @@ def test_a_data_error_under_torchrun_is_one_line_and_every_process_stops(tmp_pat
     """Rank 0 printed the error line, then rank 1 died in the barrier with gloo's traceback ("Connection closed by
     peer"). Now the others learn of the failure and stop quietly; torchrun reports the exit status."""
     csv = write_csv(make_reviews(300).rename(columns={"review": "body"}), tmp_path / "bad.csv")
-    done = torchrun("train_lstm_baseline.py", cli(data_url=csv, data_dir=tmp_path / "data", out_dir=tmp_path / "out",
-                                                  train_size=200, valid_size=50, test_size=50))
+    done = torchrun(
+        "train_lstm_baseline.py",
+        cli(
+            data_url=csv,
+            data_dir=tmp_path / "data",
+            out_dir=tmp_path / "out",
+            train_size=200,
+            valid_size=50,
+            test_size=50,
+        ),
+    )
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if "error: " in line]
     assert len(errors) == 1 and "has no review column" in errors[0], done.stderr[-3000:]

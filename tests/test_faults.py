@@ -1,5 +1,6 @@
 """Faults injected on purpose: full disks, kills at the dangerous moments, two runs at once, a mistyped model,
 interruptions outside the training loop, and logs that are not a terminal. Both scripts, CPU, offline."""
+
 import errno
 import gzip
 import http.server
@@ -47,8 +48,12 @@ def small_disk(tmp_path):
         folder.mkdir()
         if shutil.which("mount") is None:
             pytest.skip("no mount command here")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode:
             pytest.skip(f"cannot mount a small filesystem here: {done.stderr.strip()}")
         mounts.append(folder)
@@ -63,7 +68,9 @@ def unchanged(out, before):
     """Every file of before ({path: bytes}) is in out as it was; what is new is the curves of the failed attempt, in a
     TensorBoard folder of its own."""
     after = {p: (out / p).read_bytes() for p in files_under(out) if (out / p).is_file()}
-    return {p: after.get(p) for p in before} == before and all(p.startswith("tensorboard/") for p in set(after) - set(before))
+    return {p: after.get(p) for p in before} == before and all(
+        p.startswith("tensorboard/") for p in set(after) - set(before)
+    )
 
 
 def hidden(path):
@@ -73,8 +80,14 @@ def hidden(path):
 
 def in_subprocess(code, *args, **kwargs):
     """Start `python -c code args` in the repository root; code gets sys.argv[1:] = args."""
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def wait_for(condition, seconds=60):
@@ -133,18 +146,33 @@ def test_full_disk_in_out_dir_keeps_the_earlier_results(tmp_path, small_disk, ti
     disk = small_disk("disk", "3m")
     csv = write_csv(make_reviews(1_000, seed=4), tmp_path / "reviews.csv").as_uri()
     bigger = tmp_path / "bigger-distilbert"  # about 6 MB of weights
-    transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
-        vocab_size=transformers.AutoTokenizer.from_pretrained(tiny_model).vocab_size, dim=256, n_layers=2,
-        n_heads=2, hidden_dim=1024, max_position_embeddings=128)).save_pretrained(bigger)
+    transformers.DistilBertForSequenceClassification(
+        transformers.DistilBertConfig(
+            vocab_size=transformers.AutoTokenizer.from_pretrained(tiny_model).vocab_size,
+            dim=256,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=1024,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(bigger)
     transformers.AutoTokenizer.from_pretrained(tiny_model).save_pretrained(bigger)
-    cases = [(tl, lstm_args, {}, {"embedding_dim": 64, "hidden_dim": 512}, "model.pt"),
-             (td, distilbert_args, {"model": tiny_model}, {"model": bigger}, "model")]
+    cases = [
+        (tl, lstm_args, {}, {"embedding_dim": 64, "hidden_dim": 512}, "model.pt"),
+        (td, distilbert_args, {"model": tiny_model}, {"model": bigger}, "model"),
+    ]
     for module, args, small, big, model in cases:
         out = disk / module.__name__
         module.main(args(tmp_path, csv, epochs=1, out_dir=out, **small))
         before = {p: (out / p).read_bytes() for p in files_under(out) if (out / p).is_file()}
-        fails(module, args(tmp_path, csv, epochs=1, out_dir=out, **big), f"could not write {out / model}",
-              "No space left on device", "bytes are free there", "is intact")
+        fails(
+            module,
+            args(tmp_path, csv, epochs=1, out_dir=out, **big),
+            f"could not write {out / model}",
+            "No space left on device",
+            "bytes are free there",
+            "is intact",
+        )
         assert unchanged(out, before)
     assert [label for label, _ in tl.predict(["a wonderful superb film"], disk / tl.__name__)] == ["positive"]
     classify = transformers.pipeline("text-classification", model=str(disk / td.__name__ / "model"))
@@ -175,8 +203,14 @@ def test_full_disk_in_data_dir_says_so_and_how_much_is_needed(tmp_path, small_di
     payload = os.urandom(1_500_000)
     url = serve({"movie_data.csv.gz": payload}) + "/movie_data.csv.gz"
     disk = small_disk("data", "1m")
-    fails(tl, lstm_args(tmp_path, url, data_dir=disk), f"could not write {disk / 'movie_data.csv.gz'}",
-          "No space left on device", "the file needs 1,500,000 bytes", "bytes are free there")
+    fails(
+        tl,
+        lstm_args(tmp_path, url, data_dir=disk),
+        f"could not write {disk / 'movie_data.csv.gz'}",
+        "No space left on device",
+        "the file needs 1,500,000 bytes",
+        "bytes are free there",
+    )
     assert files_under(disk) == []
 
 
@@ -193,8 +227,13 @@ def test_a_download_write_that_fails_with_enospc_is_not_blamed_on_the_network(sc
         return Full(real_open(path, mode, buffering=0)) if "movie_data" in str(path) else real_open(path, mode, *a, **k)
 
     monkeypatch.setattr(textclf.runfolder, "open", opens_full, raising=False)  # where atomic_write() opens files
-    text = fails(module, args(tmp_path, url + "/movie_data.csv.gz"), "could not write", "No space left on device",
-                 "the file needs")
+    text = fails(
+        module,
+        args(tmp_path, url + "/movie_data.csv.gz"),
+        "could not write",
+        "No space left on device",
+        "the file needs",
+    )
     assert "could not download" not in text and files_under(tmp_path / "data") == []
 
 
@@ -203,9 +242,17 @@ def test_a_download_write_that_fails_with_enospc_is_not_blamed_on_the_network(sc
 def test_a_kill_during_the_download_leaves_nothing_the_next_run_trips_on(tmp_path, slow_server, how):
     url = slow_server(big_reviews())
     args = lstm_args(tmp_path, url, epochs=1)
-    run = subprocess.Popen([sys.executable, "train_lstm_baseline.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    partial = lambda: [p for p in (tmp_path / "data").glob(".movie_data.csv.gz.*.tmp") if p.stat().st_size]
+    run = subprocess.Popen(
+        [sys.executable, "train_lstm_baseline.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def partial():
+        return [p for p in (tmp_path / "data").glob(".movie_data.csv.gz.*.tmp") if p.stat().st_size]
+
     wait_for(lambda: (tmp_path / "data").exists() and partial())
     run.send_signal(how)
     _, err = run.communicate(timeout=60)
@@ -308,8 +355,10 @@ def test_sigterm_during_the_final_evaluation_can_be_resumed(script, tmp_path, mo
     assert exit.value.code == 143
     out = tmp_path / "stopped" / "out"
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == (f"interrupted (SIGTERM): the run is saved in {out / 'checkpoint.pt'}; continue it with: "
-                    f"python {module.__name__}.py --out-dir {out} --resume")
+    assert last == (
+        f"interrupted (SIGTERM): the run is saved in {out / 'checkpoint.pt'}; continue it with: "
+        f"python {module.__name__}.py --out-dir {out} --resume"
+    )
     monkeypatch.undo()
     resumed = module.main([f"--out-dir={out}", "--resume"])
     assert comparable(resumed) == pytest.approx(comparable(straight), rel=1e-5)
@@ -331,8 +380,12 @@ def test_a_second_run_into_the_same_out_dir_is_refused_until_the_first_ends(scri
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv").as_uri()
     holder = in_subprocess(HOLD_THE_LOCK, tmp_path / "out")
     assert holder.stdout.readline().strip() == "locked"
-    fails(module, args(tmp_path, csv), f"another run is writing to {tmp_path / 'out'} right now",
-          "choose another --out-dir")
+    fails(
+        module,
+        args(tmp_path, csv),
+        f"another run is writing to {tmp_path / 'out'} right now",
+        "choose another --out-dir",
+    )
     holder.kill()  # killed, not finished: the operating system releases its lock all the same
     holder.communicate()
     assert module.main(args(tmp_path, csv))["test_accuracy"] > 0.5
@@ -341,10 +394,20 @@ def test_a_second_run_into_the_same_out_dir_is_refused_until_the_first_ends(scri
 def test_two_runs_sharing_a_data_dir_download_and_cache_safely(tmp_path, slow_server, tiny_model):
     url = slow_server(big_reviews(), barrier=2)  # both downloads in flight at once
     slow_server.release()
-    runs = [subprocess.Popen([sys.executable, "train_distilbert.py",
-                              *distilbert_args(tmp_path, url, tiny_model, epochs=1, out_dir=tmp_path / name)],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for name in ("first", "second")]
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "train_distilbert.py",
+                *distilbert_args(tmp_path, url, tiny_model, epochs=1, out_dir=tmp_path / name),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
     for run in runs:
         assert run.wait(timeout=240) == 0, run.stderr.read()[-2000:]
     first, second = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("first", "second"))
@@ -357,27 +420,46 @@ def test_two_runs_sharing_a_data_dir_download_and_cache_safely(tmp_path, slow_se
 def test_a_folder_that_holds_no_model_is_one_line(tmp_path):
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv").as_uri()
     (tmp_path / "empty").mkdir()
-    fails(td, distilbert_args(tmp_path, csv, tmp_path / "empty"), f"MODEL_NAME (--model-name) {tmp_path / 'empty'} "
-          "is a folder but holds no model", "config.json, the weights and the tokenizer files")
+    fails(
+        td,
+        distilbert_args(tmp_path, csv, tmp_path / "empty"),
+        f"MODEL_NAME (--model-name) {tmp_path / 'empty'} is a folder but holds no model",
+        "config.json, the weights and the tokenizer files",
+    )
 
 
 def test_a_model_folder_with_damaged_weights_is_one_line(tmp_path, tiny_model):
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv").as_uri()
     damaged = shutil.copytree(tiny_model, tmp_path / "damaged")
     (damaged / "model.safetensors").write_bytes(b"not weights")
-    fails(td, distilbert_args(tmp_path, csv, damaged), f"MODEL_NAME (--model-name) {damaged} is a folder but holds no "
-          "model that transformers can load (Error while deserializing header")
+    fails(
+        td,
+        distilbert_args(tmp_path, csv, damaged),
+        f"MODEL_NAME (--model-name) {damaged} is a folder but holds no "
+        "model that transformers can load (Error while deserializing header",
+    )
 
 
 def test_a_mistyped_model_name_without_the_hub_is_one_line(tmp_path):
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv").as_uri()
-    done = subprocess.run([sys.executable, "train_distilbert.py",
-                           *distilbert_args(tmp_path, csv, "distilbert-base-uncasd")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+    done = subprocess.run(
+        [sys.executable, "train_distilbert.py", *distilbert_args(tmp_path, csv, "distilbert-base-uncasd")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        "error: MODEL_NAME (--model-name) 'distilbert-base-uncasd' is neither a local folder nor a model the "
-        "Hugging Face hub could provide")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: MODEL_NAME (--model-name) 'distilbert-base-uncasd' is neither a local folder nor a model the "
+            "Hugging Face hub could provide"
+        )
+    )
     assert "--model-name /path/to/model" in done.stderr
 
 

@@ -1,6 +1,7 @@
 """LoRA adapters (peft) in train_distilbert.py: every family adapted with its head trained in full, the base frozen in
 the run's precision, a checkpoint of what trains only that resumes exactly, the merged model in model/ that loads
 everywhere a full run's does, the adapter alone in adapter/ for peft, torchrun, and 4-bit's decisions (CUDA only)."""
+
 import json
 
 import pytest
@@ -25,9 +26,21 @@ def reviews_csv(tmp_path_factory):
 
 
 def run_args(tmp_path, model, csv, **settings):
-    base = {"data_url": csv, "data_dir": tmp_path / "data", "out_dir": tmp_path / "out", "model_name": model,
-            "train_size": 400, "valid_size": 100, "test_size": 200, "max_length": 32, "epochs": 3,
-            "learning_rate": 1e-2, "lora_rank": 8, "precision": "fp32", "tensorboard": False}
+    base = {
+        "data_url": csv,
+        "data_dir": tmp_path / "data",
+        "out_dir": tmp_path / "out",
+        "model_name": model,
+        "train_size": 400,
+        "valid_size": 100,
+        "test_size": 200,
+        "max_length": 32,
+        "epochs": 3,
+        "learning_rate": 1e-2,
+        "lora_rank": 8,
+        "precision": "fp32",
+        "tensorboard": False,
+    }
     return cli(**{**base, **settings})
 
 
@@ -37,8 +50,10 @@ def test_the_base_is_held_in_the_runs_precision_and_4bit_only_on_cuda(monkeypatc
     assert lora.base_dtype(8, "fp32") == torch.float32
     four = lora.four_bit_settings("bf16")
     assert four["bnb_4bit_quant_type"] == "nf4" and four["bnb_4bit_use_double_quant"] is True
-    assert four["bnb_4bit_compute_dtype"] == torch.bfloat16 and lora.four_bit_settings("fp16")[
-        "bnb_4bit_compute_dtype"] == torch.float16
+    assert (
+        four["bnb_4bit_compute_dtype"] == torch.bfloat16
+        and lora.four_bit_settings("fp16")["bnb_4bit_compute_dtype"] == torch.float16
+    )
     assert set(four["llm_int8_skip_modules"]) == set(lora.HEADS)  # the head is never quantized
     assert lora.quantization(False, torch.device("cuda"), "bf16") is None
     with pytest.raises(RecipeError, match="runs on CUDA GPUs only, and this run is on cpu"):
@@ -51,8 +66,9 @@ def test_the_base_is_held_in_the_runs_precision_and_4bit_only_on_cuda(monkeypatc
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_gets_adapters_on_its_linear_layers_and_a_head_trained_in_full(tmp_path, family):
     folder = save_family(family, tmp_path / family)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True,
-                                                               dtype=torch.bfloat16)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=3, ignore_mismatched_sizes=True, dtype=torch.bfloat16
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if model.config.pad_token_id is None:
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
@@ -79,8 +95,10 @@ def test_a_model_without_linear_layers_peft_can_adapt_is_one_line():
             self.embedding = torch.nn.Embedding(10, 4)
             self.config = AutoConfig.for_model("bert")
 
-    with pytest.raises(RecipeError, match="LORA_RANK .--lora-rank. adds adapters to a model's linear layers, but peft "
-                                          "cannot adapt Embeddings"):
+    with pytest.raises(
+        RecipeError,
+        match="LORA_RANK .--lora-rank. adds adapters to a model's linear layers, but peft cannot adapt Embeddings",
+    ):
         lora.with_adapters(Embeddings(), {"LORA_RANK": 4, "LORA_ALPHA": 8, "LORA_DROPOUT": 0.0})
 
 
@@ -103,7 +121,8 @@ def test_a_lora_run_saves_the_adapter_and_a_merged_model_that_load_everywhere(tm
     assert classify("a great film")[0]["label"] in ("negative", "positive")
     # adapter/: peft's own loader gives the merged model's logits
     peft_model = AutoPeftModelForSequenceClassification.from_pretrained(
-        str(adapter), num_labels=2, id2label={0: "negative", 1: "positive"}).eval()
+        str(adapter), num_labels=2, id2label={0: "negative", 1: "positive"}
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     batch = tokenizer(["a great film", "a dull awful plot"], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -125,20 +144,31 @@ def test_a_lora_checkpoint_holds_what_trains_and_resumes_exactly(tmp_path, tiny_
     assert kept and all("lora_" in name or "modules_to_save" in name or "classifier" in name for name in kept)
     whole = AutoModelForSequenceClassification.from_pretrained(tiny_model).state_dict()
     assert sum(t.numel() for t in kept.values()) < sum(t.numel() for t in whole.values()) / 2
-    fails(td, [f"--out-dir={tmp_path / 'resumed'}", "--resume", "--lora-rank=4"],
-          "--resume continues the run with its own settings, but these differ: LORA_RANK (4, the run has 8)")
+    fails(
+        td,
+        [f"--out-dir={tmp_path / 'resumed'}", "--resume", "--lora-rank=4"],
+        "--resume continues the run with its own settings, but these differ: LORA_RANK (4, the run has 8)",
+    )
     resumed = td.main([f"--out-dir={tmp_path / 'resumed'}", "--resume"])
     assert comparable(resumed) == pytest.approx(comparable(straight), rel=1e-5)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lora-rank=-1"], "LORA_RANK (--lora-rank) must be 0 (full fine-tuning) or a positive integer rank such as 8"),
-    (["--lora-rank=2.5"], "argument --lora-rank: invalid int value: '2.5'"),
-    (["--lora-rank=8", "--lora-dropout=1"], "LORA_ALPHA (--lora-alpha) must be positive and LORA_DROPOUT"),
-    (["--load-in-4bit=true"], "LOAD_IN_4BIT (--load-in-4bit) freezes a 4-bit base that only adapters can train"),
-    (["--lora-rank=8", "--load-in-4bit=true", "--device=cpu"],
-     "LOAD_IN_4BIT (--load-in-4bit) loads the base in 4-bit with bitsandbytes, which runs on CUDA GPUs only"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--lora-rank=-1"],
+            "LORA_RANK (--lora-rank) must be 0 (full fine-tuning) or a positive integer rank such as 8",
+        ),
+        (["--lora-rank=2.5"], "argument --lora-rank: invalid int value: '2.5'"),
+        (["--lora-rank=8", "--lora-dropout=1"], "LORA_ALPHA (--lora-alpha) must be positive and LORA_DROPOUT"),
+        (["--load-in-4bit=true"], "LOAD_IN_4BIT (--load-in-4bit) freezes a 4-bit base that only adapters can train"),
+        (
+            ["--lora-rank=8", "--load-in-4bit=true", "--device=cpu"],
+            "LOAD_IN_4BIT (--load-in-4bit) loads the base in 4-bit with bitsandbytes, which runs on CUDA GPUs only",
+        ),
+    ],
+)
 def test_bad_lora_settings_are_one_line_and_write_nothing(tmp_path, tiny_model, reviews_csv, argv, message):
     before = files_under(tmp_path)
     fails(td, [*run_args(tmp_path, tiny_model, reviews_csv, lora_rank=0), *argv], message)

@@ -1,4 +1,5 @@
 """train_lstm_baseline.py: vocabulary, packed-sequence semantics, end to end with predict (offline, CPU)."""
+
 import json
 import math
 import os
@@ -18,9 +19,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_args(tmp_path, csv, **overrides):
-    settings = {"data_url": Path(csv).as_uri(), "data_dir": tmp_path / "data", "train_size": 1_200,
-                "valid_size": 400, "test_size": 400, "vocab_size": 100, "embedding_dim": 16, "hidden_dim": 32,
-                "batch_size": 32, "epochs": 3, "learning_rate": 0.01, "out_dir": tmp_path / "out", **overrides}
+    settings = {
+        "data_url": Path(csv).as_uri(),
+        "data_dir": tmp_path / "data",
+        "train_size": 1_200,
+        "valid_size": 400,
+        "test_size": 400,
+        "vocab_size": 100,
+        "embedding_dim": 16,
+        "hidden_dim": 32,
+        "batch_size": 32,
+        "epochs": 3,
+        "learning_rate": 0.01,
+        "out_dir": tmp_path / "out",
+        **overrides,
+    }
     return cli(**settings)
 
 
@@ -29,8 +42,8 @@ def test_vocabulary_comes_from_the_training_texts_only():
     assert vocab[:2] == ["<pad>", "<unk>"]
     assert set(vocab) == {"<pad>", "<unk>", "good", "film", "bad", "!"}  # no "br": the tags are removed
     ids, offsets = tl.encode(["Good unseen FILM ?", "zzz"], vocab, max_length=100)
-    assert ids[offsets[0]:offsets[1]].tolist() == [vocab.index("good"), 1, vocab.index("film"), 1]
-    assert ids[offsets[1]:offsets[2]].tolist() == [1]
+    assert ids[offsets[0] : offsets[1]].tolist() == [vocab.index("good"), 1, vocab.index("film"), 1]
+    assert ids[offsets[1] : offsets[2]].tolist() == [1]
     ids, offsets = tl.encode(["Good unseen FILM ?"], vocab, max_length=2)  # the first max_length tokens
     assert ids.tolist() == [vocab.index("good"), 1]
 
@@ -46,8 +59,11 @@ def test_vocabulary_is_built_from_the_training_split_in_main(tmp_path, monkeypat
     csv = write_csv(df, tmp_path / "reviews.csv")
     seen = []
     real_build_vocab = tl.build_vocab
-    monkeypatch.setattr(tl, "build_vocab", lambda texts, size, pairs=False: seen.append(list(texts)) or
-                        real_build_vocab(texts, size, pairs))
+    monkeypatch.setattr(
+        tl,
+        "build_vocab",
+        lambda texts, size, pairs=False: seen.append(list(texts)) or real_build_vocab(texts, size, pairs),
+    )
     tl.main(run_args(tmp_path, csv, epochs=1, vocab_size=1_000))
     assert seen == [df["review"][:1_200].tolist()]
     _, vocab = tl.load_model(tmp_path / "out")
@@ -77,7 +93,14 @@ def test_main_learns_and_predict_reloads_the_model(tmp_path):
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert [record["epoch"] for record in saved["epochs"]] == [1, 2, 3]
-    assert set(saved["epochs"][0]) == {"epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "seconds"}
+    assert set(saved["epochs"][0]) == {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_accuracy",
+        "seconds",
+    }
     assert saved["valid_accuracy"] >= 0.9 and saved["test_accuracy"] >= 0.9
     assert saved["epochs"][-1]["valid_loss"] < 0.5 * math.log(2)  # well below chance's cross-entropy
     assert saved["valid_accuracy"] == max(record["valid_accuracy"] for record in saved["epochs"])
@@ -137,8 +160,15 @@ def test_a_text_of_a_million_characters_trains_and_predicts_in_bounded_memory(tm
     df = make_reviews(1_000, seed=5)
     df.loc[3, "review"] = ("a great film " * 80_000)[:1_000_000]
     csv = write_csv(df, tmp_path / "long.csv")
-    done = subprocess.run([sys.executable, "-c", LONG_TEXT_RUN, str(csv), str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", LONG_TEXT_RUN, str(csv), str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     peak_mib = int(done.stdout.split()[-1])
     assert peak_mib < 2_500, peak_mib

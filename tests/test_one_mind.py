@@ -2,6 +2,7 @@
 precision), torchrun's variables count only from torchrun, and the newest files (TensorBoard, the model card,
 temporary names, the other script's model and checkpoint) fail cleanly. gloo on the CPU; two "machines" are two
 working directories with a static rendezvous on 127.0.0.1."""
+
 import errno
 import json
 import os
@@ -29,8 +30,18 @@ from textclf.card import model_card
 from textclf.runfolder import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
-LSTM = {"train_size": 200, "valid_size": 50, "test_size": 50, "vocab_size": 60, "embedding_dim": 8, "hidden_dim": 16,
-        "batch_size": 16, "epochs": 2, "log_every": 2, "tensorboard": False}
+LSTM = {
+    "train_size": 200,
+    "valid_size": 50,
+    "test_size": 50,
+    "vocab_size": 60,
+    "embedding_dim": 8,
+    "hidden_dim": 16,
+    "batch_size": 16,
+    "epochs": 2,
+    "log_every": 2,
+    "tensorboard": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +67,28 @@ def machines(tmp_path, script, args, node_args=((), ()), seconds=150):
     nodes = []
     for rank in (0, 1):
         (tmp_path / f"node{rank}").mkdir(exist_ok=True)
-        nodes.append(subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node-rank={rank}",
-             "--master-addr=127.0.0.1", f"--master-port={port}", str(script), *args, *node_args[rank]],
-            cwd=tmp_path / f"node{rank}", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}))
+        nodes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes=2",
+                    "--nproc_per_node=1",
+                    f"--node-rank={rank}",
+                    "--master-addr=127.0.0.1",
+                    f"--master-port={port}",
+                    str(script),
+                    *args,
+                    *node_args[rank],
+                ],
+                cwd=tmp_path / f"node{rank}",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+            )
+        )
     try:
         outputs = [node.communicate(timeout=seconds) for node in nodes]
     finally:
@@ -74,11 +102,13 @@ def machines(tmp_path, script, args, node_args=((), ()), seconds=150):
 def test_a_stop_request_to_one_process_stops_every_process_with_one_resume_line(tmp_path, reviews, where):
     settings = cli(**LSTM, data_url=reviews, data_dir=tmp_path / "data", out_dir=tmp_path / "out")
     if where == "training":  # SIGTERM to rank 1 alone, at its 3rd batch
-        code = SIGNAL_AT_STEP.format(root=str(ROOT), script="train_lstm_baseline", step=3, rank=1,
-                                     target="os.getpid()", signal="SIGTERM")
+        code = SIGNAL_AT_STEP.format(
+            root=str(ROOT), script="train_lstm_baseline", step=3, rank=1, target="os.getpid()", signal="SIGTERM"
+        )
     else:  # during rank 1's test evaluation (after 2 validations), where it once died alone
-        code = SIGNAL_AT_STEP.format(root=str(ROOT), script="train_lstm_baseline", step=3, rank=1,
-                                     target="os.getpid()", signal="SIGTERM").replace("batch_loss", "evaluate")
+        code = SIGNAL_AT_STEP.format(
+            root=str(ROOT), script="train_lstm_baseline", step=3, rank=1, target="os.getpid()", signal="SIGTERM"
+        ).replace("batch_loss", "evaluate")
     (tmp_path / "stop.py").write_text(code)
     stopped = torchrun(tmp_path / "stop.py", settings)
     assert stopped.returncode != 0 and (tmp_path / "out" / "checkpoint.pt").exists(), stopped.stderr[-3000:]
@@ -98,9 +128,11 @@ def test_machines_that_would_choose_different_precisions_are_refused(monkeypatch
     choices = [("a100-box", "bf16"), ("a100-box", "bf16"), ("v100-box", "fp16")]
     with pytest.raises(textclf.parallel.RecipeError) as refused:
         textclf.parallel.same_everywhere(choices)
-    assert str(refused.value) == ("PRECISION=auto chooses differently on these machines' GPUs: bf16 on a100-box; "
-                                  "fp16 on v100-box; pass the same --precision to all (fp16 runs on every CUDA GPU), "
-                                  "or use GPUs of one kind")
+    assert str(refused.value) == (
+        "PRECISION=auto chooses differently on these machines' GPUs: bf16 on a100-box; "
+        "fp16 on v100-box; pass the same --precision to all (fp16 runs on every CUDA GPU), "
+        "or use GPUs of one kind"
+    )
     assert textclf.parallel.same_everywhere([("a", "bf16"), ("b", "bf16")]) == "bf16"
     monkeypatch.setattr(textclf.parallel, "gathered", lambda value, world: [value, ("v100-box", "fp16")])
     monkeypatch.setattr(textclf.parallel, "cpu_bf16", lambda: "avx512_bf16")
@@ -114,8 +146,9 @@ def test_an_error_on_one_machine_stops_both_promptly_with_its_line_there(tmp_pat
     """Machine 1's OUT_DIR is a file: it says so, and machine 0 stops at once instead of waiting 60 minutes."""
     (tmp_path / "node1").mkdir()
     (tmp_path / "node1" / "runs").write_text("a file")
-    results = machines(tmp_path, ROOT / "train_lstm_baseline.py",
-                       cli(**LSTM, data_url=reviews, data_dir="data", out_dir="runs/two"))
+    results = machines(
+        tmp_path, ROOT / "train_lstm_baseline.py", cli(**LSTM, data_url=reviews, data_dir="data", out_dir="runs/two")
+    )
     (code0, _, err0), (code1, _, err1) = results
     assert code0 != 0 and code1 != 0
     assert errors(err1) == ["error: OUT_DIR (--out-dir) runs/two lies under runs, which is a file; give a folder"]
@@ -126,20 +159,23 @@ def test_machines_with_different_data_are_refused(tmp_path):
     for rank, seed in ((0, 1), (1, 2)):  # the same name, other contents
         (tmp_path / f"node{rank}").mkdir()
         write_csv(make_reviews(300, seed=seed), tmp_path / f"node{rank}" / "reviews.csv")
-    results = machines(tmp_path, ROOT / "train_lstm_baseline.py",
-                       cli(**LSTM, data_url="reviews.csv", data_dir="data", out_dir="out"))
+    results = machines(
+        tmp_path, ROOT / "train_lstm_baseline.py", cli(**LSTM, data_url="reviews.csv", data_dir="data", out_dir="out")
+    )
     assert all(code != 0 for code, *_ in results)
     for _, _, err in results:
-        assert errors(err)[0].startswith("error: the machines read different data from ") and "Traceback" not in ours(err)
+        assert errors(err)[0].startswith("error: the machines read different data from ") and "Traceback" not in ours(
+            err
+        )
 
 
-def test_a_resume_on_two_machines_needs_the_checkpoint_on_each_then_clears_both(tmp_path, reviews, monkeypatch,
-                                                                                capsys):
+def test_a_resume_on_two_machines_needs_the_checkpoint_on_each_then_clears_both(tmp_path, reviews, monkeypatch, capsys):
     """Begun in one process, stopped, resumed on two machines: without the copied checkpoint machine 1 says so (and
     machine 0 stops); with it the run says that it now has 2 processes, records both, cleans each machine's own
     DATA_DIR leftovers, and leaves no checkpoint on either machine (the next run there is a new one)."""
     node0, node1 = tmp_path / "node0", tmp_path / "node1"
-    node0.mkdir(), node1.mkdir()
+    node0.mkdir()
+    node1.mkdir()
     monkeypatch.chdir(node0)
     signal_at(tl, monkeypatch, "batch_loss", 20, signal.SIGTERM)  # in epoch 2: epoch 1's model is saved
     with pytest.raises(SystemExit):
@@ -168,9 +204,22 @@ def test_a_resume_on_two_machines_needs_the_checkpoint_on_each_then_clears_both(
 def test_a_model_folder_missing_on_one_machine_stops_both(tmp_path, reviews, tiny_model):
     (tmp_path / "node0").mkdir()
     (tmp_path / "node0" / "model").symlink_to(tiny_model)  # machine 1 has no ./model
-    results = machines(tmp_path, ROOT / "train_distilbert.py", cli(
-        data_url=reviews, data_dir="data", out_dir="out", model_name="model", train_size=200, valid_size=50,
-        test_size=50, max_length=32, epochs=1, tensorboard=False))
+    results = machines(
+        tmp_path,
+        ROOT / "train_distilbert.py",
+        cli(
+            data_url=reviews,
+            data_dir="data",
+            out_dir="out",
+            model_name="model",
+            train_size=200,
+            valid_size=50,
+            test_size=50,
+            max_length=32,
+            epochs=1,
+            tensorboard=False,
+        ),
+    )
     assert all(code != 0 for code, *_ in results)
     assert errors(results[1][2])[0].startswith("error: MODEL_NAME (--model-name) 'model' is neither a local folder")
     assert errors(results[0][2]) == [] and "Traceback" not in ours(results[0][2]) + ours(results[1][2])
@@ -194,12 +243,17 @@ script.main(sys.argv[1:])
 def test_divergence_in_one_process_is_one_line_from_every_process_alike(tmp_path, reviews):
     """Rank 1 alone saw an infinite loss and left quietly; rank 0 then died of "Connection closed by peer"."""
     (tmp_path / "infinite.py").write_text(INFINITE_IN_RANK_1.format(root=str(ROOT)))
-    done = torchrun(tmp_path / "infinite.py", cli(**LSTM, data_url=reviews, data_dir=tmp_path / "data",
-                                                  out_dir=tmp_path / "out"))
+    done = torchrun(
+        tmp_path / "infinite.py", cli(**LSTM, data_url=reviews, data_dir=tmp_path / "data", out_dir=tmp_path / "out")
+    )
     assert done.returncode != 0
     lines = errors(done.stderr)
-    assert lines == [("error: training diverged at epoch 1, batch 3: the loss is inf; lower --learning-rate (now "
-                     "0.005) or set --grad-clip 1. Nothing of this epoch was kept")], done.stderr[-3000:]
+    assert lines == [
+        (
+            "error: training diverged at epoch 1, batch 3: the loss is inf; lower --learning-rate (now "
+            "0.005) or set --grad-clip 1. Nothing of this epoch was kept"
+        )
+    ], done.stderr[-3000:]
     assert "Connection closed by peer" not in done.stderr
 
 
@@ -207,8 +261,11 @@ def test_a_loss_sum_beyond_float32_of_finite_losses_is_divergence(tmp_path, monk
     """Every batch's loss finite, their sum over the epoch not: an IndexError once."""
     csv = write_csv(make_reviews(300, seed=5), tmp_path / "reviews.csv")
     monkeypatch.setattr(tl, "batch_loss", lambda *a: (torch.tensor(3e38, requires_grad=True), torch.tensor(1)))
-    text = fails(tl, cli(**LSTM, data_url=csv, data_dir=tmp_path / "data", out_dir=tmp_path / "out"),
-                 "training diverged at epoch 1, batch")
+    text = fails(
+        tl,
+        cli(**LSTM, data_url=csv, data_dir=tmp_path / "data", out_dir=tmp_path / "out"),
+        "training diverged at epoch 1, batch",
+    )
     assert "(its sum over the epoch overflows)" in text
 
 
@@ -218,8 +275,13 @@ def test_torchrun_variables_without_torchrun_are_one_line(tmp_path, reviews, mon
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     name = next(iter(variables))
-    fails(tl, cli(**LSTM, data_url=reviews, data_dir=tmp_path / "data", out_dir=tmp_path / "out"),
-          f"{name} is set but not ", "a data-parallel run starts with torchrun", f"unset {name} for one process")
+    fails(
+        tl,
+        cli(**LSTM, data_url=reviews, data_dir=tmp_path / "data", out_dir=tmp_path / "out"),
+        f"{name} is set but not ",
+        "a data-parallel run starts with torchrun",
+        f"unset {name} for one process",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -243,9 +305,11 @@ def test_tensorboard_that_cannot_write_is_one_line_and_the_run_goes_on(tmp_path,
     assert "(Read-only file system); the run goes on without its curves" in capfd.readouterr().err
 
 
-def test_a_full_disk_under_tensorboard_is_one_line_not_a_writer_threads_traceback(tmp_path, reviews, monkeypatch,
-                                                                                  capfd):
+def test_a_full_disk_under_tensorboard_is_one_line_not_a_writer_threads_traceback(
+    tmp_path, reviews, monkeypatch, capfd
+):
     from tensorboard.compat.tensorflow_stub.io import gfile
+
     real, calls = gfile.GFile.write, []
 
     def write(self, data):
@@ -255,8 +319,14 @@ def test_a_full_disk_under_tensorboard_is_one_line_not_a_writer_threads_tracebac
         return real(self, data)
 
     monkeypatch.setattr(gfile.GFile, "write", write)
-    metrics = tl.main(cli(**{**LSTM, "tensorboard": True, "log_every": 1}, data_url=reviews,
-                          data_dir=tmp_path / "data", out_dir=tmp_path / "out"))
+    metrics = tl.main(
+        cli(
+            **{**LSTM, "tensorboard": True, "log_every": 1},
+            data_url=reviews,
+            data_dir=tmp_path / "data",
+            out_dir=tmp_path / "out",
+        )
+    )
     assert metrics["test_accuracy"] >= 0
     err = capfd.readouterr().err
     assert err.count("(No space left on device); the run goes on without its curves") == 1
@@ -265,9 +335,16 @@ def test_a_full_disk_under_tensorboard_is_one_line_not_a_writer_threads_tracebac
 
 def test_a_missing_tensorboard_package_is_named_before_any_download(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    fails(tl, cli(**{**LSTM, "tensorboard": True}, data_url="http://127.0.0.1:9/never-fetched.csv",
-                  data_dir=tmp_path / "data", out_dir=tmp_path / "out"),
-          "TENSORBOARD needs the tensorboard package: pip install tensorboard")
+    fails(
+        tl,
+        cli(
+            **{**LSTM, "tensorboard": True},
+            data_url="http://127.0.0.1:9/never-fetched.csv",
+            data_dir=tmp_path / "data",
+            out_dir=tmp_path / "out",
+        ),
+        "TENSORBOARD needs the tensorboard package: pip install tensorboard",
+    )
 
 
 # ------------------------------------------------------------------------------------- C9: a kill during the card
@@ -287,9 +364,19 @@ td.main(sys.argv[1:])
 
 def test_a_kill_during_the_model_card_leaves_nothing_a_resume_keeps_or_writes_twice(tmp_path, reviews, tiny_model):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     (tmp_path / "kill.py").write_text(KILL_IN_THE_CARD.format(root=str(ROOT)))
-    args = cli(data_url=reviews, data_dir=tmp_path / "data", out_dir=tmp_path / "out", model_name=tiny_model,
-               train_size=200, valid_size=50, test_size=50, max_length=32, epochs=1)
+    args = cli(
+        data_url=reviews,
+        data_dir=tmp_path / "data",
+        out_dir=tmp_path / "out",
+        model_name=tiny_model,
+        train_size=200,
+        valid_size=50,
+        test_size=50,
+        max_length=32,
+        epochs=1,
+    )
     done = subprocess.run([sys.executable, tmp_path / "kill.py", *args], capture_output=True, text=True, check=False)
     assert done.returncode == -signal.SIGKILL
     assert [p for p in hidden(tmp_path / "out" / "model") if "README.md" in p]  # what the kill left
@@ -314,8 +401,15 @@ def test_names_near_the_file_name_limit_are_written(tmp_path, reviews):
 
 # ------------------------------------------------------------------------------------- D11-D13: runs and scripts
 def test_one_out_dir_holds_one_scripts_model_and_predict_answers_with_it(tmp_path, reviews, tiny_model):
-    common = {"data_url": reviews, "data_dir": tmp_path / "data", "out_dir": tmp_path / "out", "train_size": 200,
-              "valid_size": 50, "test_size": 50, "tensorboard": False}
+    common = {
+        "data_url": reviews,
+        "data_dir": tmp_path / "data",
+        "out_dir": tmp_path / "out",
+        "train_size": 200,
+        "valid_size": 50,
+        "test_size": 50,
+        "tensorboard": False,
+    }
     td.main(cli(**common, model_name=tiny_model, max_length=32, epochs=1))
     assert predict.Run(tmp_path / "out", torch.device("cpu")).kind == "distilbert"
     metrics = tl.main(cli(**{**LSTM, **common}))
@@ -329,9 +423,12 @@ def test_resume_with_the_other_scripts_checkpoint_is_one_line(tmp_path, reviews,
     signal_at(tl, monkeypatch, "batch_loss", 3, signal.SIGTERM)
     with pytest.raises(SystemExit):
         tl.main(cli(**LSTM, data_url=reviews, data_dir=tmp_path / "data", out_dir=tmp_path / "out"))
-    fails(td, [f"--out-dir={tmp_path / 'out'}", "--resume"],
-          f"{tmp_path / 'out' / 'checkpoint.pt'} is a run of train_lstm_baseline.py, not of train_distilbert.py; "
-          f"continue it with python train_lstm_baseline.py --out-dir {tmp_path / 'out'} --resume")
+    fails(
+        td,
+        [f"--out-dir={tmp_path / 'out'}", "--resume"],
+        f"{tmp_path / 'out' / 'checkpoint.pt'} is a run of train_lstm_baseline.py, not of train_distilbert.py; "
+        f"continue it with python train_lstm_baseline.py --out-dir {tmp_path / 'out'} --resume",
+    )
 
 
 def test_a_missing_best_model_is_named_at_resume_before_training(tmp_path, reviews, monkeypatch):
@@ -341,19 +438,34 @@ def test_a_missing_best_model_is_named_at_resume_before_training(tmp_path, revie
     monkeypatch.undo()
     (tmp_path / "out" / "model.pt").unlink()
     monkeypatch.setattr(tl, "batch_loss", lambda *a: pytest.fail("trained before the check"))
-    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"],
-          f"the run's best model so far (epoch 1), {tmp_path / 'out' / 'model.pt'}, is missing: put it back to resume")
+    fails(
+        tl,
+        [f"--out-dir={tmp_path / 'out'}", "--resume"],
+        f"the run's best model so far (epoch 1), {tmp_path / 'out' / 'model.pt'}, is missing: put it back to resume",
+    )
 
 
-def test_a_model_folder_named_relatively_resumes_from_anywhere_and_can_be_moved(tmp_path, reviews, tiny_model,
-                                                                                monkeypatch):
+def test_a_model_folder_named_relatively_resumes_from_anywhere_and_can_be_moved(
+    tmp_path, reviews, tiny_model, monkeypatch
+):
     (tmp_path / "models").mkdir()
     os.symlink(tiny_model, tmp_path / "models" / "tiny")
     monkeypatch.chdir(tmp_path / "models")
     signal_at(td, monkeypatch, "batch_loss", 3, signal.SIGTERM)
     with pytest.raises(SystemExit):
-        td.main(cli(data_url=reviews, data_dir=tmp_path / "data", out_dir=tmp_path / "out", model_name="tiny",
-                    train_size=200, valid_size=50, test_size=50, max_length=32, epochs=1))
+        td.main(
+            cli(
+                data_url=reviews,
+                data_dir=tmp_path / "data",
+                out_dir=tmp_path / "out",
+                model_name="tiny",
+                train_size=200,
+                valid_size=50,
+                test_size=50,
+                max_length=32,
+                epochs=1,
+            )
+        )
     saved = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["settings"]["MODEL_NAME"]
     assert saved == str(tmp_path / "models" / "tiny")
     monkeypatch.undo()
@@ -366,12 +478,28 @@ def test_a_model_folder_named_relatively_resumes_from_anywhere_and_can_be_moved(
 def test_the_model_card_survives_odd_labels_many_classes_and_out_dir_dot(tmp_path, monkeypatch):
     names = ["a|b", *(f"class{i}" for i in range(29))]
     monkeypatch.chdir(tmp_path)
-    metrics = {"settings": {**td.DEFAULTS, "OUT_DIR": ".", "DATA_URL": str(tmp_path / "my#reviews.csv")},
-               "labels": names, "multi_label": False, "device": "cpu", "world_size": 1, "best_epoch": 1,
-               "examples": {"train": 8, "valid": 1, "test": 1}, "train_seconds": 1.0,
-               "epochs": [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.5, "valid_loss": 0.5,
-                           "valid_accuracy": 0.5, "seconds": 1.0}],
-               "test": {"accuracy": 0.75, "macro_f1": 0.5, "confusion_matrix": [[0] * 30] * 30}, "precision": "fp32"}
+    metrics = {
+        "settings": {**td.DEFAULTS, "OUT_DIR": ".", "DATA_URL": str(tmp_path / "my#reviews.csv")},
+        "labels": names,
+        "multi_label": False,
+        "device": "cpu",
+        "world_size": 1,
+        "best_epoch": 1,
+        "examples": {"train": 8, "valid": 1, "test": 1},
+        "train_seconds": 1.0,
+        "epochs": [
+            {
+                "epoch": 1,
+                "train_loss": 0.5,
+                "train_accuracy": 0.5,
+                "valid_loss": 0.5,
+                "valid_accuracy": 0.5,
+                "seconds": 1.0,
+            }
+        ],
+        "test": {"accuracy": 0.75, "macro_f1": 0.5, "confusion_matrix": [[0] * 30] * 30},
+        "precision": "fp32",
+    }
     card = model_card(metrics, tmp_path)
     card.save(tmp_path / "README.md")
     loaded = ModelCard.load(tmp_path / "README.md")

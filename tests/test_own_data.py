@@ -1,5 +1,6 @@
 """The user's own data: formats, columns, multi-class and multi-label, fractions and shuffling, the Stanford
 archive, and a clear error for each kind of bad input. Synthetic data whose labels are decided by words."""
+
 import gzip
 import io
 import json
@@ -48,8 +49,11 @@ def make_tags(n, seed=0):
 def write_table(df, path):
     """df as .tsv, .jsonl or .csv, gzipped when the name ends in .gz."""
     name = str(path).removesuffix(".gz")
-    text = (df.to_json(orient="records", lines=True) if name.endswith(".jsonl") else
-            df.to_csv(index=False, sep="\t" if name.endswith(".tsv") else ","))
+    text = (
+        df.to_json(orient="records", lines=True)
+        if name.endswith(".jsonl")
+        else df.to_csv(index=False, sep="\t" if name.endswith(".tsv") else ",")
+    )
     path.write_bytes(gzip.compress(text.encode()) if str(path).endswith(".gz") else text.encode())
     return path
 
@@ -58,8 +62,14 @@ def write_table(df, path):
 def test_three_classes_from_a_tsv_at_a_plain_path(tmp_path, tiny_model, name):
     module = {"td": td, "tl": tl}[name]
     data = write_table(make_topics(1_400, seed=1), tmp_path / "topics.tsv")
-    common = {"text_column": "body", "label_columns": "topic", "train_size": 1_000, "valid_size": 200,
-              "test_size": 200, "epochs": 3}
+    common = {
+        "text_column": "body",
+        "label_columns": "topic",
+        "train_size": 1_000,
+        "valid_size": 200,
+        "test_size": 200,
+        "epochs": 3,
+    }
     if module is td:
         metrics = td.main(distilbert_args(tmp_path, str(data), tiny_model, max_length=32, **common))
     else:
@@ -85,8 +95,15 @@ def test_three_classes_from_a_tsv_at_a_plain_path(tmp_path, tiny_model, name):
 def test_multi_label_from_jsonl_with_shuffle_and_fractions(tmp_path, small_model, name):
     module = {"td": td, "tl": tl}[name]
     data = write_table(make_tags(1_500, seed=2), tmp_path / "comments.jsonl.gz")
-    common = {"text_column": "comment_text", "label_columns": "good,bad,plot", "shuffle": "true",
-              "train_size": 0.8, "valid_size": 0.1, "test_size": 0.1, "epochs": 3 if module is tl else 6}
+    common = {
+        "text_column": "comment_text",
+        "label_columns": "good,bad,plot",
+        "shuffle": "true",
+        "train_size": 0.8,
+        "valid_size": 0.1,
+        "test_size": 0.1,
+        "epochs": 3 if module is tl else 6,
+    }
     if module is td:
         metrics = td.main(distilbert_args(tmp_path, data.as_uri(), small_model, max_length=32, **common))
     else:
@@ -140,13 +157,15 @@ def test_integer_labels_take_their_names_from_label_names(tmp_path):
 
 def test_scores_give_null_never_nan_for_a_label_without_both_values():
     import torch
+
     targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
     logits = torch.tensor([[2.0, -1.0], [-2.0, 1.0], [1.0, -3.0]])
     result = scores(logits, targets, ["a", "b"], 0.5)
     assert result["roc_auc"] == {"a": 1.0, "b": None} and result["macro_roc_auc"] == 1.0
     assert "NaN" not in json.dumps(result) and result["accuracy"] == pytest.approx(2 / 3)
     assert result["loss"] == pytest.approx(
-        torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).item())  # mean over all entries
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
+    )  # mean over all entries
 
 
 def test_the_imdb_file_through_other_columns_and_format_gives_the_same_numbers(tmp_path):
@@ -156,9 +175,20 @@ def test_the_imdb_file_through_other_columns_and_format_gives_the_same_numbers(t
     csv = write_csv(reviews, tmp_path / "reviews.csv.gz")
     jsonl = write_table(reviews.rename(columns={"review": "text", "sentiment": "y"}), tmp_path / "reviews.jsonl")
     default = tl.main(lstm_args(tmp_path, csv.as_uri(), out_dir=tmp_path / "a"))
-    generic = tl.main(lstm_args(tmp_path, str(jsonl), text_column="text", label_columns="y",
-                                label_names="negative,positive", out_dir=tmp_path / "b"))
-    untimed = lambda metrics: [{k: v for k, v in r.items() if k != "seconds"} for r in metrics["epochs"]]
+    generic = tl.main(
+        lstm_args(
+            tmp_path,
+            str(jsonl),
+            text_column="text",
+            label_columns="y",
+            label_names="negative,positive",
+            out_dir=tmp_path / "b",
+        )
+    )
+
+    def untimed(metrics):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in metrics["epochs"]]
+
     assert untimed(default) == untimed(generic)
     for key in ("valid", "test", "labels", "best_epoch", "valid_accuracy", "test_accuracy"):
         assert default[key] == generic[key], key
@@ -168,19 +198,23 @@ def test_the_imdb_file_through_other_columns_and_format_gives_the_same_numbers(t
 def aclimdb_archive(path, per_folder=3, layout="aclImdb"):
     """A tiny archive in the aclImdb_v1 layout, with the extra files the real one holds."""
     with tarfile.open(path, "w:gz") as archive:
+
         def add(name, text):
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+
         add(f"{layout}/README", "readme")
         add(f"{layout}/imdb.vocab", "the\nmovie\n")
         add(f"{layout}/train/unsup/0_0.txt", "unlabelled")
         for half in ("test", "train"):  # the archive's own order is not the rows' order
             for folder, word in (("neg", "awful"), ("pos", "great")):
                 for i in range(per_folder):
-                    add(f"{layout}/{half}/{folder}/{i}_{7 if folder == 'pos' else 2}.txt",
-                        f"{half} {word} review {i}<br />")
+                    add(
+                        f"{layout}/{half}/{folder}/{i}_{7 if folder == 'pos' else 2}.txt",
+                        f"{half} {word} review {i}<br />",
+                    )
     return path
 
 
@@ -189,13 +223,19 @@ def test_the_stanford_archive_becomes_a_csv_once(tmp_path, capsys):
     path, frame, names = load_reviews(str(archive), tmp_path / "data", td.DEFAULTS)
     assert path == tmp_path / "data" / "aclImdb_v1.csv.gz" and names == ["negative", "positive"]
     texts = frame["text"].tolist()
-    assert len(texts) == 12 and all(t.startswith("train") for t in texts[:6]) and all(t.startswith("test") for t in texts[6:])
+    assert (
+        len(texts) == 12
+        and all(t.startswith("train") for t in texts[:6])
+        and all(t.startswith("test") for t in texts[6:])
+    )
     assert sorted(texts[:6]) == sorted(f"train {w} review {i}<br />" for w in ("awful", "great") for i in range(3))
     assert all((label == 1) == ("great" in text) for text, label in zip(texts, frame["label"], strict=True))
     assert "unlabelled" not in texts and "writing" in capsys.readouterr().out
     again = load_reviews(str(archive), tmp_path / "data", td.DEFAULTS)  # the CSV is reused, not written again
     assert again[1].equals(frame) and "writing" not in capsys.readouterr().out
-    by_url = load_reviews(archive.as_uri(), tmp_path / "other", td.DEFAULTS)  # downloaded, then converted; the same rows
+    by_url = load_reviews(
+        archive.as_uri(), tmp_path / "other", td.DEFAULTS
+    )  # downloaded, then converted; the same rows
     assert by_url[1].equals(frame) and by_url[0].read_bytes() == path.read_bytes()
 
 
@@ -216,41 +256,78 @@ def test_a_damaged_archive_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------- bad input
 BAD = {
-    "missing text column": (make_topics(60), {"label_columns": "topic"},
-                            ["has no review column", "found columns ['body', 'topic']", "--text-column"]),
-    "missing label column": (make_tags(60), {"text_column": "comment_text", "label_columns": "good,toxic"},
-                             ["has no toxic column", "--label-columns"]),
-    "multi-label not 0/1": (make_tags(60).assign(bad=2), {"text_column": "comment_text", "label_columns": "good,bad"},
-                            ["with several LABEL_COLUMNS each is a 0/1 column, but bad holds '2' in rows 0, 1"]),
-    "one class in training": (make_topics(60).sort_values("topic"), {"text_column": "body", "label_columns": "topic",
-                                                                     "train_size": 10, "valid_size": 5, "test_size": 5},
-                              ["the training split holds only the class 'complaint'", "pass --shuffle true"]),
-    "unseen test class": (pd.concat([make_topics(60).query("topic != 'story'"), make_topics(60).query("topic == 'story'")]),
-                          {"text_column": "body", "label_columns": "topic", "train_size": 30, "valid_size": 5,
-                           "test_size": 0.2},
-                          ["the test split holds the class 'story', which the training split never has"]),
-    "a multi-label column all 0 in training": (make_tags(60).assign(bad=0), {"text_column": "comment_text",
-                                                                             "label_columns": "good,bad"},
-                                               [("the training split has bad = 0 in every row: nothing to learn for "
-                                                "that label; if the file is sorted by label, pass --shuffle true; drop "
-                                                "bad from --label-columns, or give more rows")]),
-    "empty text": (make_topics(60).assign(body=lambda d: d["body"].where(d.index != 4, " ")),
-                   {"text_column": "body", "label_columns": "topic"}, ["empty or missing body in row 4 (0-based"]),
-    "fractions over 1": (make_topics(60), {"text_column": "body", "label_columns": "topic", "train_size": 0.8,
-                                           "valid_size": 0.2, "test_size": 0.1},
-                         [("the split needs 66 rows (TRAIN_SIZE 48 + VALID_SIZE 12 + TEST_SIZE 6) of DATA_URL but the "
-                           "file has 60; lower --train-size or --valid-size or --test-size")]),
-    "fraction over 1": (make_topics(60), {"train_size": 1.5},
-                        ["TRAIN_SIZE (--train-size) is 1.5: a split size is a row count (a whole number) or a fraction"]),
-    "rows do not add up": (make_topics(60), {"text_column": "body", "label_columns": "topic", "train_size": 50,
-                                             "valid_size": 10, "test_size": 0.1},
-                           ["the split needs 66 rows", "the file has 60"]),
+    "missing text column": (
+        make_topics(60),
+        {"label_columns": "topic"},
+        ["has no review column", "found columns ['body', 'topic']", "--text-column"],
+    ),
+    "missing label column": (
+        make_tags(60),
+        {"text_column": "comment_text", "label_columns": "good,toxic"},
+        ["has no toxic column", "--label-columns"],
+    ),
+    "multi-label not 0/1": (
+        make_tags(60).assign(bad=2),
+        {"text_column": "comment_text", "label_columns": "good,bad"},
+        ["with several LABEL_COLUMNS each is a 0/1 column, but bad holds '2' in rows 0, 1"],
+    ),
+    "one class in training": (
+        make_topics(60).sort_values("topic"),
+        {"text_column": "body", "label_columns": "topic", "train_size": 10, "valid_size": 5, "test_size": 5},
+        ["the training split holds only the class 'complaint'", "pass --shuffle true"],
+    ),
+    "unseen test class": (
+        pd.concat([make_topics(60).query("topic != 'story'"), make_topics(60).query("topic == 'story'")]),
+        {"text_column": "body", "label_columns": "topic", "train_size": 30, "valid_size": 5, "test_size": 0.2},
+        ["the test split holds the class 'story', which the training split never has"],
+    ),
+    "a multi-label column all 0 in training": (
+        make_tags(60).assign(bad=0),
+        {"text_column": "comment_text", "label_columns": "good,bad"},
+        [
+            (
+                "the training split has bad = 0 in every row: nothing to learn for "
+                "that label; if the file is sorted by label, pass --shuffle true; drop "
+                "bad from --label-columns, or give more rows"
+            )
+        ],
+    ),
+    "empty text": (
+        make_topics(60).assign(body=lambda d: d["body"].where(d.index != 4, " ")),
+        {"text_column": "body", "label_columns": "topic"},
+        ["empty or missing body in row 4 (0-based"],
+    ),
+    "fractions over 1": (
+        make_topics(60),
+        {"text_column": "body", "label_columns": "topic", "train_size": 0.8, "valid_size": 0.2, "test_size": 0.1},
+        [
+            (
+                "the split needs 66 rows (TRAIN_SIZE 48 + VALID_SIZE 12 + TEST_SIZE 6) of DATA_URL but the "
+                "file has 60; lower --train-size or --valid-size or --test-size"
+            )
+        ],
+    ),
+    "fraction over 1": (
+        make_topics(60),
+        {"train_size": 1.5},
+        ["TRAIN_SIZE (--train-size) is 1.5: a split size is a row count (a whole number) or a fraction"],
+    ),
+    "rows do not add up": (
+        make_topics(60),
+        {"text_column": "body", "label_columns": "topic", "train_size": 50, "valid_size": 10, "test_size": 0.1},
+        ["the split needs 66 rows", "the file has 60"],
+    ),
     "threshold": (make_tags(60), {"threshold": 1.0}, ["THRESHOLD (--threshold) must be between 0 and 1"]),
-    "a fraction leaves a split empty": (make_topics(60), {"text_column": "body", "label_columns": "topic",
-                                                          "train_size": 0.5, "valid_size": 0.01, "test_size": 0.1},
-                                        ["the split fractions (0.5, 0.01, 0.1) of 60 rows leave a split empty"]),
-    "no column named": (make_topics(60), {"text_column": " "},
-                        ["TEXT_COLUMN (--text-column) and LABEL_COLUMNS (--label-columns) must name columns"]),
+    "a fraction leaves a split empty": (
+        make_topics(60),
+        {"text_column": "body", "label_columns": "topic", "train_size": 0.5, "valid_size": 0.01, "test_size": 0.1},
+        ["the split fractions (0.5, 0.01, 0.1) of 60 rows leave a split empty"],
+    ),
+    "no column named": (
+        make_topics(60),
+        {"text_column": " "},
+        ["TEXT_COLUMN (--text-column) and LABEL_COLUMNS (--label-columns) must name columns"],
+    ),
 }
 
 
@@ -260,27 +337,49 @@ def test_bad_own_data_is_one_line_and_writes_nothing(tmp_path, script_name, case
     module, args = SCRIPTS[script_name]
     df, overrides, messages = BAD[case]
     data = write_csv(df, tmp_path / "mine.csv")
-    fails(module, args(tmp_path, str(data), **{"train_size": 40, "valid_size": 10, "test_size": 10, **overrides}),
-          *messages)
+    fails(
+        module,
+        args(tmp_path, str(data), **{"train_size": 40, "valid_size": 10, "test_size": 10, **overrides}),
+        *messages,
+    )
     assert files_under(tmp_path / "data") == [] and files_under(tmp_path / "out") == []
 
 
 def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
     import compare
     import predict
+
     data = write_table(make_tags(1_000, seed=3), tmp_path / "comments.csv")
-    metrics = tl.main(lstm_args(tmp_path, str(data), text_column="comment_text", label_columns="good,bad,plot",
-                                learning_rate=0.02, epochs=6, train_size=600, valid_size=200, test_size=200))
+    metrics = tl.main(
+        lstm_args(
+            tmp_path,
+            str(data),
+            text_column="comment_text",
+            label_columns="good,bad,plot",
+            learning_rate=0.02,
+            epochs=6,
+            train_size=600,
+            valid_size=200,
+            test_size=200,
+        )
+    )
     assert metrics["test"]["macro_roc_auc"] > 0.9
     from test_board import curves
+
     assert len(curves(tmp_path / "out")[0]["valid/macro_roc_auc"]) == 6  # on TensorBoard too, each epoch
     capsys.readouterr()
     predict.main([str(tmp_path / "out"), "--input", str(data), "--output", str(tmp_path / "predicted.jsonl")])
     predicted = pd.read_json(tmp_path / "predicted.jsonl", lines=True, dtype=False)
-    assert list(predicted.columns)[-4:] == ["predicted_labels", "predicted_score_good", "predicted_score_bad", "predicted_score_plot"]
+    assert list(predicted.columns)[-4:] == [
+        "predicted_labels",
+        "predicted_score_good",
+        "predicted_score_bad",
+        "predicted_score_plot",
+    ]
     over = predicted[["predicted_score_good", "predicted_score_bad", "predicted_score_plot"]].to_numpy() > 0.5
-    assert predicted["predicted_labels"].fillna("").tolist() == [",".join(n for n, o in zip(["good", "bad", "plot"], row, strict=True) if o)
-                                                       for row in over]
+    assert predicted["predicted_labels"].fillna("").tolist() == [
+        ",".join(n for n, o in zip(["good", "bad", "plot"], row, strict=True) if o) for row in over
+    ]
     truth = predicted[["good", "bad", "plot"]].to_numpy().astype(bool)
     test_accuracy = json.loads((tmp_path / "out" / "metrics.json").read_text())["test_accuracy"]
     assert (over[800:] == truth[800:]).all(1).mean() == test_accuracy  # exact match, as training scored it
@@ -308,6 +407,18 @@ def test_multi_label_columns_may_be_called_label_or_text(tmp_path):
 
 def test_the_advice_to_shuffle_is_not_given_to_a_run_that_shuffled(tmp_path):
     data = write_csv(make_tags(60).assign(bad=1), tmp_path / "mine.csv")
-    text = fails(tl, lstm_args(tmp_path, str(data), text_column="comment_text", label_columns="good,bad", shuffle=True,
-                               train_size=40, valid_size=10, test_size=10), "the training split has bad = 1 in every row")
+    text = fails(
+        tl,
+        lstm_args(
+            tmp_path,
+            str(data),
+            text_column="comment_text",
+            label_columns="good,bad",
+            shuffle=True,
+            train_size=40,
+            valid_size=10,
+            test_size=10,
+        ),
+        "the training split has bad = 1 in every row",
+    )
     assert "--shuffle" not in text

@@ -1,6 +1,7 @@
 """textclf.parallel outside torchrun (whole runs under torchrun are in test_distributed.py): each process's share of
 a batch, the autocast for a precision, and progress bars (a log's plain lines are checked on a real run in
 test_faults.py)."""
+
 import io
 import sys
 
@@ -32,8 +33,14 @@ def test_a_batch_smaller_than_the_world_gives_a_weightless_stand_in():
 
 def as_torchrun_worker(monkeypatch, rank=1, local_rank=1, world=2, local_world=2):
     """The variables torchrun sets in a worker, all of them (a process with some is no worker)."""
-    for name, value in {"RANK": rank, "LOCAL_RANK": local_rank, "WORLD_SIZE": world, "LOCAL_WORLD_SIZE": local_world,
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29500}.items():
+    for name, value in {
+        "RANK": rank,
+        "LOCAL_RANK": local_rank,
+        "WORLD_SIZE": world,
+        "LOCAL_WORLD_SIZE": local_world,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": 29500,
+    }.items():
         monkeypatch.setenv(name, str(value))
 
 
@@ -79,8 +86,11 @@ def test_each_torchrun_process_takes_its_own_gpu():
     assert process_device("cuda", 3, 8, cuda_available=True) == "cuda:3"  # set_device(cuda) had no index: ValueError
     assert process_device("cpu", 3, 8, cuda_available=True) == "cpu"
     assert process_device("cuda:1", 0, 1, cuda_available=True) == "cuda:1"  # one process a machine: as given
-    with pytest.raises(RecipeError, match=r"cuda:0 would put all 8 processes of this machine on one GPU; under "
-                                          r"torchrun use --device cuda \(each process takes cuda:LOCAL_RANK\)"):
+    with pytest.raises(
+        RecipeError,
+        match=r"cuda:0 would put all 8 processes of this machine on one GPU; under "
+        r"torchrun use --device cuda \(each process takes cuda:LOCAL_RANK\)",
+    ):
         process_device("cuda:0", 0, 8, cuda_available=True)
 
 
@@ -134,6 +144,7 @@ def test_a_cuda_process_joins_with_nccl_on_its_own_gpu_and_a_long_timeout(monkey
     """start_processes() on a simulated 8-GPU machine, process 3: NCCL bound to cuda:3 (device_id), and a timeout
     that outlasts a first tokenization (NCCL's default is 10 minutes)."""
     from textclf import parallel
+
     joined, current = {}, []
     as_torchrun_worker(monkeypatch, rank=3, local_rank=3, world=8, local_world=8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

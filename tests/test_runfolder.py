@@ -1,5 +1,6 @@
 """textclf.runfolder: files replaced whole or not at all, and what killed runs left behind (kills of real runs are
 in test_faults.py)."""
+
 import os
 import socket
 import subprocess
@@ -25,8 +26,9 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
 
 
 def test_remove_stale_clears_dead_processes_files_and_restores_a_parked_folder(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=False)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False
+    )
     host, pid = socket.gethostname(), int(dead.stdout)
     (tmp_path / f".checkpoint.pt.textclf-{host}-{pid}.tmp").write_text("half")
     (tmp_path / f".model.textclf-{host}-{pid}.old").mkdir()
@@ -36,8 +38,14 @@ def test_remove_stale_clears_dead_processes_files_and_restores_a_parked_folder(t
     (tmp_path / f".data.csv.textclf-{host}-{os.getppid()}.tmp").write_text("still downloading")
     (tmp_path / f".data.csv.textclf-other-machine-{pid}.tmp").write_text("another machine's download")
     remove_stale(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
-        f".data.csv.textclf-{host}-{os.getppid()}.tmp", f".data.csv.textclf-other-machine-{pid}.tmp", mine.name, "model"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [
+            f".data.csv.textclf-{host}-{os.getppid()}.tmp",
+            f".data.csv.textclf-other-machine-{pid}.tmp",
+            mine.name,
+            "model",
+        ]
+    )
     assert mine.name == f".metrics.json.textclf-{host}-{os.getpid()}.tmp"
 
 
@@ -57,8 +65,10 @@ def test_remove_stale_never_touches_what_this_project_did_not_write(tmp_path):
 
 def test_a_folder_setting_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    for path, message in [(tmp_path / "notes.txt", "is a file; give a folder"),
-                          (tmp_path / "notes.txt" / "runs", f"lies under {tmp_path / 'notes.txt'}, which is a file")]:
+    for path, message in [
+        (tmp_path / "notes.txt", "is a file; give a folder"),
+        (tmp_path / "notes.txt" / "runs", f"lies under {tmp_path / 'notes.txt'}, which is a file"),
+    ]:
         with pytest.raises(RecipeError, match=message):
             usable_folder(path, "OUT_DIR (--out-dir)")
     usable_folder(tmp_path / "new" / "deeper", "OUT_DIR (--out-dir)")  # missing folders are made later

@@ -1,6 +1,7 @@
 """Every task shape in both scripts: sentence pairs (the tokenizer's pair template and segment ids; <sep> for the
 LSTM), regression scores (one output, squared error, Pearson picks the epoch) and class weights, through training,
 resume, torchrun, predict.py, pipeline(), compare.py and the model card; and a clear line for each kind of bad input."""
+
 import json
 import subprocess
 import sys
@@ -30,11 +31,17 @@ def make_pairs(n, seed=0):
     texts count differently), and judgment a class of the first's sentiment, the second's breaking ties."""
     first, second = make_reviews(n, seed=seed), make_reviews(n, seed=seed + 100)
     noise = np.random.default_rng(seed).normal(0, 0.1, n)
-    judgment = np.where(first["sentiment"] == 1, "entailment", np.where(second["sentiment"] == 1, "neutral",
-                                                                        "contradiction"))
-    return pd.DataFrame({"sentence1": first["review"], "sentence2": second["review"],
-                         "relatedness": np.round(1 + 3 * first["sentiment"] + second["sentiment"] + noise, 3),
-                         "judgment": judgment})
+    judgment = np.where(
+        first["sentiment"] == 1, "entailment", np.where(second["sentiment"] == 1, "neutral", "contradiction")
+    )
+    return pd.DataFrame(
+        {
+            "sentence1": first["review"],
+            "sentence2": second["review"],
+            "relatedness": np.round(1 + 3 * first["sentiment"] + second["sentiment"] + noise, 3),
+            "judgment": judgment,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +60,14 @@ SIZES = {"train_size": 600, "valid_size": 150, "test_size": 150}
 
 def quick(module, tmp_path, data, model=None, **settings):
     """A quick run of module on data with the sizes above."""
-    base = {"data_url": data, "data_dir": tmp_path / "data", "out_dir": tmp_path / "out", "epochs": 4, **SIZES,
-            "text_column": "sentence1,sentence2"}
+    base = {
+        "data_url": data,
+        "data_dir": tmp_path / "data",
+        "out_dir": tmp_path / "out",
+        "epochs": 4,
+        **SIZES,
+        "text_column": "sentence1,sentence2",
+    }
     if module is td:
         base.update(model_name=model, max_length=64, learning_rate=3e-3, precision="fp32")
     else:
@@ -82,17 +95,22 @@ def test_a_pair_is_encoded_by_the_tokenizers_own_pair_template(tiny_bert):
     assert set(td.model_inputs(batch)) == {"input_ids", "attention_mask", "token_type_ids"}
 
 
-@pytest.mark.parametrize("family, template", [("bert", True), ("roberta", True), ("deberta-v2", True),
-                                              ("modernbert", True), ("mpnet", True), ("gpt2", False)])
+@pytest.mark.parametrize(
+    "family, template",
+    [("bert", True), ("roberta", True), ("deberta-v2", True), ("modernbert", True), ("mpnet", True), ("gpt2", False)],
+)
 def test_which_tokenizers_have_a_pair_template(tmp_path, family, template):
     assert td.has_pair_template(AutoTokenizer.from_pretrained(save_family(family, tmp_path / family))) is template
 
 
 def test_a_pair_task_with_a_model_without_a_pair_template_is_one_line(tmp_path, pairs_csv):
     gpt2 = save_family("gpt2", tmp_path / "gpt2")
-    fails(td, quick(td, tmp_path, pairs_csv, gpt2, label_columns="judgment"),
-          f"the tokenizer of {gpt2} has no pair template: it would join the two texts of a pair with nothing between "
-          "them")
+    fails(
+        td,
+        quick(td, tmp_path, pairs_csv, gpt2, label_columns="judgment"),
+        f"the tokenizer of {gpt2} has no pair template: it would join the two texts of a pair with nothing between "
+        "them",
+    )
 
 
 def test_bert_learns_pairs_and_predict_and_pipeline_agree(tmp_path, tiny_bert, pairs_csv):
@@ -112,17 +130,30 @@ def test_bert_learns_pairs_and_predict_and_pipeline_agree(tmp_path, tiny_bert, p
 
     # predict.py: two columns of a file, and a tab between two texts
     out = tmp_path / "scored.csv"
-    predict.main([str(tmp_path / "out"), "--input", str(pairs_csv), "--text-column", "sentence1,sentence2",
-                  "--output", str(out)])
+    predict.main(
+        [str(tmp_path / "out"), "--input", str(pairs_csv), "--text-column", "sentence1,sentence2", "--output", str(out)]
+    )
     scored = pd.read_csv(out).iloc[750:]
     assert (scored["predicted_label"] == scored["judgment"]).mean() == pytest.approx(metrics["test_accuracy"])
-    done = subprocess.run([sys.executable, "predict.py", str(tmp_path / "out"), "-"], cwd=ROOT, capture_output=True,
-                          text=True, check=False, input=f"{test['sentence1'].iloc[0]}\t{test['sentence2'].iloc[0]}\n")
+    done = subprocess.run(
+        [sys.executable, "predict.py", str(tmp_path / "out"), "-"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        input=f"{test['sentence1'].iloc[0]}\t{test['sentence2'].iloc[0]}\n",
+    )
     assert done.returncode == 0 and done.stdout.split("\t")[0] == first["label"], done.stderr[-500:]
-    fails(predict, [str(tmp_path / "out"), "a text without its pair"], "the run classifies sentence pairs, but text 0 "
-          "(0-based) holds no tab")
-    fails(predict, [str(tmp_path / "out"), "--input", str(pairs_csv), "--text-column", "sentence1"],
-          "--text-column names 1 column, but the run reads a pair of texts: name two (a,b)")
+    fails(
+        predict,
+        [str(tmp_path / "out"), "a text without its pair"],
+        "the run classifies sentence pairs, but text 0 (0-based) holds no tab",
+    )
+    fails(
+        predict,
+        [str(tmp_path / "out"), "--input", str(pairs_csv), "--text-column", "sentence1"],
+        "--text-column names 1 column, but the run reads a pair of texts: name two (a,b)",
+    )
 
 
 def test_the_lstm_reads_a_pair_with_a_separator_token(tmp_path, pairs_csv):
@@ -196,29 +227,62 @@ def test_task_forces_either_reading(tmp_path):
     reviews = make_reviews(400, seed=3)
     stars = reviews.assign(stars=reviews["sentiment"] * 3 + np.arange(400) % 2)
     data = write_csv(stars, tmp_path / "stars.csv")
-    settings = {"text_column": "review", "label_columns": "stars", "epochs": 1, "train_size": 300, "valid_size": 50,
-                "test_size": 50}
+    settings = {
+        "text_column": "review",
+        "label_columns": "stars",
+        "epochs": 1,
+        "train_size": 300,
+        "valid_size": 50,
+        "test_size": 50,
+    }
     classes = tl.main(quick(tl, tmp_path, data, out_dir=tmp_path / "classes", label_names="0,1,2,3,4", **settings))
     assert classes["task"] == "single_label" and classes["labels"] == ["0", "1", "2", "3", "4"]
     scored = tl.main(quick(tl, tmp_path, data, out_dir=tmp_path / "scores", task="regression", **settings))
     assert scored["task"] == "regression" and "pearson" in scored["test"]
-    fails(tl, quick(tl, tmp_path, write_csv(stars.assign(stars=stars["stars"] + 0.5), tmp_path / "half.csv"),
-                    task="classification", **settings),
-          "stars holds numbers that are not whole ('3.5' in rows", "or pass --task regression to predict the score")
+    fails(
+        tl,
+        quick(
+            tl,
+            tmp_path,
+            write_csv(stars.assign(stars=stars["stars"] + 0.5), tmp_path / "half.csv"),
+            task="classification",
+            **settings,
+        ),
+        "stars holds numbers that are not whole ('3.5' in rows",
+        "or pass --task regression to predict the score",
+    )
 
 
-@pytest.mark.parametrize("value, message", [
-    ("NaN", "relatedness is a regression target (TASK) but holds 'NaN' in row 7"),
-    ("inf", "relatedness holds 'inf' in row 7 (0-based, header not counted); a regression target needs finite numbers"),
-    ("high", "relatedness is a regression target (TASK) but holds 'high' in row 7"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("NaN", "relatedness is a regression target (TASK) but holds 'NaN' in row 7"),
+        (
+            "inf",
+            "relatedness holds 'inf' in row 7 (0-based, header not counted); a regression target needs finite numbers",
+        ),
+        ("high", "relatedness is a regression target (TASK) but holds 'high' in row 7"),
+    ],
+)
 def test_a_regression_column_of_what_is_not_a_number_is_one_line(tmp_path, value, message):
     df = make_pairs(300).astype({"relatedness": object})
     df.loc[7, "relatedness"] = value
     data = write_csv(df, tmp_path / "bad.csv")
     before = files_under(tmp_path)
-    fails(tl, quick(tl, tmp_path, data, label_columns="relatedness", task="regression", train_size=200,
-                    valid_size=50, test_size=50), message)
+    fails(
+        tl,
+        quick(
+            tl,
+            tmp_path,
+            data,
+            label_columns="relatedness",
+            task="regression",
+            train_size=200,
+            valid_size=50,
+            test_size=50,
+        ),
+        message,
+    )
     assert files_under(tmp_path) == before
 
 
@@ -242,26 +306,40 @@ def test_class_weights_are_printed_once_and_recorded(tmp_path, tiny_model, pairs
     reviews = make_reviews(700, seed=5)
     rare = reviews[(reviews["sentiment"] == 0) | (np.arange(700) % 6 == 0)].reset_index(drop=True)  # 1 in ~7 positive
     data = write_csv(rare, tmp_path / "rare.csv")
-    settings = {"text_column": "review", "label_columns": "sentiment", "class_weights": "balanced", "shuffle": True,
-                "train_size": 0.7, "valid_size": 0.15, "test_size": 0.15, "epochs": 2}
+    settings = {
+        "text_column": "review",
+        "label_columns": "sentiment",
+        "class_weights": "balanced",
+        "shuffle": True,
+        "train_size": 0.7,
+        "valid_size": 0.15,
+        "test_size": 0.15,
+        "epochs": 2,
+    }
     metrics = module.main(quick(module, tmp_path, data, tiny_model, **settings))
     train = metrics["examples"]["train"]
     assert metrics["class_weights"]["positive"] > 2 and 0.5 < metrics["class_weights"]["negative"] < 1
-    assert train / (2 * metrics["class_weights"]["positive"]) == pytest.approx(round(train / (
-        2 * metrics["class_weights"]["positive"])), abs=1e-3)  # n / (2 x a whole count)
+    assert train / (2 * metrics["class_weights"]["positive"]) == pytest.approx(
+        round(train / (2 * metrics["class_weights"]["positive"])), abs=1e-3
+    )  # n / (2 x a whole count)
     assert capsys.readouterr().out.count("class weights (balanced): negative ") == 1
     assert set(metrics["test"]["recall"]) == {"negative", "positive"}
-    fails(module, quick(module, tmp_path / "r", pairs_csv, tiny_model, label_columns="relatedness",
-                        class_weights="balanced"),
-          "CLASS_WEIGHTS (--class-weights) balanced weights classes, but relatedness holds scores (a regression "
-          "task); drop --class-weights")
+    fails(
+        module,
+        quick(module, tmp_path / "r", pairs_csv, tiny_model, label_columns="relatedness", class_weights="balanced"),
+        "CLASS_WEIGHTS (--class-weights) balanced weights classes, but relatedness holds scores (a regression "
+        "task); drop --class-weights",
+    )
 
 
 # ------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("columns, message", [
-    ("sentence1,sentence1", "TEXT_COLUMN (--text-column) names sentence1 twice; a pair needs two columns"),
-    ("sentence1,sentence2,judgment", "TEXT_COLUMN (--text-column) names 3 columns; give one (a text) or two"),
-])
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ("sentence1,sentence1", "TEXT_COLUMN (--text-column) names sentence1 twice; a pair needs two columns"),
+        ("sentence1,sentence2,judgment", "TEXT_COLUMN (--text-column) names 3 columns; give one (a text) or two"),
+    ],
+)
 def test_text_columns_named_twice_or_thrice_are_one_line(tmp_path, pairs_csv, columns, message):
     fails(tl, quick(tl, tmp_path, pairs_csv, label_columns="judgment", text_column=columns), message)
 
@@ -270,16 +348,31 @@ def test_an_empty_second_text_is_one_line_saying_how_many_and_where(tmp_path):
     df = make_pairs(300)
     df.loc[[4, 9, 200], "sentence2"] = ""
     data = write_csv(df, tmp_path / "gaps.csv")
-    fails(tl, quick(tl, tmp_path, data, label_columns="judgment", train_size=200, valid_size=50, test_size=50),
-          "gaps.csv: empty or missing sentence2 in rows 4, 9, 200 (0-based, header not counted) (3 of 300 rows); "
-          "every pair needs both texts")
+    fails(
+        tl,
+        quick(tl, tmp_path, data, label_columns="judgment", train_size=200, valid_size=50, test_size=50),
+        "gaps.csv: empty or missing sentence2 in rows 4, 9, 200 (0-based, header not counted) (3 of 300 rows); "
+        "every pair needs both texts",
+    )
 
 
 def test_a_pair_column_missing_in_one_file_is_one_line(tmp_path, pairs_csv):
     test = write_csv(make_pairs(100, seed=9).drop(columns="sentence2"), tmp_path / "test.csv")
-    fails(tl, quick(tl, tmp_path, pairs_csv, label_columns="judgment", test_url=test, train_size=600,
-                    valid_size=150, test_size=100),
-          "test.csv has no sentence2 column", "every file needs the training file's columns")
+    fails(
+        tl,
+        quick(
+            tl,
+            tmp_path,
+            pairs_csv,
+            label_columns="judgment",
+            test_url=test,
+            train_size=600,
+            valid_size=150,
+            test_size=100,
+        ),
+        "test.csv has no sentence2 column",
+        "every file needs the training file's columns",
+    )
 
 
 def test_scores_from_the_metrics_are_scipys():

@@ -2,6 +2,7 @@
 the run's own settings and data, PATIENCE stops a run that stopped improving, a diverging loss or an
 out-of-memory error stops with advice, and a run's reference cycles are freed before its process group. CPU,
 offline."""
+
 import gc
 import os
 import signal
@@ -26,7 +27,8 @@ def script(request):
 def comparable(metrics):
     """Every number of a run but its wall-clock seconds, in order."""
     return [value for record in metrics["epochs"] for key, value in record.items() if key != "seconds"] + [
-        metrics[key] for key in ("best_epoch", "valid_accuracy", "test_accuracy")]
+        metrics[key] for key in ("best_epoch", "valid_accuracy", "test_accuracy")
+    ]
 
 
 def interrupt_at(module, monkeypatch, function, call):
@@ -43,8 +45,9 @@ def interrupt_at(module, monkeypatch, function, call):
 
 
 @pytest.mark.parametrize("stop_at", ["mid-epoch", "end of epoch 1", "the last validation", "the test"])
-def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(script, tmp_path, tiny_model,
-                                                                             monkeypatch, capsys, stop_at):
+def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(
+    script, tmp_path, tiny_model, monkeypatch, capsys, stop_at
+):
     module, args = script
     csv = write_csv(make_reviews(1_000, seed=7), tmp_path / "reviews.csv")
     extra = {"model": tiny_model} if module is td else {}
@@ -53,7 +56,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(scr
     if stop_at == "mid-epoch":
         interrupt_at(module, monkeypatch, "batch_loss", 5)
     else:  # Ctrl-C while epoch 1 or 2 (the last: it was ignored, and the run went on to exit 0) or the test is evaluated
-        interrupt_at(module, monkeypatch, "evaluate", {"end of epoch 1": 1, "the last validation": 2, "the test": 3}[stop_at])
+        interrupt_at(
+            module, monkeypatch, "evaluate", {"end of epoch 1": 1, "the last validation": 2, "the test": 3}[stop_at]
+        )
     with pytest.raises(SystemExit) as exit:
         module.main(args(tmp_path / "resumed", csv.as_uri(), **extra))
     assert exit.value.code == 130
@@ -65,8 +70,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_result(scr
     assert not [p for p in files_under(out_dir) if p.endswith(".tmp") or p.startswith(".")]
 
     # a fresh run into the same folder would destroy the checkpoint: refused
-    fails(module, args(tmp_path / "resumed", csv.as_uri(), **extra), "holds an unfinished run",
-          "continue it with --resume")
+    fails(
+        module,
+        args(tmp_path / "resumed", csv.as_uri(), **extra),
+        "holds an unfinished run",
+        "continue it with --resume",
+    )
     monkeypatch.undo()
     if stop_at == "end of epoch 1":  # a checkpoint written before PATIENCE existed resumes the same
         checkpoint = torch.load(out_dir / "checkpoint.pt", weights_only=True)
@@ -102,17 +111,25 @@ def test_a_second_ctrl_c_stops_at_once(script, tmp_path, tiny_model, monkeypatch
 
 def test_resume_refuses_other_settings_other_data_or_no_checkpoint(tmp_path, monkeypatch):
     csv = write_csv(make_reviews(1_000, seed=8), tmp_path / "reviews.csv")
-    fails(tl, lstm_args(tmp_path, csv.as_uri(), resume=True), "nothing to resume",
-          str(tmp_path / "out" / "checkpoint.pt"))
+    fails(
+        tl, lstm_args(tmp_path, csv.as_uri(), resume=True), "nothing to resume", str(tmp_path / "out" / "checkpoint.pt")
+    )
     interrupt_at(tl, monkeypatch, "batch_loss", 3)
     with pytest.raises(SystemExit):
         tl.main(lstm_args(tmp_path, csv.as_uri()))
     monkeypatch.undo()
-    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume", "--epochs=5", "--hidden-dim=16"],
-          "these differ: EPOCHS (5, the run has 2)")
+    fails(
+        tl,
+        [f"--out-dir={tmp_path / 'out'}", "--resume", "--epochs=5", "--hidden-dim=16"],
+        "these differ: EPOCHS (5, the run has 2)",
+    )
     write_csv(make_reviews(1_000, seed=9), tmp_path / "data" / "reviews.csv")  # the data changed underneath
-    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"], "is not the file the checkpoint was trained on",
-          "put the original back to resume, or start over without --resume in another --out-dir")
+    fails(
+        tl,
+        [f"--out-dir={tmp_path / 'out'}", "--resume"],
+        "is not the file the checkpoint was trained on",
+        "put the original back to resume, or start over without --resume in another --out-dir",
+    )
 
 
 def test_a_run_on_a_relative_data_path_resumes_from_another_folder(tmp_path, monkeypatch):
@@ -128,8 +145,12 @@ def test_a_run_on_a_relative_data_path_resumes_from_another_folder(tmp_path, mon
     assert checkpoint["settings"]["DATA_URL"] == str(tmp_path / "here" / "reviews.csv")
     out = f"--out-dir={tmp_path / 'out'}"
     (tmp_path / "here" / "reviews.csv").rename(tmp_path / "elsewhere" / "moved.csv")  # the data moved
-    fails(tl, [out, "--resume"], f"the run's data file {tmp_path / 'here' / 'reviews.csv'} is not there; if it moved, "
-          "continue with --resume --data-url NEW_PATH")
+    fails(
+        tl,
+        [out, "--resume"],
+        f"the run's data file {tmp_path / 'here' / 'reviews.csv'} is not there; if it moved, "
+        "continue with --resume --data-url NEW_PATH",
+    )
     write_csv(make_reviews(1_000, seed=9), tmp_path / "elsewhere" / "other.csv")
     fails(tl, [out, "--resume", "--data-url=other.csv"], "other.csv is not the file the checkpoint was trained on")
     metrics = tl.main([out, "--resume", "--data-url=moved.csv"])  # the same file, by its checksum
@@ -152,8 +173,12 @@ def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, monkeypatch):
     monkeypatch.undo()
     checkpoint = tmp_path / "out" / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:5000])  # a disk that lost its end
-    fails(tl, [f"--out-dir={tmp_path / 'out'}", "--resume"], f"{checkpoint} is damaged (",
-          "cannot be resumed; restore it, or delete it to start the run over")
+    fails(
+        tl,
+        [f"--out-dir={tmp_path / 'out'}", "--resume"],
+        f"{checkpoint} is damaged (",
+        "cannot be resumed; restore it, or delete it to start the run over",
+    )
     assert checkpoint.stat().st_size == 5000
 
 
@@ -170,8 +195,12 @@ def test_non_finite_loss_stops_with_the_step_and_the_setting_to_change(script, t
 
     monkeypatch.setattr(module, "batch_loss", poisoned)
     extra = {"model": tiny_model} if module is td else {}
-    fails(module, args(tmp_path, csv.as_uri(), log_every=5, **extra), "training diverged at epoch 1, batch 7: the loss is inf",
-          "lower --learning-rate")
+    fails(
+        module,
+        args(tmp_path, csv.as_uri(), log_every=5, **extra),
+        "training diverged at epoch 1, batch 7: the loss is inf",
+        "lower --learning-rate",
+    )
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -196,8 +225,13 @@ def test_weights_that_diverge_in_the_last_step_are_never_kept(script, tmp_path, 
 
     monkeypatch.setattr(optimizer, "step", poisoned)
     extra = {"model": tiny_model} if module is td else {}
-    fails(module, args(tmp_path, csv.as_uri(), **extra), "training diverged after epoch 2: the validation logits are "
-          "not finite", "lower --learning-rate", "Nothing of this epoch was kept")
+    fails(
+        module,
+        args(tmp_path, csv.as_uri(), **extra),
+        "training diverged after epoch 2: the validation logits are not finite",
+        "lower --learning-rate",
+        "Nothing of this epoch was kept",
+    )
     out = tmp_path / "out"
     assert not (out / "metrics.json").exists() and (out / "checkpoint.pt").exists()  # epoch 1's, to go back to
     if module is tl:
@@ -205,6 +239,7 @@ def test_weights_that_diverge_in_the_last_step_are_never_kept(script, tmp_path, 
         assert saved["epoch"] == 1 and all(torch.isfinite(w).all() for w in saved["model"].values())
     else:
         from safetensors.torch import load_file
+
         assert all(torch.isfinite(w).all() for w in load_file(out / "model" / "model.safetensors").values())
 
 
@@ -212,8 +247,11 @@ def test_a_validation_loss_beyond_float32_stops_the_run(script, tmp_path, tiny_m
     """Finite logits whose loss is not (a margin of 6e38 overflows float32): the model is not kept either."""
     module, args = script
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
-    monkeypatch.setattr(module, "evaluate", lambda model, batches, *a, **k: torch.tensor([[3e38, -3e38]]).repeat(
-        sum(map(len, batches)), 1))
+    monkeypatch.setattr(
+        module,
+        "evaluate",
+        lambda model, batches, *a, **k: torch.tensor([[3e38, -3e38]]).repeat(sum(map(len, batches)), 1),
+    )
     extra = {"model": tiny_model} if module is td else {}
     fails(module, args(tmp_path, csv.as_uri(), **extra), "training diverged after epoch 1: the validation loss is inf")
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -224,8 +262,12 @@ def test_a_learning_rate_beyond_float32_is_one_line(script, tmp_path, tiny_model
     csv = write_csv(make_reviews(1_000), tmp_path / "reviews.csv")
     extra = {"model": tiny_model} if module is td else {}
     tip = "or try --precision fp32" if module is td else "or set --grad-clip 1"  # what each run has not tried yet
-    fails(module, args(tmp_path, csv.as_uri(), learning_rate=1e38, **extra), "training diverged at epoch 1",
-          f"lower --learning-rate (now 1e+38) {tip}. Nothing")
+    fails(
+        module,
+        args(tmp_path, csv.as_uri(), learning_rate=1e38, **extra),
+        "training diverged at epoch 1",
+        f"lower --learning-rate (now 1e+38) {tip}. Nothing",
+    )
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -238,8 +280,12 @@ def test_out_of_memory_gives_the_batch_size_advice(script, tmp_path, tiny_model,
 
     monkeypatch.setattr(module, "batch_loss", out_of_memory)
     extra = {"model": tiny_model} if module is td else {}
-    text = fails(module, args(tmp_path, csv.as_uri(), batch_size=16, **extra), "out of GPU memory",
-                 "lower --batch-size (e.g. 8) and raise --grad-accum-steps (e.g. 2) for the same effective batch")
+    text = fails(
+        module,
+        args(tmp_path, csv.as_uri(), batch_size=16, **extra),
+        "out of GPU memory",
+        "lower --batch-size (e.g. 8) and raise --grad-accum-steps (e.g. 2) for the same effective batch",
+    )
     assert "--batch-size 16" in text
 
 
@@ -292,6 +338,7 @@ def test_what_a_run_leaves_in_reference_cycles_is_freed_before_its_process_group
     """A DDP wrapper is a reference cycle, freed only by the cycle collector. main() collects before it destroys
     the process group: left to the interpreter's exit, a gloo process sometimes aborted there ("terminate called
     without an active exception") after a finished run."""
+
     class Wrapper:
         pass
 
@@ -330,4 +377,4 @@ def test_batches_say_when_the_optimizer_steps_and_over_how_many_examples(tmp_pat
     assert [index + 1 for index, ends, *_ in seen if ends] == [3, 6, 9, 12, 15, 18, 19]
     sizes = [size for *_, size in seen]
     assert sorted(sizes) == [24] + [32] * 18 and all(weight == 1 for *_, weight, _ in seen)
-    assert [examples for _, _, examples, *_ in seen] == [sum(sizes[i - i % 3:i - i % 3 + 3]) for i in range(19)]
+    assert [examples for _, _, examples, *_ in seen] == [sum(sizes[i - i % 3 : i - i % 3 + 3]) for i in range(19)]

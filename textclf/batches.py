@@ -1,4 +1,5 @@
 """Token ids as one flat tensor, batches of similar lengths, and padding: the same for any tokenizer."""
+
 import itertools
 
 import numpy as np
@@ -22,7 +23,7 @@ def make_batches(lengths, batch_size, generator=None, grouped=True):
         if grouped:
             chunks = np.split(order, range(64 * batch_size, len(order), 64 * batch_size))
             order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in chunks])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if generator is not None and grouped:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
     return batches
@@ -34,14 +35,15 @@ def pad_batch(indices, ids, offsets, pad_id, width=None):
     lengths = offsets[indices + 1] - offsets[indices]
     padded = torch.full((len(indices), int(lengths.max()) if width is None else width), pad_id, dtype=torch.int64)
     for row, (i, n) in enumerate(zip(offsets[indices].tolist(), lengths.tolist(), strict=True)):
-        padded[row, :n] = ids[i:i + n]
+        padded[row, :n] = ids[i : i + n]
     return padded, lengths
 
 
 def loader(batches, collate, device):
     """collate(indices) of each batch, pinned on CUDA; its own generator leaves the global RNG to the model."""
-    return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=collate, pin_memory=device.type == "cuda",
-                                       generator=torch.Generator())
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, collate_fn=collate, pin_memory=device.type == "cuda", generator=torch.Generator()
+    )
 
 
 def to_device(batch, device):

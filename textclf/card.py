@@ -1,5 +1,6 @@
 """The model card (README.md) of a finished run's model folder, as the Hugging Face hub shows it: metadata and the
 evaluation results (model-index) by huggingface_hub, then what was trained on what, how, how well, and how to use it."""
+
 import re
 import urllib.parse
 from pathlib import Path
@@ -10,43 +11,105 @@ from .parallel import cpu_name
 from .settings import is_url
 
 
+def file_name(url):
+    """The file name of a data path or URL, as the card names the data."""
+    return Path(urllib.parse.urlparse(url).path if is_url(url) else url).name
+
+
+def number(value):
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def row(cells):
+    """A markdown table row; a | in a label is escaped."""
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+
+def table(header, rows):
+    return "\n".join([row(header), "|---" * len(header) + "|", *map(row, rows)])
+
+
 def model_card(metrics, folder):
     """metrics.json's numbers as a ModelCard: base_model (a hub name), labels, test accuracy, macro-F1 or ROC AUC."""
     s, test, multi, names = metrics["settings"], metrics["test"], metrics["multi_label"], metrics["labels"]
     regression = metrics.get("task") == "regression"
-    name_of = lambda url: Path(urllib.parse.urlparse(url).path if is_url(url) else url).name
-    data, tested = name_of(s["DATA_URL"]), name_of(s.get("TEST_URL") or s["DATA_URL"])  # TEST_URL: its own file
+    data = file_name(s["DATA_URL"])
+    tested = file_name(s.get("TEST_URL") or s["DATA_URL"])  # TEST_URL: its own file
     name = Path(s["OUT_DIR"]).resolve().name  # --out-dir . is named too
     if regression:
-        measured = [("pearsonr", "Pearson correlation", test["pearson"]),
-                    ("spearmanr", "Spearman correlation", test["spearman"]), ("rmse", "RMSE", test["rmse"])]
+        measured = [
+            ("pearsonr", "Pearson correlation", test["pearson"]),
+            ("spearmanr", "Spearman correlation", test["spearman"]),
+            ("rmse", "RMSE", test["rmse"]),
+        ]
     else:
         second = ("roc_auc", "macro ROC AUC", test["macro_roc_auc"]) if multi else ("f1", "macro-F1", test["macro_f1"])
         measured = [("accuracy", "exact-match accuracy" if multi else "accuracy", test["accuracy"]), second]
-    results = [EvalResult(task_type="text-classification", dataset_type=tested, dataset_name=tested, dataset_split="test",
-                          metric_type=kind, metric_name=name, metric_value=value)
-               for kind, name, value in measured if value is not None]
+    results = [
+        EvalResult(
+            task_type="text-classification",
+            dataset_type=tested,
+            dataset_name=tested,
+            dataset_split="test",
+            metric_type=kind,
+            metric_name=name,
+            metric_value=value,
+        )
+        for kind, name, value in measured
+        if value is not None
+    ]
     hub_name = not Path(s["MODEL_NAME"]).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s["MODEL_NAME"])
-    card = ModelCardData(base_model=s["MODEL_NAME"] if hub_name else None, pipeline_tag="text-classification",
-                         library_name="transformers", tags=["text-classification"], labels=names,
-                         model_name=name, eval_results=results)
+    card = ModelCardData(
+        base_model=s["MODEL_NAME"] if hub_name else None,
+        pipeline_tag="text-classification",
+        library_name="transformers",
+        tags=["text-classification"],
+        labels=names,
+        model_name=name,
+        eval_results=results,
+    )
     ex, order = metrics["examples"], "shuffled with SEED" if s["SHUFFLE"] else "in file order"
     device = metrics["device"] if metrics["device"] != "cpu" else f"CPU ({cpu_name() or 'model unknown'})"
     processes = f" x {metrics['world_size']}" if metrics["world_size"] > 1 else ""
-    number = lambda value: "undefined" if value is None else f"{value:.4f}"
-    settings = ["MODEL_NAME", "MAX_LENGTH", "TRUNCATION", "HEAD_TOKENS", "EPOCHS", "BATCH_SIZE", "GRAD_ACCUM_STEPS",
-                "LEARNING_RATE", "WARMUP_RATIO", "WEIGHT_DECAY", "LR_DECAY", "GRAD_CLIP", "PATIENCE", "SEED"]
-    row = lambda cells: "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"  # a | in a label
-    table = lambda header, rows: "\n".join([row(header), "|---" * len(header) + "|", *map(row, rows)])
-    columns = ("train_loss", "train_rmse", "valid_loss", "valid_pearson") if regression else (
-        "train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+    settings = [
+        "MODEL_NAME",
+        "MAX_LENGTH",
+        "TRUNCATION",
+        "HEAD_TOKENS",
+        "EPOCHS",
+        "BATCH_SIZE",
+        "GRAD_ACCUM_STEPS",
+        "LEARNING_RATE",
+        "WARMUP_RATIO",
+        "WEIGHT_DECAY",
+        "LR_DECAY",
+        "GRAD_CLIP",
+        "PATIENCE",
+        "SEED",
+    ]
+    columns = (
+        ("train_loss", "train_rmse", "valid_loss", "valid_pearson")
+        if regression
+        else ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+    )
     epochs = [(e["epoch"], *(number(e[k]) for k in columns), f"{e['seconds']:.1f}") for e in metrics["epochs"]]
-    confusion = "" if multi or regression else "Rows: the true class; columns: the predicted one.\n\n" + table(
-        ["true \\ predicted", *names], [(name, *counts) for name, counts in zip(names, test["confusion_matrix"], strict=True)]
-    ) if len(names) <= 20 else f"The confusion matrix of the {len(names)} classes is in the run's metrics.json."
+    confusion = (
+        ""
+        if multi or regression
+        else "Rows: the true class; columns: the predicted one.\n\n"
+        + table(
+            ["true \\ predicted", *names],
+            [(name, *counts) for name, counts in zip(names, test["confusion_matrix"], strict=True)],
+        )
+        if len(names) <= 20
+        else f"The confusion matrix of the {len(names)} classes is in the run's metrics.json."
+    )
     pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
-    example = '{"text": "A man is playing a guitar.", "text_pair": "A person plays music."}' if pair else \
-        '"A wonderful, moving film."'
+    example = (
+        '{"text": "A man is playing a guitar.", "text_pair": "A person plays music."}'
+        if pair
+        else '"A wonderful, moving film."'
+    )
     if regression:
         task = f"regression (a {names[0]} score)"
         headline = ", ".join(f"{name} {number(value)}" for _, name, value in measured)
@@ -55,28 +118,45 @@ def model_card(metrics, folder):
         headline = f"Accuracy {test['accuracy']:.4f}, {second[1]} {number(second[2])}"
     body = f"""# {name}
 
-`{s['MODEL_NAME']}` fine-tuned for {task}{' of sentence pairs' * pair} by `train_distilbert.py`.
+`{s["MODEL_NAME"]}` fine-tuned for {task}{" of sentence pairs" * pair} by `train_distilbert.py`.
 
 ## Training data
 
-`{data}`{f' and `{tested}`' * (tested != data)}: {ex['train']:,} training, {ex['valid']:,} validation and {ex['test']:,} test texts (`{s['TEXT_COLUMN']}`,
-labels from `{s['LABEL_COLUMNS']}`), split {order}.
+`{data}`{f" and `{tested}`" * (tested != data)}: {ex["train"]:,} training, {ex["valid"]:,} validation and {
+        ex["test"]:,} test texts (`{s["TEXT_COLUMN"]}`,
+labels from `{s["LABEL_COLUMNS"]}`), split {order}.
 
 ## Settings
 
-{table(["setting", "value"], [(f"`{k}`", s[k]) for k in settings if k in s] + [("precision", metrics.get("precision"))])}
+{
+        table(
+            ["setting", "value"],
+            [(f"`{k}`", s[k]) for k in settings if k in s] + [("precision", metrics.get("precision"))],
+        )
+    }
 
 ## Training
 
-{table(["epoch", "train loss", "train RMSE" if regression else "train accuracy", "valid loss",
-        "valid Pearson" if regression else "valid accuracy", "seconds"], epochs)}
+{
+        table(
+            [
+                "epoch",
+                "train loss",
+                "train RMSE" if regression else "train accuracy",
+                "valid loss",
+                "valid Pearson" if regression else "valid accuracy",
+                "seconds",
+            ],
+            epochs,
+        )
+    }
 
-The model is epoch {metrics['best_epoch']}'s, the best on validation. Trained in {metrics['train_seconds']:.1f} s on
+The model is epoch {metrics["best_epoch"]}'s, the best on validation. Trained in {metrics["train_seconds"]:.1f} s on
 {device}{processes}.
 
 ## Test
 
-{headline} on the {ex['test']:,} test texts of `{tested}`.
+{headline} on the {ex["test"]:,} test texts of `{tested}`.
 
 {confusion}
 
@@ -88,8 +168,8 @@ classify = pipeline("text-classification", model="{folder}", truncation=True)  #
 classify({example})
 ```
 
-`truncation=True` cuts a text to the {s['MAX_LENGTH']} tokens the model trained on, keeping its start; the run's own
-preprocessing (its cleaning and {s['TRUNCATION']} truncation) is `python predict.py {s['OUT_DIR']} "a text"`.
+`truncation=True` cuts a text to the {s["MAX_LENGTH"]} tokens the model trained on, keeping its start; the run's own
+preprocessing (its cleaning and {s["TRUNCATION"]} truncation) is `python predict.py {s["OUT_DIR"]} "a text"`.
 """
     return ModelCard(f"---\n{card.to_yaml()}\n---\n\n{body}")
 
@@ -99,14 +179,22 @@ def adapter_card(metrics, folder):
     model, the test scores, and how to load it (with the run's labels: the base's own config has other ones)."""
     s, names = metrics["settings"], metrics["labels"]
     hub_name = not Path(s["MODEL_NAME"]).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s["MODEL_NAME"])
-    data = ModelCardData(base_model=s["MODEL_NAME"] if hub_name else None, library_name="peft",
-                         pipeline_tag="text-classification", tags=["text-classification", "lora", "peft"])
+    data = ModelCardData(
+        base_model=s["MODEL_NAME"] if hub_name else None,
+        library_name="peft",
+        pipeline_tag="text-classification",
+        tags=["text-classification", "lora", "peft"],
+    )
     problem = {"regression": "regression", "multi_label": "multi_label_classification"}.get(
-        metrics.get("task"), "single_label_classification")
+        metrics.get("task"), "single_label_classification"
+    )
     labels = {i: name for i, name in enumerate(names)}
     test = metrics["test"]
-    shown = ", ".join(f"{key} {test[key]:.4f}" for key in ("accuracy", "macro_f1", "macro_roc_auc", "pearson",
-                                                           "spearman") if test.get(key) is not None)
+    shown = ", ".join(
+        f"{key} {test[key]:.4f}"
+        for key in ("accuracy", "macro_f1", "macro_roc_auc", "pearson", "spearman")
+        if test.get(key) is not None
+    )
     body = f"""# {Path(s["OUT_DIR"]).resolve().name}: LoRA adapter
 
 LoRA adapters of rank {s["LORA_RANK"]} (alpha {s["LORA_ALPHA"]}, dropout {s["LORA_DROPOUT"]}) on every linear layer of

@@ -1,4 +1,5 @@
 """The data: any text-label file or the aclImdb archive, downloaded once, validated, split, and its labels as targets."""
+
 import gzip
 import hashlib
 import http.client
@@ -38,16 +39,22 @@ def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None, named_
     """(path, frame, label names) of setting's url: a path, a URL, hf://datasets/ (from_hub()), an aclImdb archive.
     names (named_by says whose they are) name integer labels where the file's own metadata does not."""
     if url.lower().startswith("hf://") and not HUB.fullmatch(url):
-        raise RecipeError(f"{setting} ({flag(setting)}) {url} is not a hub dataset file: write it as "
-                          f"hf://datasets/OWNER/NAME/PATH (or hf://datasets/OWNER/NAME@REVISION/PATH), e.g. "
-                          f"hf://datasets/stanfordnlp/imdb/plain_text/train-00000-of-00001.parquet")
+        raise RecipeError(
+            f"{setting} ({flag(setting)}) {url} is not a hub dataset file: write it as "
+            f"hf://datasets/OWNER/NAME/PATH (or hf://datasets/OWNER/NAME@REVISION/PATH), e.g. "
+            f"hf://datasets/stanfordnlp/imdb/plain_text/train-00000-of-00001.parquet"
+        )
     if HUB.match(url):
         path = from_hub(url, data_dir, setting)
     elif is_url(url):
         path = download(url, data_dir, settings, setting, names, named_by)
-    elif not (path := Path(url).expanduser()).is_file():
-        raise RecipeError(f"{setting} ({flag(setting)}) {url} is not a file here; give the path of an existing file, "
-                          f"or a URL (https://, file://, hf://datasets/)")
+    else:
+        path = Path(url).expanduser()
+        if not path.is_file():
+            raise RecipeError(
+                f"{setting} ({flag(setting)}) {url} is not a file here; give the path of an existing "
+                f"file, or a URL (https://, file://, hf://datasets/)"
+            )
     try:
         csv = from_archive(path, data_dir) if is_archive(path) else path
         return csv, *read_reviews(csv, None, settings, names, named_by)
@@ -63,14 +70,15 @@ HUB = re.compile(r"hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))
 def from_hub(url, data_dir, setting):
     """hf://datasets/OWNER/NAME[@REVISION]/PATH fetched once into data_dir/hf/ by huggingface_hub (resumes; HF_TOKEN)."""
     repo, revision, file = HUB.fullmatch(url).groups()
-    folder = Path(data_dir) / "hf" / url[len("hf://"):].removesuffix(f"/{file}")
+    folder = Path(data_dir) / "hf" / url[len("hf://") :].removesuffix(f"/{file}")
     if not (folder / file).is_file():
         made = next((p for p in [*reversed(folder.parents), folder] if not p.exists()), None)  # what a failure removes
         before = set(folder.rglob("*")) if made is None else set()  # an earlier file's folder: what it held stays
         print(f"downloading {url} -> {folder / file}")
         try:
-            hf_hub_download(repo, file, repo_type="dataset", revision=revision and urllib.parse.unquote(revision),
-                            local_dir=folder)  # refs%2Fconvert%2Fparquet: refs/convert/parquet
+            hf_hub_download(
+                repo, file, repo_type="dataset", revision=revision and urllib.parse.unquote(revision), local_dir=folder
+            )  # refs%2Fconvert%2Fparquet: refs/convert/parquet
         except (OSError, ValueError, HfHubHTTPError) as e:  # not found, gated, offline: OSError or ValueError
             if not any(folder.rglob("*.incomplete")):  # a partial download stays: the next try resumes it
                 if made:
@@ -81,9 +89,11 @@ def from_hub(url, data_dir, setting):
                             shutil.rmtree(new, ignore_errors=True)
                         else:
                             new.unlink(missing_ok=True)
-            raise RecipeError(f"could not download {url} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
-                              f"check the name, set HF_TOKEN for a private or gated dataset, or download it by hand "
-                              f"and pass {flag(setting)} /path/to/{Path(file).name}") from None
+            raise RecipeError(
+                f"could not download {url} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+                f"check the name, set HF_TOKEN for a private or gated dataset, or download it by hand "
+                f"and pass {flag(setting)} /path/to/{Path(file).name}"
+            ) from None
     return folder / file
 
 
@@ -112,16 +122,19 @@ def download(url, data_dir, settings, setting="DATA_URL", names=None, named_by="
                             raise
                         if time.monotonic() - window[0] > STALL[0]:
                             if f.tell() - window[1] < STALL[1]:
-                                raise ConnectionError(f"the server sent {f.tell() - window[1]:,} bytes in the last "
-                                                      f"{STALL[0]} s")
+                                raise ConnectionError(
+                                    f"the server sent {f.tell() - window[1]:,} bytes in the last {STALL[0]} s"
+                                )
                             window = (time.monotonic(), f.tell())
             if size and f.tell() < size:
                 raise ConnectionError(f"the connection closed after {f.tell():,} of {size:,} bytes")
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts: OSError
             if hasattr(e, "needed"):
                 raise
-            raise RecipeError(f"could not download {url} ({' '.join(str(e).split())}); fetch it by hand and save it as "
-                              f"{path}, or pass {flag(setting)} /path/to/{path.name}") from e
+            raise RecipeError(
+                f"could not download {url} ({' '.join(str(e).split())}); fetch it by hand and save it as "
+                f"{path}, or pass {flag(setting)} /path/to/{path.name}"
+            ) from e
         f.flush()
         try:
             read_aclimdb(f.name, url) if is_archive(url) else read_reviews(f.name, url, settings, names, named_by)
@@ -164,8 +177,10 @@ def read_aclimdb(path, name=None):
         raise RecipeError(f"{name} is not a readable tar archive ({type(e).__name__}: {e})") from None
     empty = [f"aclImdb/{half}/{folder}/" for (half, folder), rows in parts.items() if not rows]
     if empty:
-        raise RecipeError(f"{name} is not the Stanford aclImdb archive: no reviews in {', '.join(empty)} (it needs "
-                          f"aclImdb/train/pos/ID_RATING.txt and the like, for train and test, pos and neg)")
+        raise RecipeError(
+            f"{name} is not the Stanford aclImdb archive: no reviews in {', '.join(empty)} (it needs "
+            f"aclImdb/train/pos/ID_RATING.txt and the like, for train and test, pos and neg)"
+        )
     rows = []
     for half in ("train", "test"):
         part = [(text, label) for label, folder in ((1, "pos"), (0, "neg")) for _, text in sorted(parts[half, folder])]
@@ -183,41 +198,62 @@ def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
     with open(path, "rb") as f:
         head = f.read(512)
     gzipped = head[:2] == b"\x1f\x8b"
-    kind = next((kind for kind in ("tsv", "jsonl", "parquet") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.IGNORECASE)), "csv")
+    kind = next(
+        (kind for kind in ("tsv", "jsonl", "parquet") if re.search(rf"\.{kind}(\.gz)?$", str(name), re.IGNORECASE)),
+        "csv",
+    )
     if kind == "csv" and re.search(r"\.txt$", str(name), re.IGNORECASE) and b"\t" in head.split(b"\n")[0]:
         kind = "tsv"  # a .txt file whose header is tab-separated (SICK.txt, many corpora)
     if not gzipped and head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         raise RecipeError(f"{name} is an HTML page (an error or login page?), not the data file")
     try:
         compression = "gzip" if gzipped else None
-        df = (next(jsonl_frames(path, gzipped, name)) if kind == "jsonl" else pd.read_parquet(path) if kind == "parquet"
-              else pd.read_csv(path, sep="\t" if kind == "tsv" else ",", compression=compression, dtype=str,
-                          keep_default_na=False))  # every value as written: "007" stays 007, "N/A" a text
+        df = (
+            next(jsonl_frames(path, gzipped, name))
+            if kind == "jsonl"
+            else pd.read_parquet(path)
+            if kind == "parquet"
+            else pd.read_csv(
+                path, sep="\t" if kind == "tsv" else ",", compression=compression, dtype=str, keep_default_na=False
+            )
+        )  # every value as written: "007" stays 007, "N/A" a text
     except UnicodeDecodeError:  # where, and how to convert: pandas names only a position in its buffer
         line, byte = first_invalid_utf8(path, gzipped)
-        raise RecipeError(f"{name} is not UTF-8 text: line {line} (the header is line 1) holds the byte {byte!r}; "
-                          f"save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8") from None
+        raise RecipeError(
+            f"{name} is not UTF-8 text: line {line} (the header is line 1) holds the byte {byte!r}; "
+            f"save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+        ) from None
     except (OSError, EOFError, zlib.error, ValueError) as e:  # ParserError is a ValueError
-        raise RecipeError(f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
-                          f"({type(e).__name__}: {str(e)[:200]})") from None
+        raise RecipeError(
+            f"{name} is not a readable {kind.upper()} {'gzip file' if gzipped else 'file'} "
+            f"({type(e).__name__}: {str(e)[:200]})"
+        ) from None
 
     missing = [column for column in texts + columns if column not in df.columns]
     if missing:
-        fix = ("name yours with --text-column and --label-columns" if named_by == "LABEL_NAMES" else
-               "every file needs the training file's columns: rename the column in this file")
-        raise RecipeError(f"{name} has no {' or '.join(missing)} column; found columns "
-                          f"{[str(c)[:40] for c in df.columns[:8]]}; {fix}")
+        fix = (
+            "name yours with --text-column and --label-columns"
+            if named_by == "LABEL_NAMES"
+            else "every file needs the training file's columns: rename the column in this file"
+        )
+        raise RecipeError(
+            f"{name} has no {' or '.join(missing)} column; found columns {[str(c)[:40] for c in df.columns[:8]]}; {fix}"
+        )
     if len(df) == 0:
         raise RecipeError(f"{name} holds no rows, only {'a header' if kind in ('csv', 'tsv') else 'its columns'}")
     for text_column in texts:
         nested = df[text_column].map(lambda value: isinstance(value, (list, tuple, dict, np.ndarray)))
         if nested.any():
-            raise RecipeError(f"{name}: {text_column} holds a list or a record, not a text, in {rows(nested)}; name "
-                              f"a column of plain text with --text-column (or join the parts into one text column first)")
+            raise RecipeError(
+                f"{name}: {text_column} holds a list or a record, not a text, in {rows(nested)}; name "
+                f"a column of plain text with --text-column (or join the parts into one text column first)"
+            )
         empty = df[text_column].isna() | df[text_column].astype(str).str.strip().eq("")
         if empty.any():
-            raise RecipeError(f"{name}: empty or missing {text_column} in {rows(empty)}"
-                              + f" ({empty.sum():,} of {len(df):,} rows); every pair needs both texts" * (len(texts) > 1))
+            raise RecipeError(
+                f"{name}: empty or missing {text_column} in {rows(empty)}"
+                + f" ({empty.sum():,} of {len(df):,} rows); every pair needs both texts" * (len(texts) > 1)
+            )
         if kind in ("csv", "tsv"):
             merged(df, text_column, columns, "\t" if kind == "tsv" else ",", name)
     own = parquet_label_names(path, columns[0]) if kind == "parquet" else None
@@ -226,8 +262,15 @@ def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
     frame = pd.DataFrame({"text": df[texts[0]].astype(str)})
     if len(texts) > 1:
         frame["text_pair"] = df[texts[1]].astype(str)
-    return labelled(frame, df, columns, names or [n.strip() for n in settings["LABEL_NAMES"].split(",")], name,
-                    named_by, settings.get("TASK", "auto"))
+    return labelled(
+        frame,
+        df,
+        columns,
+        names or [n.strip() for n in settings["LABEL_NAMES"].split(",")],
+        name,
+        named_by,
+        settings.get("TASK", "auto"),
+    )
 
 
 def parquet_label_names(path, column):
@@ -252,8 +295,10 @@ def given_label_names(settings, given, names, metadata, path):
         return names, {}
     label_names = [name.strip() for name in settings["LABEL_NAMES"].split(",")]
     if len(label_names) != len(metadata):
-        raise RecipeError(f"LABEL_NAMES (--label-names) names {len(label_names)} classes, but {path}'s metadata names "
-                          f"{len(metadata)} ({','.join(metadata)}); give one name for each of them, in that order")
+        raise RecipeError(
+            f"LABEL_NAMES (--label-names) names {len(label_names)} classes, but {path}'s metadata names "
+            f"{len(metadata)} ({','.join(metadata)}); give one name for each of them, in that order"
+        )
     return label_names, dict(zip(metadata, label_names, strict=True))
 
 
@@ -272,18 +317,25 @@ def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto
             values = pd.to_numeric(df[column], errors="coerce")
             bad = ~values.isin([0, 1])
             if bad.any():
-                raise RecipeError(f"{name}: with several LABEL_COLUMNS each is a 0/1 column, but {column} holds "
-                                  f"{str(df[column][bad].iloc[0])!r} in {rows(bad)}")
+                raise RecipeError(
+                    f"{name}: with several LABEL_COLUMNS each is a 0/1 column, but {column} holds "
+                    f"{str(df[column][bad].iloc[0])!r} in {rows(bad)}"
+                )
             frame[k] = values.astype(int)
         return frame, columns
     lists = df[columns[0]].map(is_list)
     if lists.any():  # the hub's Sequence(ClassLabel): several classes a row, in one column
         first = df[columns[0]][lists].iloc[0]
-        shown = first if isinstance(first, str) else str([value.item() if hasattr(value, "item") else value
-                                                          for value in first])
-        raise RecipeError(f"{name}: {columns[0]} holds lists of classes ({shown!r} in {rows(lists)}), a multi-label layout; give each label a 0/1 column of its own and name "
-                          f"them all with --label-columns a,b,c (e.g. in pandas: for k, name in enumerate(names): "
-                          f"df[name] = df.{columns[0]}.map(lambda classes: int(k in classes)))")
+        shown = (
+            first
+            if isinstance(first, str)
+            else str([value.item() if hasattr(value, "item") else value for value in first])
+        )
+        raise RecipeError(
+            f"{name}: {columns[0]} holds lists of classes ({shown!r} in {rows(lists)}), a multi-label layout; give each label a 0/1 column of its own and name "
+            f"them all with --label-columns a,b,c (e.g. in pandas: for k, name in enumerate(names): "
+            f"df[name] = df.{columns[0]}.map(lambda classes: int(k in classes)))"
+        )
     raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
     numbers = pd.to_numeric(raw, errors="coerce")
     integers = numbers.notna() & (numbers % 1 == 0)
@@ -294,28 +346,40 @@ def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto
     if integers.all():  # 0..K-1, named by names
         bad = ~numbers.between(0, len(names) - 1)
         if bad.any():
-            fix = ("give one name per class with --label-names a,b,c" if named_by == "LABEL_NAMES" else
-                   "every file needs the same classes, numbered alike")
-            raise RecipeError(f"{name}: {columns[0]} holds integer labels, named by {named_by} ({','.join(names)}) "
-                              f"as 0..{len(names) - 1}, but {rows(bad)} hold{'s' if bad.sum() == 1 else ''} "
-                              f"{raw[bad].iloc[0]!r}; {fix}")
+            fix = (
+                "give one name per class with --label-names a,b,c"
+                if named_by == "LABEL_NAMES"
+                else "every file needs the same classes, numbered alike"
+            )
+            raise RecipeError(
+                f"{name}: {columns[0]} holds integer labels, named by {named_by} ({','.join(names)}) "
+                f"as 0..{len(names) - 1}, but {rows(bad)} hold{'s' if bad.sum() == 1 else ''} "
+                f"{raw[bad].iloc[0]!r}; {fix}"
+            )
         frame["label"] = numbers.astype(int)
         return frame, names
     if numbers.notna().all():  # 4.25, 3.8 with TASK classification: scores, not classes
         fraction = numbers.notna() & ~integers
-        raise RecipeError(f"{name}: {columns[0]} holds numbers that are not whole ({raw[fraction].iloc[0]!r} in "
-                          f"{rows(fraction)}): scores, not classes; a classifier needs one class a row (an integer "
-                          f"or a word), or pass --task regression to predict the score")
+        raise RecipeError(
+            f"{name}: {columns[0]} holds numbers that are not whole ({raw[fraction].iloc[0]!r} in "
+            f"{rows(fraction)}): scores, not classes; a classifier needs one class a row (an integer "
+            f"or a word), or pass --task regression to predict the score"
+        )
     if numbers.notna().any():
-        raise RecipeError(f"{name}: {columns[0]} mixes numbers and words: {rows(numbers.notna())} "
-                          f"hold{'s' if numbers.notna().sum() == 1 else ''} {raw[numbers.notna()].iloc[0]!r} while "
-                          f"others hold {raw[numbers.isna()].iloc[0]!r}; use one kind of label")
+        raise RecipeError(
+            f"{name}: {columns[0]} mixes numbers and words: {rows(numbers.notna())} "
+            f"hold{'s' if numbers.notna().sum() == 1 else ''} {raw[numbers.notna()].iloc[0]!r} while "
+            f"others hold {raw[numbers.isna()].iloc[0]!r}; use one kind of label"
+        )
     names = sorted(raw.unique())
     folded = {}
     for label in names:  # "positive" and "Positive" are one class written two ways, far more often than two
-        if (twin := folded.setdefault(label.casefold(), label)) != label:
-            raise RecipeError(f"{name}: {columns[0]} holds labels that differ only in case, {twin!r} in "
-                              f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way")
+        twin = folded.setdefault(label.casefold(), label)  # the first label written this way
+        if twin != label:
+            raise RecipeError(
+                f"{name}: {columns[0]} holds labels that differ only in case, {twin!r} in "
+                f"{rows(raw.eq(twin))} and {label!r} in {rows(raw.eq(label))}; write each class one way"
+            )
     frame["label"] = raw.map({label: i for i, label in enumerate(names)}).astype(int)
     return frame, names
 
@@ -324,14 +388,18 @@ def scores_of(raw, numbers, column, name):
     """A regression column's values as float32-ready floats: every one a finite number."""
     words = numbers.isna()
     if words.any():
-        raise RecipeError(f"{name}: {column} is a regression target (TASK) but holds "
-                          f"{'nothing' if raw[words].iloc[0] == '' else repr(raw[words].iloc[0])} in {rows(words)}; "
-                          f"every row needs a number (a class name makes it a classification task: --task "
-                          f"classification)")
+        raise RecipeError(
+            f"{name}: {column} is a regression target (TASK) but holds "
+            f"{'nothing' if raw[words].iloc[0] == '' else repr(raw[words].iloc[0])} in {rows(words)}; "
+            f"every row needs a number (a class name makes it a classification task: --task "
+            f"classification)"
+        )
     infinite = ~np.isfinite(numbers)
     if infinite.any():
-        raise RecipeError(f"{name}: {column} holds {raw[infinite].iloc[0]!r} in {rows(infinite)}; a regression "
-                          f"target needs finite numbers")
+        raise RecipeError(
+            f"{name}: {column} holds {raw[infinite].iloc[0]!r} in {rows(infinite)}; a regression "
+            f"target needs finite numbers"
+        )
     return numbers.astype(float)
 
 
@@ -350,9 +418,12 @@ def jsonl_frames(path, gzipped, name, rows=None):
             if not isinstance(record, dict):
                 what = "null" if record is None else f"a {type(record).__name__}"
                 raise RecipeError(f"{name}: line {line} is {what}, not a JSON object (one object a line)")
-            if bad := next((k for k, v in record.items() if isinstance(v, str) and SURROGATE.search(v)), None):
-                raise RecipeError(f"{name}: line {line} holds a lone surrogate escape (\\ud800 to \\udfff) in "
-                                  f"{bad}, which is no character; write the text itself")
+            bad = next((k for k, v in record.items() if isinstance(v, str) and SURROGATE.search(v)), None)
+            if bad:
+                raise RecipeError(
+                    f"{name}: line {line} holds a lone surrogate escape (\\ud800 to \\udfff) in "
+                    f"{bad}, which is no character; write the text itself"
+                )
             records.append(record)
             if len(records) == rows:
                 yield pd.DataFrame(records)
@@ -371,7 +442,7 @@ def first_invalid_utf8(path, gzipped):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                return line, raw[e.start:e.start + 1]
+                return line, raw[e.start : e.start + 1]
     return "?", b"?"
 
 
@@ -387,15 +458,19 @@ def merged(df, text_column, columns, sep, name):
     separator and label values (or, labels first, starts with them) is reported; other multi-line texts load."""
     values = "|".join(map(re.escape, sorted({str(v).strip() for c in columns for v in df[c].dropna().unique()})))
     label = rf'"?\s*(?:{values})\s*"?'
-    row_end = re.compile(rf'(?:{re.escape(sep)}{label}){{{len(columns)}}}\r?\n|\n(?:{label}{re.escape(sep)}){{{len(columns)}}}')
+    row_end = re.compile(
+        rf"(?:{re.escape(sep)}{label}){{{len(columns)}}}\r?\n|\n(?:{label}{re.escape(sep)}){{{len(columns)}}}"
+    )
     texts = df[text_column].astype(str)
     for row, text in texts[texts.str.contains("\n", regex=False)].items():
         if match := row_end.search(text):
             at = max(0, match.start() - 30)
-            raise RecipeError(f"{name}: the {text_column} of row {df.index.get_loc(row)} (0-based, header not counted) "
-                              f"holds what looks like the end of another row ({text[at:match.end()]!r}): a stray "
-                              f'double quote has merged the rows after it into this one; fix the quoting (a quote '
-                              f'inside a quoted text is written twice: "")')
+            raise RecipeError(
+                f"{name}: the {text_column} of row {df.index.get_loc(row)} (0-based, header not counted) "
+                f"holds what looks like the end of another row ({text[at : match.end()]!r}): a stray "
+                f"double quote has merged the rows after it into this one; fix the quoting (a quote "
+                f'inside a quoted text is written twice: "")'
+            )
 
 
 def split(df, sizes, shuffle=False, seed=0, setting="DATA_URL", given=None):
@@ -408,13 +483,17 @@ def split(df, sizes, shuffle=False, seed=0, setting="DATA_URL", given=None):
     if fixed + rest > len(df):  # the rest needs a row too
         lowered = [flag(name) for name, n in counts.items() if n and (given is None or name in given)]
         wanted = " + ".join(f"{name} {'(the rest)' if n is None else f'{n:,}'}" for name, n in counts.items())
-        raise RecipeError(f"the split needs {fixed + rest:,} rows ({wanted}) of {setting} but the file has {len(df):,}"
-                          + ("; lower " + " or ".join(lowered)) * bool(lowered))
+        raise RecipeError(
+            f"the split needs {fixed + rest:,} rows ({wanted}) of {setting} but the file has {len(df):,}"
+            + ("; lower " + " or ".join(lowered)) * bool(lowered)
+        )
     counts = [len(df) - fixed if count is None else count for count in counts.values()]
     if 0 in counts:
-        raise RecipeError(f"the split fractions ({', '.join(str(v or 'the rest') for v in sizes.values())}) of "
-                          f"{len(df):,} rows leave a split empty; give larger fractions or row counts")
-    return [df.iloc[end - n:end] for n, end in zip(counts, np.cumsum(counts), strict=True)]
+        raise RecipeError(
+            f"the split fractions ({', '.join(str(v or 'the rest') for v in sizes.values())}) of "
+            f"{len(df):,} rows leave a split empty; give larger fractions or row counts"
+        )
+    return [df.iloc[end - n : end] for n, end in zip(counts, np.cumsum(counts), strict=True)]
 
 
 def file_splits(s, given):
@@ -422,8 +501,14 @@ def file_splits(s, given):
     size not given beside them: a file of its own whole, training the rest of DATA_URL (None), the others a tenth."""
     source = {size: url if s.get(url) else "DATA_URL" for url, size in zip(DATA_FILES, SPLIT_SIZES, strict=True)}
     alone = len(set(source.values())) == 1
-    return {url: {size: s[size] if alone or size in given else None if size == "TRAIN_SIZE" or url != "DATA_URL" else
-                  0.1 for size in SPLIT_SIZES if source[size] == url} for url in dict.fromkeys(source.values())}
+    return {
+        url: {
+            size: s[size] if alone or size in given else None if size == "TRAIN_SIZE" or url != "DATA_URL" else 0.1
+            for size in SPLIT_SIZES
+            if source[size] == url
+        }
+        for url in dict.fromkeys(source.values())
+    }
 
 
 def relabel(frame, own, names, name):
@@ -434,8 +519,10 @@ def relabel(frame, own, names, name):
     used = sorted(set(frame["label"]))
     unseen = [own[i] for i in used if own[i] not in names]
     if unseen:
-        raise RecipeError(f"{name} holds the label {unseen[0]!r}, which the training file (DATA_URL) never has "
-                          f"(it has {', '.join(map(repr, names[:10]))}); every file needs the same labels, alike")
+        raise RecipeError(
+            f"{name} holds the label {unseen[0]!r}, which the training file (DATA_URL) never has "
+            f"(it has {', '.join(map(repr, names[:10]))}); every file needs the same labels, alike"
+        )
     return frame.assign(label=frame["label"].map({i: names.index(own[i]) for i in used}))
 
 
@@ -446,28 +533,39 @@ def check_labels(train, valid, test, names, shuffled):
     if is_regression(train):  # a correlation needs scores that vary
         for part, frame in (("training", train), ("validation", valid)):
             if frame["label"].nunique() < 2:
-                raise RecipeError(f"the {part} split has the score {frame['label'].iloc[0]} in every row: nothing to "
-                                  f"{'learn' if part == 'training' else 'choose the best epoch by'}; {shuffle}give "
-                                  f"more rows")
+                raise RecipeError(
+                    f"the {part} split has the score {frame['label'].iloc[0]} in every row: nothing to "
+                    f"{'learn' if part == 'training' else 'choose the best epoch by'}; {shuffle}give "
+                    f"more rows"
+                )
         return
     if "label" not in train:
         for k, label in enumerate(names):
             if train[k].nunique() < 2:
-                raise RecipeError(f"the training split has {label} = {train[k].iloc[0]} in every row: nothing to "
-                                  f"learn for that label; {shuffle}drop {label} from --label-columns, or give more rows")
+                raise RecipeError(
+                    f"the training split has {label} = {train[k].iloc[0]} in every row: nothing to "
+                    f"learn for that label; {shuffle}drop {label} from --label-columns, or give more rows"
+                )
         return
     seen = set(train["label"])
     if len(seen) < 2:
-        raise RecipeError(f"the training split holds only the class {names[seen.pop()]!r}; {shuffle}give more rows "
-                          f"of the other classes")
-    if len(one := set(valid["label"])) < 2:  # every epoch would score alike: the best one is chosen blind
-        raise RecipeError(f"the validation split holds only the class {names[one.pop()]!r}, so it cannot choose the "
-                          f"best epoch; {shuffle}give a larger --valid-size")
+        raise RecipeError(
+            f"the training split holds only the class {names[seen.pop()]!r}; {shuffle}give more rows "
+            f"of the other classes"
+        )
+    classes = set(valid["label"])
+    if len(classes) < 2:  # every epoch would score alike: the best one is chosen blind
+        raise RecipeError(
+            f"the validation split holds only the class {names[classes.pop()]!r}, so it cannot choose the "
+            f"best epoch; {shuffle}give a larger --valid-size"
+        )
     for part, frame in (("validation", valid), ("test", test)):
         unseen = sorted(set(frame["label"]) - seen)
         if unseen:
-            raise RecipeError(f"the {part} split holds the class {names[unseen[0]]!r}, which the training split never "
-                              f"has; {'' if shuffled else 'pass --shuffle true or '}a larger --train-size")
+            raise RecipeError(
+                f"the {part} split holds the class {names[unseen[0]]!r}, which the training split never "
+                f"has; {'' if shuffled else 'pass --shuffle true or '}a larger --train-size"
+            )
 
 
 def is_regression(frame):
@@ -491,5 +589,3 @@ BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
 def clean(text):
     """The reviews hold HTML line breaks (<br />): they are layout, not words."""
     return BR_TAG.sub(" ", text)
-
-

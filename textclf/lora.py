@@ -1,6 +1,7 @@
 """LoRA adapters (peft) for train_distilbert.py: the frozen base's dtype and 4-bit loading, the adapters on every linear
 layer with the classification head trained in full, the checkpoint's part (what trains, nothing else), and the merged
 model. The decisions are small functions: tests check them without a GPU."""
+
 import importlib.util
 
 import peft
@@ -24,8 +25,13 @@ def four_bit_settings(precision):
     their scales quantized too (double quantization), computing in the run's precision; the head and the adapters
     stay in full precision."""
     compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-            "bnb_4bit_compute_dtype": compute, "llm_int8_skip_modules": list(HEADS)}
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": compute,
+        "llm_int8_skip_modules": list(HEADS),
+    }
 
 
 def quantization(load_in_4bit, device, precision):
@@ -34,12 +40,15 @@ def quantization(load_in_4bit, device, precision):
     if not load_in_4bit:
         return None
     if device.type != "cuda":
-        raise RecipeError(f"LOAD_IN_4BIT (--load-in-4bit) loads the base in 4-bit with bitsandbytes, which runs on CUDA "
-                          f"GPUs only, and this run is on {device}; drop --load-in-4bit (LoRA alone keeps the base in "
-                          f"{precision}), or run on a CUDA GPU")
+        raise RecipeError(
+            f"LOAD_IN_4BIT (--load-in-4bit) loads the base in 4-bit with bitsandbytes, which runs on CUDA "
+            f"GPUs only, and this run is on {device}; drop --load-in-4bit (LoRA alone keeps the base in "
+            f"{precision}), or run on a CUDA GPU"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise RecipeError("LOAD_IN_4BIT (--load-in-4bit) needs the package bitsandbytes: pip install -r "
-                          "requirements-qlora.txt")
+        raise RecipeError(
+            "LOAD_IN_4BIT (--load-in-4bit) needs the package bitsandbytes: pip install -r requirements-qlora.txt"
+        )
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(**four_bit_settings(precision))
@@ -54,29 +63,43 @@ def lora_config(model, rank, alpha, dropout):
     """Adapters of rank on every linear layer of the encoder or decoder (peft's "all-linear": BERT's Linear, GPT-2's
     Conv1D, ModernBERT's fused Wqkv, DeBERTa's query_proj), the head excluded and trained in full."""
     heads = heads_of(model)
-    return peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                           target_modules="all-linear", modules_to_save=heads, exclude_modules=heads)
+    return peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS,
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules="all-linear",
+        modules_to_save=heads,
+        exclude_modules=heads,
+    )
 
 
 def with_adapters(model, s, gradient_checkpointing=False):
     """model (its base frozen) with LoRA adapters of LORA_RANK; what trains (adapters, head) in fp32, whatever the base
     is held in. A model without a linear layer peft can adapt is refused."""
     if getattr(model, "is_loaded_in_4bit", False):  # the frozen 4-bit base: norms in fp32, inputs that need grads
-        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                     gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = peft.prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     try:
         adapted = peft.get_peft_model(model, lora_config(model, s["LORA_RANK"], s["LORA_ALPHA"], s["LORA_DROPOUT"]))
     except (ValueError, TypeError) as e:
-        raise RecipeError(f"LORA_RANK (--lora-rank) adds adapters to a model's linear layers, but peft cannot adapt "
-                          f"{type(model).__name__} ({' '.join(str(e).split())[:160]}); use --lora-rank 0 to fine-tune "
-                          f"it in full") from None
+        raise RecipeError(
+            f"LORA_RANK (--lora-rank) adds adapters to a model's linear layers, but peft cannot adapt "
+            f"{type(model).__name__} ({' '.join(str(e).split())[:160]}); use --lora-rank 0 to fine-tune "
+            f"it in full"
+        ) from None
     for parameter in adapted.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()
     trained = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
     total = sum(p.numel() for p in adapted.parameters())
-    print(f"LoRA rank {s['LORA_RANK']}: {trained:,} trained parameters (adapters and head, fp32) of {total:,} "
-          f"({trained / total:.2%}); the base frozen in {next(model.parameters()).dtype}".replace("torch.", ""))
+    print(
+        f"LoRA rank {s['LORA_RANK']}: {trained:,} trained parameters (adapters and head, fp32) of {total:,} "
+        f"({trained / total:.2%}); the base frozen in {next(model.parameters()).dtype}".replace("torch.", "")
+    )
     return adapted
 
 

@@ -1,4 +1,5 @@
 """A batch's loss, a split's logits and scikit-learn scores, the best epoch, and the numbers the log shows."""
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,23 +44,36 @@ def scores(logits, targets, names, threshold):
     y = targets.numpy()
     if targets.is_floating_point() and targets.ndim == 1:
         predicted = logits.float().squeeze(-1).numpy()
-        return {"loss": loss.item() / len(targets), "rmse": float(np.sqrt(loss.item() / len(targets))),
-                "pearson": correlation(pearsonr, predicted, y), "spearman": correlation(spearmanr, predicted, y)}
+        return {
+            "loss": loss.item() / len(targets),
+            "rmse": float(np.sqrt(loss.item() / len(targets))),
+            "pearson": correlation(pearsonr, predicted, y),
+            "spearman": correlation(spearmanr, predicted, y),
+        }
     result = {"accuracy": correct.item() / len(targets), "loss": loss.item() / len(targets)}
     if targets.ndim == 1:
         predicted = logits.argmax(-1).numpy()
         matrix = confusion_matrix(y, predicted, labels=range(len(names)))
-        return {**result, "macro_f1": float(f1_score(y, predicted, labels=range(len(names)), average="macro",
-                                                     zero_division=0)),
-                "recall": {name: float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None
-                           for k, name in enumerate(names)},
-                "confusion_matrix": matrix.tolist()}
+        return {
+            **result,
+            "macro_f1": float(f1_score(y, predicted, labels=range(len(names)), average="macro", zero_division=0)),
+            "recall": {
+                name: float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None for k, name in enumerate(names)
+            },
+            "confusion_matrix": matrix.tolist(),
+        }
     probabilities, decided = logits.sigmoid().numpy(), (logits.sigmoid() > threshold).numpy()
-    auc = {name: float(roc_auc_score(y[:, k], probabilities[:, k])) if 0 < y[:, k].sum() < len(y) else None
-           for k, name in enumerate(names)}
+    auc = {
+        name: float(roc_auc_score(y[:, k], probabilities[:, k])) if 0 < y[:, k].sum() < len(y) else None
+        for k, name in enumerate(names)
+    }
     defined = [value for value in auc.values() if value is not None]
-    return {**result, "roc_auc": auc, "macro_roc_auc": float(np.mean(defined)) if defined else None,
-            **{f"{kind}_f1": float(f1_score(y, decided, average=kind, zero_division=0)) for kind in ("micro", "macro")}}
+    return {
+        **result,
+        "roc_auc": auc,
+        "macro_roc_auc": float(np.mean(defined)) if defined else None,
+        **{f"{kind}_f1": float(f1_score(y, decided, average=kind, zero_division=0)) for kind in ("micro", "macro")},
+    }
 
 
 def correlation(measure, predicted, true):
@@ -76,16 +90,24 @@ def headline(result):
 
 def better(result, best):
     """Whether validation scores beat the best (None at first), by their headline()."""
+    if best is None:
+        return True
     key = headline(result)
-    value = lambda r: -1.0 if r[key] is None else r[key]
-    return best is None or value(result) > value(best)
+    undefined = -1.0  # an undefined score (one class in validation) is worse than any
+
+    def value(scores):
+        return undefined if scores[key] is None else scores[key]
+
+    return value(result) > value(best)
 
 
 def shown(result):
     """A split's headline numbers for the log: accuracy, for multi-label the macro ROC AUC, for regression Pearson,
     Spearman and RMSE."""
     if "pearson" in result:
-        pearson, spearman = (("undefined" if result[k] is None else f"{result[k]:.4f}") for k in ("pearson", "spearman"))
+        pearson, spearman = (
+            ("undefined" if result[k] is None else f"{result[k]:.4f}") for k in ("pearson", "spearman")
+        )
         return f"Pearson {pearson} | Spearman {spearman} | RMSE {result['rmse']:.4f}"
     if "roc_auc" not in result:
         return f"accuracy {result['accuracy']:.4f}"

@@ -1,5 +1,6 @@
 """Data-parallel runs under torchrun: start-up, each process's share of a batch, sums, and the leader (rank 0), the
 only process that prints and shows progress."""
+
 import contextlib
 import io
 import math
@@ -82,16 +83,19 @@ def same_everywhere(choices):
     """The precision all processes chose ([(host, precision)]); machines that differ (A100, V100) are refused."""
     hosts = {precision: sorted({h for h, p in choices if p == precision}) for _, precision in choices}
     if len(hosts) > 1:
-        raise RecipeError("PRECISION=auto chooses differently on these machines' GPUs: " + "; ".join(
-            f"{precision} on {', '.join(names)}" for precision, names in sorted(hosts.items())) +
-            "; pass the same --precision to all (fp16 runs on every CUDA GPU), or use GPUs of one kind")
+        raise RecipeError(
+            "PRECISION=auto chooses differently on these machines' GPUs: "
+            + "; ".join(f"{precision} on {', '.join(names)}" for precision, names in sorted(hosts.items()))
+            + "; pass the same --precision to all (fp16 runs on every CUDA GPU), or use GPUs of one kind"
+        )
     return choices[0][1]
 
 
 def autocast_for(device, precision):
     """The context that runs a forward pass in precision (bf16, fp16 or fp32: none) on device; reusable."""
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-                          enabled=precision != "fp32")
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16, enabled=precision != "fp32"
+    )
 
 
 def process_device(setting, local_rank, local_world, cuda_available):
@@ -99,9 +103,11 @@ def process_device(setting, local_rank, local_world, cuda_available):
     if setting in ("auto", "cuda"):
         return f"cuda:{local_rank}" if cuda_available or setting == "cuda" else "cpu"
     if setting.startswith("cuda:") and local_world > 1:
-        raise RecipeError(f"DEVICE (--device) {setting} would put all {local_world} processes of this machine on one "
-                          f"GPU; under torchrun use --device cuda (each process takes cuda:LOCAL_RANK), and choose "
-                          f"the GPUs with CUDA_VISIBLE_DEVICES")
+        raise RecipeError(
+            f"DEVICE (--device) {setting} would put all {local_world} processes of this machine on one "
+            f"GPU; under torchrun use --device cuda (each process takes cuda:LOCAL_RANK), and choose "
+            f"the GPUs with CUDA_VISIBLE_DEVICES"
+        )
     return setting
 
 
@@ -119,9 +125,11 @@ def start_processes(device_setting):
     """(device, rank, world); under torchrun joined (NCCL on each GPU, gloo on CPU) with TIMEOUT; rank 0 prints."""
     given = [name for name in TORCHRUN if name in os.environ]
     if given and len(given) < len(TORCHRUN):
-        raise RecipeError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} set but not "
-                          f"{', '.join(name for name in TORCHRUN if name not in given)}: a data-parallel run starts "
-                          f"with torchrun, which sets them all; unset {' '.join(given)} for one process")
+        raise RecipeError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} set but not "
+            f"{', '.join(name for name in TORCHRUN if name not in given)}: a data-parallel run starts "
+            f"with torchrun, which sets them all; unset {' '.join(given)} for one process"
+        )
     env = torchrun_env()
     world = env["WORLD_SIZE"] if env else 1
     if world == 1:
@@ -140,12 +148,14 @@ def start_processes(device_setting):
 
 def leader():
     """True in the process that prints and writes the results: the only one, or rank 0 under torchrun."""
-    return (env := torchrun_env()) is None or env["RANK"] == 0
+    env = torchrun_env()
+    return env is None or env["RANK"] == 0
 
 
 def local_leader():
     """True in the first process of each machine (LOCAL_RANK 0), which prepares that machine's data."""
-    return (env := torchrun_env()) is None or env["LOCAL_RANK"] == 0
+    env = torchrun_env()
+    return env is None or env["LOCAL_RANK"] == 0
 
 
 class PeerFailed(RecipeError):
@@ -233,9 +243,13 @@ class progress(tqdm):
         self.plain, self.shown = not sys.stderr.isatty(), None
         kwargs.setdefault("disable", not leader())
         if self.plain:  # tqdm draws into a sink; display() prints the lines
-            kwargs.update(file=io.StringIO(), mininterval=0, miniters=1,
-                          bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, "
-                                     "{rate_fmt}{postfix}]")
+            kwargs.update(
+                file=io.StringIO(),
+                mininterval=0,
+                miniters=1,
+                bar_format="{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaining}, "
+                "{rate_fmt}{postfix}]",
+            )
         super().__init__(*args, **kwargs)
 
     def display(self, msg=None, pos=None):
@@ -244,7 +258,8 @@ class progress(tqdm):
         step = math.ceil(self.total / 10) if self.total else math.inf
         closing = self.disable  # close() disables the bar, then draws (or clears) it a last time
         if self.n != self.shown and (
-                self.shown is None or closing or self.n // step > self.shown // step or self.n == self.total):
+            self.shown is None or closing or self.n // step > self.shown // step or self.n == self.total
+        ):
             print(self.__str__(), file=sys.stderr, flush=True)
             self.shown = self.n
         return True

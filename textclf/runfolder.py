@@ -1,4 +1,5 @@
 """OUT_DIR and DATA_DIR: one run at a time, files replaced whole or not at all, and what killed runs left removed."""
+
 import contextlib
 import errno
 import fcntl
@@ -36,8 +37,9 @@ def write_error(path, e, needed=None):
     space = ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         free = shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
-        space = (f" (the file needs {needed:,} bytes; " if needed else " (") + f"{free:,} bytes are free there); " \
-                "free some space or write elsewhere"
+        space = (
+            f" (the file needs {needed:,} bytes; " if needed else " ("
+        ) + f"{free:,} bytes are free there); free some space or write elsewhere"
     return RecipeError(f"could not write {path}: {e.strerror or e}{space}; an earlier {path.name}, if any, is intact")
 
 
@@ -68,8 +70,12 @@ def remove_stale(folder):
     an .old folder goes back to NAME where that is missing (a kill between the renames that swap in a new folder)."""
     for stale in sorted(Path(folder).glob(".*.textclf-*")):
         match = STALE.fullmatch(stale.name)
-        if not match or match["host"] != socket.gethostname() or int(match["pid"]) == os.getpid() or alive(
-                int(match["pid"])):
+        if (
+            not match
+            or match["host"] != socket.gethostname()
+            or int(match["pid"]) == os.getpid()
+            or alive(int(match["pid"]))
+        ):
             continue
         name, kind = match["name"], match["kind"]
         if kind == "old" and not (stale.parent / name).exists():
@@ -102,8 +108,9 @@ def locked(folder):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RecipeError(f"another run is writing to {folder} right now; wait for it to finish, or choose "
-                              f"another --out-dir") from None
+            raise RecipeError(
+                f"another run is writing to {folder} right now; wait for it to finish, or choose another --out-dir"
+            ) from None
         yield
     finally:
         os.close(handle)

@@ -1,6 +1,7 @@
 """What a script's training loop calls, from the command line to metrics.json: the run's start, its epochs and batches
 (resumed where a checkpoint left off), the record of each, checkpoints, the signals (Ctrl-C, SIGTERM) that stop it at
 one, and the final test. The loop itself (forward, backward, optimizer step) is the script's."""
+
 import contextlib
 import dataclasses
 import gc
@@ -53,10 +54,19 @@ def main(run, defaults, script, argv=None):
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         torchrun = (parallel.torchrun_env() or {}).get("WORLD_SIZE", 1) > 1
-        where = (f"the run is saved in {checkpoint}; continue it with: {'torchrun <its options>' if torchrun else 'python'}"
-                 f" {Path(script).name} --out-dir {shlex.quote(str(checkpoint.parent))} --resume" + torchrun * (
-                     " (machines that share no filesystem need a copy of it at that path first; torchrun reports the "
-                     "stop as a failure, the checkpoint is complete)")) if checkpoint.exists() else "nothing to resume"
+        where = (
+            (
+                f"the run is saved in {checkpoint}; continue it with: {'torchrun <its options>' if torchrun else 'python'}"
+                f" {Path(script).name} --out-dir {shlex.quote(str(checkpoint.parent))} --resume"
+                + torchrun
+                * (
+                    " (machines that share no filesystem need a copy of it at that path first; torchrun reports the "
+                    "stop as a failure, the checkpoint is complete)"
+                )
+            )
+            if checkpoint.exists()
+            else "nothing to resume"
+        )
         if leader():
             print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signum.name}): {where}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
@@ -89,7 +99,8 @@ class Run:
             Board.check(s["TENSORBOARD"])  # before a download, not after
             if leader():
                 held.enter_context(locked(self.out_dir))  # a second run into OUT_DIR is refused while this one lasts
-                remove_stale(self.out_dir), remove_stale(self.out_dir / "model")  # what killed runs left behind
+                remove_stale(self.out_dir)  # what killed runs left behind
+                remove_stale(self.out_dir / "model")
             if local_leader():
                 remove_stale(s["DATA_DIR"])  # each machine's own
         held.push(self.ended)
@@ -107,29 +118,38 @@ class Run:
             task = {**s, "TASK": "regression" if self.regression else "classification"}
             for url in files:
                 if url != "DATA_URL":  # integers without names of their own are named as the training file's
-                    path, rows, own = load_reviews(s[url], s["DATA_DIR"], task, url, self.names,
-                                                   "the training file's labels")
+                    path, rows, own = load_reviews(
+                        s[url], s["DATA_DIR"], task, url, self.names, "the training file's labels"
+                    )
                     own = [renamed.get(label, label) for label in own] if metadata_names(path, s) else own
                     loaded[url] = path, rows, own
         shas = [file_sha256(path) for path, _, _ in loaded.values()]
         self.data_sha256 = " ".join(shas)  # of each file, DATA_URL's first
         before = (self.checkpoint or {}).get("data_sha256", self.data_sha256).split()
         for (url, (path, rows, own)), sha, was in zip(loaded.items(), shas, before, strict=True):
-            if len(hosts := dict(gathered((sha, socket.gethostname()), self.world))) > 1:
-                raise RecipeError(f"the machines read different data from {s[url]}: " + "; ".join(
-                    f"{h} a file of SHA-256 {c[:12]}…" for c, h in hosts.items()) + f"; give each machine the same "
-                    f"file (delete {path} where it differs to download it again)")
+            hosts = dict(gathered((sha, socket.gethostname()), self.world))  # each checksum and a machine that has it
+            if len(hosts) > 1:
+                raise RecipeError(
+                    f"the machines read different data from {s[url]}: "
+                    + "; ".join(f"{h} a file of SHA-256 {c[:12]}…" for c, h in hosts.items())
+                    + f"; give each machine the same "
+                    f"file (delete {path} where it differs to download it again)"
+                )
             if sha != was:
-                raise RecipeError(f"{path} is not the file the checkpoint was trained on (its checksum differs): put "
-                                  f"the original back to resume, or start over without --resume in another --out-dir")
+                raise RecipeError(
+                    f"{path} is not the file the checkpoint was trained on (its checksum differs): put "
+                    f"the original back to resume, or start over without --resume in another --out-dir"
+                )
             chunks = split(relabel(rows, own, self.names, path), files[url], s["SHUFFLE"], s["SEED"], url, self.given)
             parts.update(zip(files[url], chunks, strict=True))
         parts = [parts[size] for size in SPLIT_SIZES]
         check_labels(*parts, self.names, s["SHUFFLE"])
         self.multi = len(label_columns(s)) > 1
         if self.regression and s["CLASS_WEIGHTS"] != "none":
-            raise RecipeError(f"CLASS_WEIGHTS (--class-weights) {s['CLASS_WEIGHTS']} weights classes, but "
-                              f"{label_columns(s)[0]} holds scores (a regression task); drop --class-weights")
+            raise RecipeError(
+                f"CLASS_WEIGHTS (--class-weights) {s['CLASS_WEIGHTS']} weights classes, but "
+                f"{label_columns(s)[0]} holds scores (a regression task); drop --class-weights"
+            )
         self.task = "regression" if self.regression else "multi_label" if self.multi else "single_label"
         self.n_train, self.n_valid, self.n_test = map(len, parts)
         return pd.concat(parts)
@@ -138,10 +158,14 @@ class Run:
         """(ids, offsets, targets) of load_data()'s frame, as collate() takes them; the evaluation batches; the loss's
         class weights (class_weights(): None unless CLASS_WEIGHTS), printed once and kept for metrics.json."""
         self.labels = targets(frame, self.names)
-        self.class_weights = class_weights(self.labels[:self.n_train], len(self.names), self.s["CLASS_WEIGHTS"])
+        self.class_weights = class_weights(self.labels[: self.n_train], len(self.names), self.s["CLASS_WEIGHTS"])
         if self.class_weights is not None:
-            print(f"class weights ({self.s['CLASS_WEIGHTS']}{', on positives' * self.multi}): " + ", ".join(
-                f"{name} {weight:.4f}" for name, weight in zip(self.names, self.class_weights.tolist(), strict=True)))
+            print(
+                f"class weights ({self.s['CLASS_WEIGHTS']}{', on positives' * self.multi}): "
+                + ", ".join(
+                    f"{name} {weight:.4f}" for name, weight in zip(self.names, self.class_weights.tolist(), strict=True)
+                )
+            )
             self.class_weights = self.class_weights.to(self.device)
         self.lengths = (offsets[1:] - offsets[:-1]).numpy()
         a, b = self.n_train, self.n_train + self.n_valid
@@ -153,19 +177,32 @@ class Run:
         """parts ({name: model, optimizer, ...}) and recorded (what the run resolved when it began: its precision) go into
         every checkpoint; --resume restores them and each process's random state, once best (the model's path) is found."""
         self.parts, self.recorded = parts, {**self.recorded, **recorded}
-        self.state = {"epoch": 1, "batch": 0, "history": [], "best_valid": None, "best_epoch": None,
-                      "stopped_early_at": None, "batch_losses": [], "correct": 0, "seconds": 0.0}
+        self.state = {
+            "epoch": 1,
+            "batch": 0,
+            "history": [],
+            "best_valid": None,
+            "best_epoch": None,
+            "stopped_early_at": None,
+            "batch_losses": [],
+            "correct": 0,
+            "seconds": 0.0,
+        }
         before = self.recorded.setdefault("world_sizes", [self.world])  # older checkpoints: not known
         if self.checkpoint is None:
             return
         with agreeing(self.world):
             if leader() and self.checkpoint["state"]["best_epoch"] is not None and not Path(best).exists():
-                raise RecipeError(f"the run's best model so far (epoch {self.checkpoint['state']['best_epoch']}), "
-                                  f"{best}, is missing: put it back to resume, or start over without --resume")
+                raise RecipeError(
+                    f"the run's best model so far (epoch {self.checkpoint['state']['best_epoch']}), "
+                    f"{best}, is missing: put it back to resume, or start over without --resume"
+                )
         if before[-1] != self.world:
             before.append(self.world)
-            print(f"resuming with {self.world} processes a run that had {before[-2]}: the result will differ slightly "
-                  f"from an uninterrupted run's (metrics.json's world_sizes records both)")
+            print(
+                f"resuming with {self.world} processes a run that had {before[-2]}: the result will differ slightly "
+                f"from an uninterrupted run's (metrics.json's world_sizes records both)"
+            )
         for name, part in parts.items():
             part.load_state_dict(self.checkpoint[name])
         self.state = self.checkpoint["state"]
@@ -175,17 +212,25 @@ class Run:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        print(f"resuming {self.checkpoint_path}: epoch {self.state['epoch']}, batch {self.state['batch']}/"
-              f"{math.ceil(self.n_train / self.s['BATCH_SIZE'])}")
+        print(
+            f"resuming {self.checkpoint_path}: epoch {self.state['epoch']}, batch {self.state['batch']}/"
+            f"{math.ceil(self.n_train / self.s['BATCH_SIZE'])}"
+        )
 
     def save_checkpoint(self, **state):
         """The run as it stands, written by rank 0, with every process's random state (dropout draws differ)."""
         self.state.update(state)
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         rng = gathered({"torch": torch.get_rng_state(), "cuda": cuda}, self.world)
-        checkpoint = {"settings": self.s, "script": self.script, "data_sha256": self.data_sha256, "state": self.state,
-                      "rng": rng, "recorded": self.recorded,
-                      **{name: part.state_dict() for name, part in self.parts.items()}}
+        checkpoint = {
+            "settings": self.s,
+            "script": self.script,
+            "data_sha256": self.data_sha256,
+            "state": self.state,
+            "rng": rng,
+            "recorded": self.recorded,
+            **{name: part.state_dict() for name, part in self.parts.items()},
+        }
         if leader():
             atomic_write(self.checkpoint_path, lambda f: torch.save(checkpoint, f))
 
@@ -195,8 +240,12 @@ class Run:
         s, accum = self.s, self.s["GRAD_ACCUM_STEPS"]
         self.steps_per_epoch = math.ceil(math.ceil(self.n_train / s["BATCH_SIZE"]) / accum)
         started = self.recorded.setdefault("tensorboard", time.strftime("%Y%m%d-%H%M%S"))  # this run's folder
-        self.board = Board(self.out_dir / "tensorboard" / started, self.step(self.state["epoch"], self.state["batch"]),
-                           s["TENSORBOARD"], leader())
+        self.board = Board(
+            self.out_dir / "tensorboard" / started,
+            self.step(self.state["epoch"], self.state["batch"]),
+            s["TENSORBOARD"],
+            leader(),
+        )
         for epoch in range(self.state["epoch"], self.s["EPOCHS"] + 1):
             if self.state.get("stopped_early_at"):  # (checkpoints from before PATIENCE lack it)
                 break
@@ -207,19 +256,28 @@ class Run:
         """The epoch's training batches (Batch: this process's share, collated, on the device) from the checkpoint's."""
         s, state, world, accum = self.s, self.state, self.world, self.s["GRAD_ACCUM_STEPS"]
         generator = torch.Generator().manual_seed(s["SEED"] + epoch)
-        batches = make_batches(self.lengths[:self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
+        batches = make_batches(self.lengths[: self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
         self.epoch, self.epoch_start = epoch, time.perf_counter() - state["seconds"]
         self.batch_losses = torch.zeros(len(batches), device=self.device)
-        self.batch_losses[:state["batch"]] = torch.tensor(state["batch_losses"])
+        self.batch_losses[: state["batch"]] = torch.tensor(state["batch_losses"])
         self.correct = torch.tensor(state["correct"], device=self.device)
         self.shares = [parallel.share(batch, self.rank, world) for batch in batches]  # this process's parts
-        self.bar = progress(loader([part for part, _ in self.shares[state["batch"]:]], collate, self.device),
-                            desc=f"epoch {epoch}/{s['EPOCHS']}", initial=state["batch"], total=len(batches))
+        self.bar = progress(
+            loader([part for part, _ in self.shares[state["batch"] :]], collate, self.device),
+            desc=f"epoch {epoch}/{s['EPOCHS']}",
+            initial=state["batch"],
+            total=len(batches),
+        )
         self.sizes, self.window = list(map(len, batches)), (time.perf_counter(), state["batch"])  # since the last log
         for i, tensors in enumerate(self.bar, start=state["batch"]):
             first, weight, self.batch_index = i - i % accum, self.shares[i][1], i
-            yield Batch(to_device(tensors, self.device), i, (i + 1) % accum == 0 or i + 1 == len(batches),
-                        sum(map(len, batches[first:first + accum])) / world if weight else math.inf, weight)
+            yield Batch(
+                to_device(tensors, self.device),
+                i,
+                (i + 1) % accum == 0 or i + 1 == len(batches),
+                sum(map(len, batches[first : first + accum])) / world if weight else math.inf,
+                weight,
+            )
         self.bar.close()
         self.train_seconds = time.perf_counter() - self.epoch_start
 
@@ -231,20 +289,28 @@ class Run:
         self.batch_losses[i], self.correct = loss_sum.detach() * batch.weight, self.correct + correct * batch.weight
         self.grad_norm = self.grad_norm if grad_norm is None else grad_norm
         if (i + 1) % s["LOG_EVERY"] == 0 or i + 1 == n:
-            losses = all_sum(self.batch_losses[:i + 1].clone(), self.world)  # all processes': they stop together
-            loss = losses.sum().item() / max(sum(self.sizes[:i + 1]), 1)
+            losses = all_sum(self.batch_losses[: i + 1].clone(), self.world)  # all processes': they stop together
+            loss = losses.sum().item() / max(sum(self.sizes[: i + 1]), 1)
             if not math.isfinite(loss):
                 overflow = bool(losses.isfinite().all())  # each finite, their sum beyond float32
                 bad = int(losses.argmax() if overflow else torch.nonzero(~losses.isfinite())[0])
-                raise self.diverged(f"at epoch {self.epoch}, batch {bad + 1}", f"the loss is {losses[bad].item()}"
-                                    + " (its sum over the epoch overflows)" * overflow)
+                raise self.diverged(
+                    f"at epoch {self.epoch}, batch {bad + 1}",
+                    f"the loss is {losses[bad].item()}" + " (its sum over the epoch overflows)" * overflow,
+                )
             self.bar.set_postfix(loss=f"{loss:.4f}")
             self.log(i)
-        if batch.ends_step and stop_check_due(i + 1, n, s["GRAD_ACCUM_STEPS"], s["LOG_EVERY"], self.world) and (
-                signum := agreed(signals.requested, self.device, self.world)):  # all processes stop after this step
+        due = batch.ends_step and stop_check_due(i + 1, n, s["GRAD_ACCUM_STEPS"], s["LOG_EVERY"], self.world)
+        signum = agreed(signals.requested, self.device, self.world) if due else None  # all agree, then stop alike
+        if signum:
             losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
-            self.save_checkpoint(epoch=self.epoch, batch=i + 1, batch_losses=losses[:i + 1].tolist(),
-                                 correct=correct.item(), seconds=time.perf_counter() - self.epoch_start)
+            self.save_checkpoint(
+                epoch=self.epoch,
+                batch=i + 1,
+                batch_losses=losses[: i + 1].tolist(),
+                correct=correct.item(),
+                seconds=time.perf_counter() - self.epoch_start,
+            )
             raise Interrupted(signum)  # the signal one of them got
 
     def log(self, i):
@@ -253,11 +319,16 @@ class Run:
         if self.board.writer is None or step == self.board.last_step:
             return
         self.board.last_step = step
-        examples = sum(len(part) * weight for part, weight in self.shares[first:i + 1])
+        examples = sum(len(part) * weight for part, weight in self.shares[first : i + 1])
         seconds, self.window = time.perf_counter() - since, (time.perf_counter(), i + 1)
-        self.board.scalars({"train/loss": self.batch_losses[first:i + 1].sum().item() / max(examples, 1),
-                            "train/grad_norm": None if self.grad_norm is None else float(self.grad_norm),
-                            "train/reviews_per_second": sum(self.sizes[first:i + 1]) / seconds}, step)
+        self.board.scalars(
+            {
+                "train/loss": self.batch_losses[first : i + 1].sum().item() / max(examples, 1),
+                "train/grad_norm": None if self.grad_norm is None else float(self.grad_norm),
+                "train/reviews_per_second": sum(self.sizes[first : i + 1]) / seconds,
+            },
+            step,
+        )
         self.board.learning_rates(self.parts["optimizer"].param_groups, step)
 
     def step(self, epoch, batches_done):
@@ -270,7 +341,7 @@ class Run:
         s, state, a = self.s, self.state, self.n_train
         if not torch.isfinite(logits).all():  # a model that diverged is never kept
             raise self.diverged(f"after epoch {epoch}", "the validation logits are not finite")
-        valid = scores(logits, self.labels[a:a + self.n_valid], self.names, s["THRESHOLD"])
+        valid = scores(logits, self.labels[a : a + self.n_valid], self.names, s["THRESHOLD"])
         if not math.isfinite(valid["loss"]):
             raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
         batch_losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
@@ -281,18 +352,32 @@ class Run:
             train_shown = f"train RMSE {train['train_rmse']:.4f}"
         else:
             train = {"train_loss": train_loss, "train_accuracy": correct.item() / a}
-            measured = {"valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
-                        **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {})}
+            measured = {
+                "valid_loss": valid["loss"],
+                "valid_accuracy": valid["accuracy"],
+                **({"valid_macro_roc_auc": valid["macro_roc_auc"]} if self.multi else {}),
+            }
             train_shown = f"train accuracy {train['train_accuracy']:.4f}"
         record = {"epoch": epoch, **train, **measured, "seconds": self.train_seconds}
-        print(f"epoch {epoch}: train loss {record['train_loss']:.4f} | {train_shown} | valid {shown(valid)} | "
-              f"{self.train_seconds:.1f} s")
+        print(
+            f"epoch {epoch}: train loss {record['train_loss']:.4f} | {train_shown} | valid {shown(valid)} | "
+            f"{self.train_seconds:.1f} s"
+        )
         state["history"].append(record)
-        self.board.scalars({"train/epoch_loss": train_loss, "train/epoch_accuracy": train.get("train_accuracy"),
-                            "train/epoch_rmse": train.get("train_rmse"), "valid/loss": valid["loss"],
-                            "valid/accuracy": valid.get("accuracy"), "valid/macro_roc_auc": valid.get("macro_roc_auc"),
-                            "valid/pearson": valid.get("pearson"), "valid/spearman": valid.get("spearman"),
-                            "valid/rmse": valid.get("rmse")}, self.step(epoch + 1, 0))
+        self.board.scalars(
+            {
+                "train/epoch_loss": train_loss,
+                "train/epoch_accuracy": train.get("train_accuracy"),
+                "train/epoch_rmse": train.get("train_rmse"),
+                "valid/loss": valid["loss"],
+                "valid/accuracy": valid.get("accuracy"),
+                "valid/macro_roc_auc": valid.get("macro_roc_auc"),
+                "valid/pearson": valid.get("pearson"),
+                "valid/spearman": valid.get("spearman"),
+                "valid/rmse": valid.get("rmse"),
+            },
+            self.step(epoch + 1, 0),
+        )
         if better(valid, state["best_valid"]):
             state.update(best_valid=valid, best_epoch=epoch)
             if leader():
@@ -300,8 +385,10 @@ class Run:
         if s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
             state["stopped_early_at"] = epoch
             what = {"pearson": "Pearson correlation", "macro_roc_auc": "macro ROC AUC"}.get(headline(valid), "accuracy")
-            print(f"epoch {epoch}: no better validation {what} for "
-                  f"{s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}")
+            print(
+                f"epoch {epoch}: no better validation {what} for "
+                f"{s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}"
+            )
         self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
         if signum := agreed(signals.requested, self.device, self.world):  # also after the last epoch
             raise Interrupted(signum)
@@ -314,21 +401,26 @@ class Run:
         s = self.s
         if isinstance(error, torch.OutOfMemoryError):
             length = f" at --max-length {s['MAX_LENGTH']}" if "MAX_LENGTH" in s else ""
-            raise RecipeError(f"out of GPU memory with --batch-size {s['BATCH_SIZE']}{length}: lower --batch-size "
-                              f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps (e.g. "
-                              f"{s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch"
-                              f"{', or lower --max-length' if length else ''}") from error
+            raise RecipeError(
+                f"out of GPU memory with --batch-size {s['BATCH_SIZE']}{length}: lower --batch-size "
+                f"(e.g. {max(1, s['BATCH_SIZE'] // 2)}) and raise --grad-accum-steps (e.g. "
+                f"{s['GRAD_ACCUM_STEPS'] * 2}) for the same effective batch"
+                f"{', or lower --max-length' if length else ''}"
+            ) from error
         if isinstance(error, RuntimeError) and "without overflow" in str(error) and getattr(self, "training", False):
-            raise self.diverged(f"at epoch {self.epoch}, batch {self.batch_index + 1}",
-                                "the optimizer step overflows") from None
+            raise self.diverged(
+                f"at epoch {self.epoch}, batch {self.batch_index + 1}", "the optimizer step overflows"
+            ) from None
         return False
 
     def diverged(self, where, what):
         """The error for a run whose numbers stopped being finite: where, what, and what to try."""
         tip = " or try --precision fp32" if self.s.get("PRECISION", "fp32") != "fp32" else ""
         tip += "" if self.s["GRAD_CLIP"] else " or set --grad-clip 1"
-        return RecipeError(f"training diverged {where}: {what}; lower --learning-rate (now {self.s['LEARNING_RATE']})"
-                           f"{tip}. Nothing of this epoch was kept")
+        return RecipeError(
+            f"training diverged {where}: {what}; lower --learning-rate (now {self.s['LEARNING_RATE']})"
+            f"{tip}. Nothing of this epoch was kept"
+        )
 
     def finish(self, load, model, evaluate, saved, card=None, **extra):
         """The best epoch's model, reloaded by load() as a user would (rank 0; the others take its weights into model),
@@ -344,35 +436,61 @@ class Run:
         devices = gathered(torch.cuda.get_device_name(self.device) if cuda else str(self.device), self.world)
         if signum := agreed(signals.requested, self.device, self.world):
             raise Interrupted(signum)
-        print(f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
-              f"trained {train_seconds:.1f} s")
+        print(
+            f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
+            f"trained {train_seconds:.1f} s"
+        )
         weights = self.class_weights
-        metrics = {"settings": self.s, "labels": self.names, "multi_label": self.multi, "task": self.task,
-                   "class_weights": None if weights is None else dict(zip(self.names, weights.tolist(), strict=True)),
-                   "examples": {"train": self.n_train, "valid": self.n_valid, "test": self.n_test}, "epochs": state["history"],
-                   "best_epoch": state["best_epoch"], "stopped_early_at": state.get("stopped_early_at"),
-                   "valid_accuracy": state["best_valid"].get("accuracy"),
-                   "test_accuracy": test.get("accuracy"), "valid": state["best_valid"], "test": test,
-                   "train_seconds": train_seconds, "device": devices[0], "devices": devices,
-                   "world_size": self.world, "world_sizes": self.recorded["world_sizes"], "script": self.script, **extra,
-                   "parameters": sum(p.numel() for p in best.parameters()),
-                   "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None}
-        final = {"test_accuracy": test.get("accuracy"), "test_loss": test["loss"], "test_macro_f1": test.get("macro_f1"),
-                 "test_macro_roc_auc": test.get("macro_roc_auc"), "test_pearson": test.get("pearson"),
-                 "test_spearman": test.get("spearman"), "test_rmse": test.get("rmse"),
-                 "valid_accuracy": state["best_valid"].get("accuracy"), "valid_pearson": state["best_valid"].get("pearson")}
+        metrics = {
+            "settings": self.s,
+            "labels": self.names,
+            "multi_label": self.multi,
+            "task": self.task,
+            "class_weights": None if weights is None else dict(zip(self.names, weights.tolist(), strict=True)),
+            "examples": {"train": self.n_train, "valid": self.n_valid, "test": self.n_test},
+            "epochs": state["history"],
+            "best_epoch": state["best_epoch"],
+            "stopped_early_at": state.get("stopped_early_at"),
+            "valid_accuracy": state["best_valid"].get("accuracy"),
+            "test_accuracy": test.get("accuracy"),
+            "valid": state["best_valid"],
+            "test": test,
+            "train_seconds": train_seconds,
+            "device": devices[0],
+            "devices": devices,
+            "world_size": self.world,
+            "world_sizes": self.recorded["world_sizes"],
+            "script": self.script,
+            **extra,
+            "parameters": sum(p.numel() for p in best.parameters()),
+            "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None,
+        }
+        final = {
+            "test_accuracy": test.get("accuracy"),
+            "test_loss": test["loss"],
+            "test_macro_f1": test.get("macro_f1"),
+            "test_macro_roc_auc": test.get("macro_roc_auc"),
+            "test_pearson": test.get("pearson"),
+            "test_spearman": test.get("spearman"),
+            "test_rmse": test.get("rmse"),
+            "valid_accuracy": state["best_valid"].get("accuracy"),
+            "valid_pearson": state["best_valid"].get("pearson"),
+        }
         with agreeing(self.world):  # a full disk on rank 0 stops every process, each machine's checkpoint kept
             if leader():
                 if card:
                     card(metrics)
-                atomic_write(self.out_dir / "metrics.json",
-                             lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode()))
+                atomic_write(
+                    self.out_dir / "metrics.json", lambda f: f.write((json.dumps(metrics, indent=2) + "\n").encode())
+                )
                 for other in {self.out_dir / "model", self.out_dir / "model.pt"} - {Path(saved)}:  # the other script's
                     shutil.rmtree(other) if other.is_dir() else other.unlink(missing_ok=True)
         if local_leader():  # model and metrics.json are what a complete run leaves, on every machine
             self.checkpoint_path.unlink(missing_ok=True)
-        self.board.scalars({f"test/{k[5:]}": v for k, v in final.items() if k.startswith("test_")},
-                           self.step(len(state["history"]) + 1, 0))  # after metrics.json: a resumed run writes once
+        self.board.scalars(
+            {f"test/{k[5:]}": v for k, v in final.items() if k.startswith("test_")},
+            self.step(len(state["history"]) + 1, 0),
+        )  # after metrics.json: a resumed run writes once
         self.board.end(self.s, final)
         print(f"wrote {self.out_dir / 'metrics.json'} and {saved}")
         if self.world > 1:  # no process tears down its connections while another still uses them
@@ -411,6 +529,7 @@ def stop_check_due(batches_done, batches, accum, every, world):
 @dataclasses.dataclass
 class Batch:
     """One training batch of this process, from Run.batches()."""
+
     tensors: list  # collate()'s tensors, on the device
     index: int  # in the epoch, from 0
     ends_step: bool  # the optimizer steps after this batch
@@ -428,6 +547,7 @@ class Interrupted(KeyboardInterrupt):
 
 class Signals:
     """Ctrl-C, SIGTERM stop at once; deferred (training, the test) the first sets .requested: checkpoint, then stop."""
+
     deferred = requested = False
 
     def __call__(self, signum, frame):
@@ -435,8 +555,10 @@ class Signals:
             raise Interrupted(signum)
         self.requested = signum
         if leader():
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
-                  file=sys.stderr)
+            print(
+                f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit now)",
+                file=sys.stderr,
+            )
 
 
 signals = Signals()
