@@ -82,7 +82,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = json.loads((Path(args.run_dir) / "metrics.json").read_text())["settings"]  # ours() checks the run
     column = args.text_column or settings.get("TEXT_COLUMN", "review")
-    frame = next(predict.read_chunks([], args.texts, column))  # the first CHUNK rows, as predict.py reads them
+    frame = next(predict.read_chunks([], args.texts, [column]))  # the first CHUNK rows, as predict.py reads them
     texts = frame[column].astype(str).tolist()[: args.limit]
     device = resolve_device(args.device)
     print(
