@@ -353,6 +353,62 @@ def predict(run, chunks, text_columns, batch_size, write):
     return done
 
 
+def show(run, frame, columns):
+    """A classified chunk on standard output: label<TAB>score<TAB>text a row (regression: score<TAB>text;
+    multi-label: the labels over the threshold, or -, then every label's score), flushed."""
+    if run.regression:
+        shown = [f"{score:.4f}" for score in frame["predicted_score"]]
+    elif run.threshold is None:
+        labels_and_scores = zip(frame["predicted_label"], frame["predicted_score"], strict=True)
+        shown = [f"{label}\t{score:.4f}" for label, score in labels_and_scores]
+    else:
+        scores = frame[[f"predicted_score_{name}" for name in run.labels]].to_numpy()
+        shown = []
+        for labels, row in zip(frame["predicted_labels"], scores, strict=True):
+            every = " ".join(f"{name}={p:.4f}" for name, p in zip(run.labels, row, strict=True))
+            shown.append(f"{labels or '-'}\t{every}")
+    rows = zip(*(frame[column] for column in columns), strict=True)
+    texts = ["\t".join(" ".join(str(text).split()) for text in row) for row in rows]  # a pair: its two texts
+    for line, text in zip(shown, texts, strict=True):
+        print(f"{line}\t{text}")
+    sys.stdout.flush()
+
+
+def text_stream(binary, gzipped):
+    """A UTF-8 text stream over the binary file, gzip-compressed or plain; rows end as the writer writes them."""
+    if gzipped:
+        return gzip.open(binary, "wt", newline="", encoding="utf-8")
+    return io.TextIOWrapper(binary, newline="", encoding="utf-8")
+
+
+def write_output(run, chunks, columns, batch_size, output):
+    """The classified chunks written to output (its format from its name), atomically: a failure leaves no file."""
+    usable_folder(output.parent, "--output's folder")
+    kind = file_format(output, "--output")
+
+    def write_all(binary):
+        if kind == ".parquet":
+            writer = None
+
+            def write(frame, first):  # the ParquetWriter takes the first chunk's columns
+                nonlocal writer
+                if writer is None:
+                    writer = pyarrow.parquet.ParquetWriter(binary, parquet_schema(frame))
+                write_frame(frame, writer, kind, first)
+
+            count = predict(run, chunks, columns, batch_size, write)
+            if writer:
+                writer.close()
+        else:
+            with text_stream(binary, gzipped=output.suffix == ".gz") as f:
+                count = predict(
+                    run, chunks, columns, batch_size, lambda frame, first: write_frame(frame, f, kind, first)
+                )
+        print(f"wrote {count:,} predictions to {output}", file=sys.stderr)
+
+    atomic_write(output, write_all)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="OUT_DIR of a finished run of either training script")
@@ -394,60 +450,9 @@ def main(argv=None):
             )
         chunks = read_chunks(args.texts, args.input, columns)
         if args.output is None:
-
-            def show(frame, first):
-                if run.regression:
-                    shown = [f"{score:.4f}" for score in frame["predicted_score"]]
-                elif run.threshold is None:
-                    shown = [
-                        f"{label}\t{score:.4f}"
-                        for label, score in zip(frame["predicted_label"], frame["predicted_score"], strict=True)
-                    ]
-                else:  # the labels over the threshold (or -), then every label's score
-                    scores = frame[[f"predicted_score_{name}" for name in run.labels]].to_numpy()
-                    shown = [
-                        f"{labels or '-'}\t"
-                        + " ".join(f"{name}={p:.4f}" for name, p in zip(run.labels, row, strict=True))
-                        for labels, row in zip(frame["predicted_labels"], scores, strict=True)
-                    ]
-                texts = [
-                    "\t".join(" ".join(str(text).split()) for text in row)
-                    for row in zip(*(frame[column] for column in columns), strict=True)
-                ]
-                for line, text in zip(shown, texts, strict=True):
-                    print(f"{line}\t{text}")
-                sys.stdout.flush()
-
-            predict(run, chunks, columns, batch_size, show)
-            return
-        output = Path(args.output)
-        usable_folder(output.parent, "--output's folder")
-        kind = file_format(output, "--output")
-
-        def write_all(binary):
-            if kind == ".parquet":
-                writer = None
-
-                def write(frame, first):
-                    nonlocal writer
-                    writer = writer or pyarrow.parquet.ParquetWriter(binary, parquet_schema(frame))
-                    write_frame(frame, writer, kind, first)
-
-                count = predict(run, chunks, columns, batch_size, write)
-                if writer:
-                    writer.close()
-            else:
-                with (
-                    gzip.open(binary, "wt", newline="", encoding="utf-8")
-                    if output.suffix == ".gz"
-                    else io.TextIOWrapper(binary, newline="", encoding="utf-8")
-                ) as f:
-                    count = predict(
-                        run, chunks, columns, batch_size, lambda frame, first: write_frame(frame, f, kind, first)
-                    )
-            print(f"wrote {count:,} predictions to {output}", file=sys.stderr)
-
-        atomic_write(output, write_all)
+            predict(run, chunks, columns, batch_size, lambda frame, first: show(run, frame, columns))
+        else:
+            write_output(run, chunks, columns, batch_size, Path(args.output))
     except RecipeError as e:
         raise SystemExit(f"error: {e}") from None
     except torch.OutOfMemoryError:  # loading the model (no batch yet), or classifying a batch

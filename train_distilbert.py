@@ -465,50 +465,38 @@ def run(settings, given, held):
         if lora:  # the base frozen in the run's precision; adapters and head train in fp32
             model = with_adapters(model, s, s["GRADIENT_CHECKPOINTING"])
     with leader_first(r.world):
+        texts = frame["text"].tolist()
+        truncation = (s["TRUNCATION"], s["HEAD_TOKENS"])
         ids, offsets, types = cached_token_ids(
-            frame["text"].tolist(),
-            tokenizer,
-            s["MAX_LENGTH"],
-            s["DATA_DIR"],
-            r.data_sha256,
-            s["TRUNCATION"],
-            s["HEAD_TOKENS"],
-            pairs,
+            texts, tokenizer, s["MAX_LENGTH"], s["DATA_DIR"], r.data_sha256, *truncation, pairs
         )
     data, pad_id = r.index(ids, offsets, frame), tokenizer.pad_token_id
 
     # optimizer, schedule, precision
     fused = s["FUSED_ADAMW"] and device.type in ("cuda", "cpu", "mps", "xpu")  # the devices torch has it for
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, s["LEARNING_RATE"], s["WEIGHT_DECAY"], s["LR_DECAY"]),
-        lr=s["LEARNING_RATE"],
-        fused=fused,
-    )
+    groups = parameter_groups(model, s["LEARNING_RATE"], s["WEIGHT_DECAY"], s["LR_DECAY"])  # what trains
+    optimizer = torch.optim.AdamW(groups, lr=s["LEARNING_RATE"], fused=fused)
     total_steps = math.ceil(math.ceil(r.n_train / s["BATCH_SIZE"]) / s["GRAD_ACCUM_STEPS"]) * s["EPOCHS"]
     scheduler = get_linear_schedule_with_warmup(optimizer, round(s["WARMUP_RATIO"] * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = autocast_for(device, precision)
     forward_model = torch.compile(model, dynamic=True) if s["COMPILE"] else model
-    train_model = (
-        forward_model
-        if r.world == 1
-        else torch.nn.parallel.DistributedDataParallel(
-            forward_model, device_ids=[device] if device.type == "cuda" else None
-        )
-    )
+    train_model = forward_model
+    if r.world > 1:  # under torchrun: gradients averaged over the processes
+        device_ids = [device] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(forward_model, device_ids=device_ids)
     saved = r.out_dir / ("adapter" if lora else "model")  # the best epoch's weights (LoRA: its adapters and head)
-    r.resume(
-        {"model": Trained(model) if lora else model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
-        saved,
-        precision=precision,
-    )  # a LoRA checkpoint holds only what trains
+    trained = Trained(model) if lora else model  # what checkpoint.pt holds of the model: LoRA, only what trains
+    parts = {"model": trained, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    r.resume(parts, saved, precision=precision)
 
     # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
+    attention = model.config._attn_implementation  # SDPA where the model has it, else eager
     print(
         f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
         f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why}) | "
-        f"{model.config._attn_implementation} attention"
-    )  # SDPA where the model has it, else eager
+        f"{attention} attention"
+    )
 
     def score(candidate, batches):  # a model's logits on a split
         return evaluate(candidate, batches, data, pad_id, device, autocast, r.rank, r.world, types)
@@ -535,11 +523,9 @@ def run(settings, given, held):
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             r.record(batch, loss_sum, correct, grad_norm)  # progress bar, TensorBoard, divergence; a stop checkpoints
-        r.end_epoch(
-            epoch,
-            score(forward_model, r.valid_batches),  # keeps a better epoch's model, then a checkpoint
-            lambda epoch: save_model(model, tokenizer, saved, r.out_dir / "metrics.json"),
-        )
+        # validation; a better epoch's model is kept, then a checkpoint
+        valid_logits = score(forward_model, r.valid_batches)
+        r.end_epoch(epoch, valid_logits, lambda epoch: save_model(model, tokenizer, saved, r.out_dir / "metrics.json"))
 
     # test the best epoch's model, reloaded from disk exactly as a user would; a LoRA run's adapters are merged into
     # the base first and saved as a whole model in model/ (the others merge theirs: rank 0 then sends its weights)
@@ -552,22 +538,20 @@ def run(settings, given, held):
 
     def best():
         if lora:
-            save_model(
-                merged_into_base(saved_state(saved, device)), tokenizer, r.out_dir / "model", r.out_dir / "metrics.json"
-            )
-        return AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False).to(
-            device
-        )
+            whole = merged_into_base(saved_state(saved, device))
+            save_model(whole, tokenizer, r.out_dir / "model", r.out_dir / "metrics.json")
+        reloaded = AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False)
+        return reloaded.to(device)
 
     if lora and r.rank > 0:  # the merged model's shape, for rank 0's weights
         model = merged_into_base(Trained(model).state_dict())
 
     def card(metrics):  # the hub's model card; a LoRA run's adapter folder gets peft's
-        atomic_write(
-            r.out_dir / "model" / "README.md", lambda f: f.write(str(model_card(metrics, r.out_dir / "model")).encode())
-        )
+        text = str(model_card(metrics, r.out_dir / "model"))
+        atomic_write(r.out_dir / "model" / "README.md", lambda f: f.write(text.encode()))
         if lora:
-            atomic_write(saved / "README.md", lambda f: f.write(str(adapter_card(metrics, saved)).encode()))
+            adapter_text = str(adapter_card(metrics, saved))
+            atomic_write(saved / "README.md", lambda f: f.write(adapter_text.encode()))
         else:  # an earlier LoRA run's adapters in this OUT_DIR are not this run's
             shutil.rmtree(r.out_dir / "adapter", ignore_errors=True)
 
