@@ -133,7 +133,8 @@ def test_resume_refuses_other_settings_other_data_or_no_checkpoint(tmp_path, mon
 
 
 def test_a_run_on_a_relative_data_path_resumes_from_another_folder(tmp_path, monkeypatch):
-    (tmp_path / "here").mkdir(), (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
     write_csv(make_reviews(1_000, seed=8), tmp_path / "here" / "reviews.csv")
     monkeypatch.chdir(tmp_path / "here")
     interrupt_at(tl, monkeypatch, "batch_loss", 3)

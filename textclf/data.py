@@ -170,7 +170,8 @@ def read_aclimdb(path, name=None):
     try:
         with tarfile.open(path) as archive:
             for member in archive:
-                if member.isfile() and (match := ACLIMDB.search(member.name)):
+                match = ACLIMDB.search(member.name)  # aclImdb/{train,test}/{pos,neg}/ID_RATING.txt
+                if member.isfile() and match:
                     text = archive.extractfile(member).read().decode("utf-8")
                     parts[match[1], match[2]].append((int(match[3]), text))
     except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
