@@ -396,9 +396,11 @@ def write_output(run, chunks, columns, batch_size, output):
                     writer = pyarrow.parquet.ParquetWriter(binary, parquet_schema(frame))
                 write_frame(frame, writer, kind, first)
 
-            count = predict(run, chunks, columns, batch_size, write)
-            if writer:
-                writer.close()
+            try:
+                count = predict(run, chunks, columns, batch_size, write)
+            finally:  # also on an error: the temporary file it writes into is removed, closed
+                if writer:
+                    writer.close()
         else:
             with text_stream(binary, gzipped=output.suffix == ".gz") as f:
                 count = predict(
