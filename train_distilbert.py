@@ -35,7 +35,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.card import adapter_card, model_card
 from textclf.data import BR_TAG, clean
-from textclf.lora import Trained, base_dtype, lora_config, merged, quantization, saved_state, with_adapters
+from textclf.lora import Trained, base_dtype, merged, quantization, saved_state, with_adapters
 from textclf.metrics import all_logits, batch_loss
 from textclf.parallel import accumulating, agreeing, autocast_for, leader_first, progress, run_precision
 from textclf.runfolder import atomic_write, temporary, write_error
@@ -166,7 +166,7 @@ def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chu
     pieces, types, bare = [], [], tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     before = next((i for i in range(len(full)) if full[i : i + len(bare)] == bare), 0)  # [CLS]: 1
-    segments = pairs is not None and "token_type_ids" in tokenizer.model_input_names
+    segments = pairs is not None and reads_segments(tokenizer)
     for start in progress(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
         batch = [clean(text) for text in texts[start : start + chunk]]
         if pairs is not None:
@@ -188,6 +188,11 @@ def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chu
     return ids, offsets, flat_token_ids(types)[0].to(torch.int8) if segments else None
 
 
+def reads_segments(tokenizer):
+    """Whether the model takes token type ids (a pair's segments: BERT, DeBERTa), as its tokenizer declares."""
+    return "token_type_ids" in tokenizer.model_input_names
+
+
 def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, truncation="head", head_tokens=0, pairs=None):
     """tokenize() once: the result is cached in data_dir under a key of everything it depends on (data file,
     the texts in their order, tokenizer, max length, truncation, cleaning) and rebuilt when any of them changes or
@@ -207,7 +212,7 @@ def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, trunca
         key["truncation"] = f"{truncation} {head_tokens}"
     if pairs is not None:  # the second texts, and whether the model reads segments
         key["pairs_sha256"] = hashlib.sha256("\0".join(pairs).encode()).hexdigest()
-        key["segments"] = "token_type_ids" in tokenizer.model_input_names
+        key["segments"] = reads_segments(tokenizer)
     path = Path(data_dir) / f"tokens-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
     if path.exists():
         try:
@@ -463,7 +468,7 @@ def run(settings, given, held):
         if r.regression:  # the head starts at the training mean (decoders' heads have no bias: they learn it)
             start_at(model, frame["label"].iloc[: r.n_train].mean())
         if lora:  # the base frozen in the run's precision; adapters and head train in fp32
-            model = with_adapters(model, s, s["GRADIENT_CHECKPOINTING"])
+            model = with_adapters(model, s)
     with leader_first(r.world):
         texts = frame["text"].tolist()
         truncation = (s["TRUNCATION"], s["HEAD_TOKENS"])
@@ -529,12 +534,10 @@ def run(settings, given, held):
 
     # test the best epoch's model, reloaded from disk exactly as a user would; a LoRA run's adapters are merged into
     # the base first and saved as a whole model in model/ (the others merge theirs: rank 0 then sends its weights)
-    adapters = (s["LORA_RANK"], s["LORA_ALPHA"], s["LORA_DROPOUT"])
-
     def merged_into_base(state):
         base = load_checkpoint(s["MODEL_NAME"], r, base_dtype(s["LORA_RANK"], precision), device)
         base.config.pad_token_id = tokenizer.pad_token_id
-        return merged(base, state, lora_config(base, *adapters))
+        return merged(base, state, s)
 
     def best():
         if lora:

@@ -231,11 +231,10 @@ def run(settings, given, held):
     if r.regression:  # start at the training mean: Adam moves the bias about LEARNING_RATE a step, too slow for 3.5
         nn.init.constant_(model.head.bias, r.labels[: r.n_train].mean().item())
     optimizer = torch.optim.Adam(model.parameters(), lr=s["LEARNING_RATE"], fused=device.type == "cuda")
-    train_model = (
-        model
-        if r.world == 1
-        else torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    )
+    train_model = model
+    if r.world > 1:  # under torchrun: gradients averaged over the processes
+        device_ids = [device] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     r.resume({"model": model, "optimizer": optimizer}, r.out_dir / "model.pt")
 
     def save_best(epoch):  # the weights with the vocabulary and labels they go with, replaced together

@@ -327,20 +327,18 @@ def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto
     lists = df[columns[0]].map(is_list)
     if lists.any():  # the hub's Sequence(ClassLabel): several classes a row, in one column
         first = df[columns[0]][lists].iloc[0]
-        shown = (
-            first
-            if isinstance(first, str)
-            else str([value.item() if hasattr(value, "item") else value for value in first])
-        )
+        shown = first if isinstance(first, str) else str(np.asarray(first).tolist())  # numpy's integers as plain ones
         raise RecipeError(
-            f"{name}: {columns[0]} holds lists of classes ({shown!r} in {rows(lists)}), a multi-label layout; give each label a 0/1 column of its own and name "
-            f"them all with --label-columns a,b,c (e.g. in pandas: for k, name in enumerate(names): "
+            f"{name}: {columns[0]} holds lists of classes ({shown!r} in {rows(lists)}), a multi-label layout; "
+            f"give each label a 0/1 column of its own and name them all with --label-columns a,b,c "
+            f"(e.g. in pandas: for k, name in enumerate(names): "
             f"df[name] = df.{columns[0]}.map(lambda classes: int(k in classes)))"
         )
     raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
     numbers = pd.to_numeric(raw, errors="coerce")
     integers = numbers.notna() & (numbers % 1 == 0)
-    if task == "regression" or task == "auto" and numbers.notna().all() and not integers.all():
+    scores = numbers.notna().all() and not integers.all()  # 4.25, 3.8: not classes
+    if task == "regression" or (task == "auto" and scores):
         return frame.assign(label=scores_of(raw, numbers, columns[0], name)), [columns[0]]
     if raw.eq("").any():
         raise RecipeError(f"{name}: missing {columns[0]} label in {rows(raw.eq(''))}")
@@ -359,7 +357,7 @@ def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto
             )
         frame["label"] = numbers.astype(int)
         return frame, names
-    if numbers.notna().all():  # 4.25, 3.8 with TASK classification: scores, not classes
+    if scores:  # with TASK classification
         fraction = numbers.notna() & ~integers
         raise RecipeError(
             f"{name}: {columns[0]} holds numbers that are not whole ({raw[fraction].iloc[0]!r} in "

@@ -59,24 +59,25 @@ def heads_of(model):
     return sorted({name.split(".")[-1] for name, _ in model.named_modules() if name.split(".")[-1] in HEADS})
 
 
-def lora_config(model, rank, alpha, dropout):
-    """Adapters of rank on every linear layer of the encoder or decoder (peft's "all-linear": BERT's Linear, GPT-2's
+def lora_config(model, s):
+    """Adapters of LORA_RANK (LORA_ALPHA, LORA_DROPOUT) on every linear layer of the encoder or decoder (peft's "all-linear": BERT's Linear, GPT-2's
     Conv1D, ModernBERT's fused Wqkv, DeBERTa's query_proj), the head excluded and trained in full."""
     heads = heads_of(model)
     return peft.LoraConfig(
         task_type=peft.TaskType.SEQ_CLS,
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
+        r=s["LORA_RANK"],
+        lora_alpha=s["LORA_ALPHA"],
+        lora_dropout=s["LORA_DROPOUT"],
         target_modules="all-linear",
         modules_to_save=heads,
         exclude_modules=heads,
     )
 
 
-def with_adapters(model, s, gradient_checkpointing=False):
+def with_adapters(model, s):
     """model (its base frozen) with LoRA adapters of LORA_RANK; what trains (adapters, head) in fp32, whatever the base
     is held in. A model without a linear layer peft can adapt is refused."""
+    gradient_checkpointing = s.get("GRADIENT_CHECKPOINTING", False)
     if getattr(model, "is_loaded_in_4bit", False):  # the frozen 4-bit base: norms in fp32, inputs that need grads
         model = peft.prepare_model_for_kbit_training(
             model,
@@ -84,7 +85,7 @@ def with_adapters(model, s, gradient_checkpointing=False):
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     try:
-        adapted = peft.get_peft_model(model, lora_config(model, s["LORA_RANK"], s["LORA_ALPHA"], s["LORA_DROPOUT"]))
+        adapted = peft.get_peft_model(model, lora_config(model, s))
     except (ValueError, TypeError) as e:
         raise RecipeError(
             f"LORA_RANK (--lora-rank) adds adapters to a model's linear layers, but peft cannot adapt "
@@ -117,10 +118,10 @@ class Trained:
         peft.set_peft_model_state_dict(self.model, state)
 
 
-def merged(base, state, config):
-    """base with the adapters and head of state (a peft state dict) merged into its weights: a plain transformers
-    model, the same for every family, that loads and runs with no peft."""
-    adapted = peft.get_peft_model(base, config)
+def merged(base, state, s):
+    """base with the adapters and head of state (a peft state dict, of the settings s) merged into its weights: a
+    plain transformers model, the same for every family, that loads and runs with no peft."""
+    adapted = peft.get_peft_model(base, lora_config(base, s))
     peft.set_peft_model_state_dict(adapted, state)
     return adapted.merge_and_unload()
 
