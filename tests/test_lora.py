@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli, make_reviews, write_csv
+from conftest import cli, make_reviews, save_tiny_distilbert, write_csv
 from families import FAMILIES, save_family
 from peft import AutoPeftModelForSequenceClassification
 from test_distributed import close, torchrun
@@ -23,6 +23,15 @@ from textclf.settings import RecipeError
 @pytest.fixture(scope="module")
 def reviews_csv(tmp_path_factory):
     return write_csv(make_reviews(700, seed=31), tmp_path_factory.mktemp("data") / "reviews.csv")
+
+
+@pytest.fixture(scope="module")
+def frozen_base(tmp_path_factory):
+    """A tiny DistilBERT initialised from a fixed seed. LoRA freezes its base, so a random base decides what the
+    adapters can reach: with seeds 0 to 5 this run scored 0.455 to 0.975 (seed 0: 0.88). Seeded, the run is the same on
+    every machine, up to rounding."""
+    torch.manual_seed(0)
+    return save_tiny_distilbert(tmp_path_factory.mktemp("frozen-base"))
 
 
 def run_args(tmp_path, model, csv, **settings):
@@ -102,8 +111,8 @@ def test_a_model_without_linear_layers_peft_can_adapt_is_one_line():
         lora.with_adapters(Embeddings(), {"LORA_RANK": 4, "LORA_ALPHA": 8, "LORA_DROPOUT": 0.0})
 
 
-def test_a_lora_run_saves_the_adapter_and_a_merged_model_that_load_everywhere(tmp_path, tiny_model, reviews_csv):
-    metrics = td.main(run_args(tmp_path, tiny_model, reviews_csv))
+def test_a_lora_run_saves_the_adapter_and_a_merged_model_that_load_everywhere(tmp_path, frozen_base, reviews_csv):
+    metrics = td.main(run_args(tmp_path, frozen_base, reviews_csv, max_length=64, epochs=4))
     assert metrics["test_accuracy"] > 0.8 and metrics["settings"]["LORA_RANK"] == 8
     adapter, model = tmp_path / "out" / "adapter", tmp_path / "out" / "model"
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {p.name for p in adapter.iterdir()}
@@ -128,7 +137,7 @@ def test_a_lora_run_saves_the_adapter_and_a_merged_model_that_load_everywhere(tm
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**batch).logits, whole(**batch).logits, atol=1e-5, rtol=1e-4)
     # a full run into the same OUT_DIR removes the LoRA run's adapter
-    td.main(run_args(tmp_path, tiny_model, reviews_csv, lora_rank=0, epochs=1, learning_rate=3e-3))
+    td.main(run_args(tmp_path, frozen_base, reviews_csv, lora_rank=0, epochs=1, learning_rate=3e-3))
     assert not adapter.exists()
 
 
