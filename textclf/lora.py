@@ -60,8 +60,9 @@ def heads_of(model):
 
 
 def lora_config(model, s):
-    """Adapters of LORA_RANK (LORA_ALPHA, LORA_DROPOUT) on every linear layer of the encoder or decoder (peft's "all-linear": BERT's Linear, GPT-2's
-    Conv1D, ModernBERT's fused Wqkv, DeBERTa's query_proj), the head excluded and trained in full."""
+    """Adapters of LORA_RANK (scaled by LORA_ALPHA, with LORA_DROPOUT) on every linear layer of the encoder or
+    decoder (peft's "all-linear": BERT's Linear, GPT-2's Conv1D, ModernBERT's fused Wqkv, DeBERTa's query_proj), the
+    head excluded and trained in full."""
     heads = heads_of(model)
     return peft.LoraConfig(
         task_type=peft.TaskType.SEQ_CLS,
