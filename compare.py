@@ -12,13 +12,14 @@ import math
 import sys
 from pathlib import Path
 
-from textclf.runfolder import atomic_write
+from textclf.runfolder import atomic_write, inside
 from textclf.settings import RecipeError
 
 
 def load(path):
     """(name, metrics) of one run: an OUT_DIR holding metrics.json, or the metrics.json file itself."""
     path = Path(path)
+    inside(path, "compare.py")
     file = path / "metrics.json" if path.is_dir() else path
     try:
         metrics = json.loads(file.read_text())
@@ -46,19 +47,21 @@ def describe(metrics):
 
 
 def test_data(metrics):
-    """Which rows a run was tested on: its test file, or the rows of its data file after training and validation;
-    None where its file does not say."""
+    """Which rows a run was tested on, and against which label column(s): its test file, or the rows of its data file
+    after training and validation; None where its file does not say."""
     s, examples = metrics["settings"], metrics.get("examples", {})
     if not s.get("TEST_URL") and not s.get("DATA_URL"):
         return None
     test = examples.get("test", s.get("TEST_SIZE"))  # older runs: the setting, perhaps a fraction
     rows = f"{test:,} rows" if isinstance(test, int) else f"{test:.0%} of the rows" if isinstance(test, float) else "?"
+    labels = f" ({s['LABEL_COLUMNS']})" if s.get("LABEL_COLUMNS") else ""  # the same file, another label: other data
     if s.get("TEST_URL"):
-        return f"{Path(s['TEST_URL']).name}, {rows}"
+        return f"{Path(s['TEST_URL']).name}{labels}, {rows}"
     if "train" not in examples or "valid" not in examples:
-        return f"{Path(s['DATA_URL']).name}, {rows}"
+        return f"{Path(s['DATA_URL']).name}{labels}, {rows}"
     order = f", shuffled (seed {s.get('SEED')})" if s.get("SHUFFLE") else ""
-    return f"{Path(s['DATA_URL']).name}, {rows} after the first {examples['train'] + examples['valid']:,}{order}"
+    first = examples["train"] + examples["valid"]
+    return f"{Path(s['DATA_URL']).name}{labels}, {rows} after the first {first:,}{order}"
 
 
 def number(value, form):
@@ -189,7 +192,7 @@ def figure_of(runs):
     loss_axes.set(
         title="Loss per epoch",
         xlabel="epoch",
-        ylabel="cross-entropy (regression: squared error), mean per text"
+        ylabel="mean loss per text\n(cross-entropy; regression: squared error)"
         if regression
         else "cross-entropy (mean per review)",
     )

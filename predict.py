@@ -15,8 +15,9 @@ per text, or with --output writes the input rows, every column as it was, plus `
 `predicted_labels` (those over its THRESHOLD, comma-separated) and a `predicted_score_NAME` column per label instead;
 a regression run gives `predicted_score`, the score itself. A sentence-pair run reads two text columns, or two texts
 with a tab between them. Large files and standard input stream in chunks of 10,000 rows, and
-every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in bf16 where
-training's PRECISION=auto would (CUDA, and CPUs with native bf16); --precision fp32 turns that off.
+every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in the precision
+they trained in (metrics.json's precision) where this device computes it natively, else in fp32; --precision forces
+one. A regression run's score layer computes in fp32 in any case.
 """
 
 import argparse
@@ -41,8 +42,9 @@ import train_distilbert as td
 import train_lstm_baseline as tl
 from textclf.batches import make_batches, to_device
 from textclf.data import SURROGATE, jsonl_frames
-from textclf.parallel import auto_precision, autocast_for, progress, resolve_device
-from textclf.runfolder import atomic_write, usable_folder
+from textclf.parallel import auto_precision, autocast_for, predict_precision, progress, resolve_device
+from textclf.regression import in_fp32
+from textclf.runfolder import atomic_write, inside, usable_folder
 from textclf.settings import RecipeError, text_columns
 
 CHUNK = 10_000  # texts read, sorted, classified and written at a time
@@ -54,6 +56,7 @@ class Run:
 
     def __init__(self, run_dir, device, precision="auto"):
         run_dir = Path(run_dir)
+        inside(run_dir, "predict.py")
         if not (run_dir / "metrics.json").exists():
             raise RecipeError(
                 f"{run_dir} holds no finished run (no metrics.json); pass the OUT_DIR of a run of "
@@ -80,10 +83,12 @@ class Run:
                 f"the model in {run_dir} is damaged ({type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0][:100]}); train the run again or restore its files"
             ) from None
-        self.device = device  # auto: the training script's rule (bf16 on CUDA and on CPUs with native bf16)
-        self.precision = (
-            (auto_precision(device)[0] if precision == "auto" else precision) if self.kind == "distilbert" else "fp32"
-        )  # the LSTM runs as it trained
+        self.device = device  # auto: the run's own precision, where this device computes it natively
+        self.precision, self.precision_why = (
+            predict_precision(precision, record.get("precision"), auto_precision(device)[0])
+            if self.kind == "distilbert"
+            else ("fp32", "an LSTM run computes in fp32")
+        )
         self.autocast = autocast_for(device, self.precision)
 
     def load(self, run_dir, device, script):
@@ -96,6 +101,8 @@ class Run:
             )  # never its code
             tokenizer = AutoTokenizer.from_pretrained(run_dir / "model", trust_remote_code=False)
             td.check_tokenizer(tokenizer, model, run_dir / "model")
+            if model.config.problem_type == "regression":  # the score's layer in fp32, as model/ stores it
+                in_fp32(model, run_dir / "model")
             self.model, self.pad_id = model.to(device).eval(), tokenizer.pad_token_id
             self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
             multi = model.config.problem_type == "multi_label_classification"
@@ -186,7 +193,6 @@ def read_chunks(texts, input_path, text_columns):
         else:
             yield text_frame(texts, text_columns, 0)
         return
-    text_column = text_columns[0]
     path = Path(input_path)
     if not path.is_file():
         raise RecipeError(f"--input {path} {'is a folder; give a file' if path.is_dir() else 'does not exist'}")
@@ -209,7 +215,7 @@ def read_chunks(texts, input_path, text_columns):
                 path,
                 sep="\t" if kind == ".tsv" else ",",
                 chunksize=CHUNK,
-                dtype={text_column: object},
+                dtype=str,  # every column as written, as training reads it: 007 stays 007, 1.50 stays 1.50
                 keep_default_na=False,
             )
             columns = None  # the header's, in every chunk
@@ -301,8 +307,8 @@ def checked_texts(frame, column, done):
     if empty.any():
         rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
         raise RecipeError(
-            f"empty text in row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
-            f"(0-based, header not counted); every text needs at least one word"
+            f"empty text in column {column!r}, row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
+            f"(0-based, header not counted); every text{' of a pair' * (column != 'text')} needs at least one word"
         )
     surrogate = [SURROGATE.search(text) for text in texts]  # how Python keeps bytes that are not UTF-8
     if any(surrogate):
@@ -429,7 +435,8 @@ def main(argv=None):
         "--precision",
         default="auto",
         choices=["auto", "bf16", "fp16", "fp32"],
-        help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (DistilBERT runs only)",
+        help="auto: the precision the run trained in, where this device computes it natively, else fp32 "
+        "(DistilBERT runs only)",
     )
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line and exit 1, like every other error
     args = parser.parse_intermixed_args(argv)  # options before, between or after the texts
@@ -440,6 +447,7 @@ def main(argv=None):
         if args.batch_size is not None and args.batch_size < 1:
             raise RecipeError(f"--batch-size must be a positive number of texts, got {args.batch_size}")
         run = Run(args.run_dir, resolve_device(args.device), args.precision)
+        print(f"precision: {run.precision} ({run.precision_why})", file=sys.stderr)
         batch_size = run.settings["EVAL_BATCH_SIZE"] if args.batch_size is None else args.batch_size
         if args.input:
             columns = text_columns({"TEXT_COLUMN": args.text_column or run.settings["TEXT_COLUMN"]})

@@ -30,7 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    get_linear_schedule_with_warmup,
+)
 
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.card import adapter_card, model_card
@@ -38,6 +43,7 @@ from textclf.data import BR_TAG, clean
 from textclf.lora import Trained, base_dtype, merged, quantization, saved_state, with_adapters
 from textclf.metrics import all_logits, batch_loss
 from textclf.parallel import accumulating, agreeing, autocast_for, leader_first, progress, run_precision
+from textclf.regression import in_fp32, score_layer
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError, text_columns
 from textclf.training import Run
@@ -444,10 +450,10 @@ def load_checkpoint(name, r, dtype, device, four_bit=None):
 def start_at(model, mean):
     """A regression head whose output starts at the training mean: its bias (the last one-output linear layer's, where
     it has one) set to mean, as AdamW moves a bias only about LEARNING_RATE a step."""
-    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1]
-    if heads and heads[-1].bias is not None:
+    _, head = score_layer(model)
+    if head is not None and head.bias is not None:
         with torch.no_grad():
-            heads[-1].bias.fill_(mean)
+            head.bias.fill_(mean)
 
 
 def run(settings, given, held):
@@ -465,8 +471,8 @@ def run(settings, given, held):
         model = load_checkpoint(s["MODEL_NAME"], r, base_dtype(s["LORA_RANK"], precision), device, four_bit)
         tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
         ready(model, tokenizer, s)  # pad token, MAX_LENGTH, pair template, gradient checkpointing
-        if r.regression:  # the head starts at the training mean (decoders' heads have no bias: they learn it)
-            start_at(model, frame["label"].iloc[: r.n_train].mean())
+        if r.regression:  # the head in fp32, outside autocast; it starts at the training mean (decoders' have no bias)
+            start_at(in_fp32(model), frame["label"].iloc[: r.n_train].mean())
         if lora:  # the base frozen in the run's precision; adapters and head train in fp32
             model = with_adapters(model, s)
     with leader_first(r.world):
@@ -537,13 +543,15 @@ def run(settings, given, held):
     def merged_into_base(state):
         base = load_checkpoint(s["MODEL_NAME"], r, base_dtype(s["LORA_RANK"], precision), device)
         base.config.pad_token_id = tokenizer.pad_token_id
-        return merged(base, state, s)
+        return merged(in_fp32(base) if r.regression else base, state, s)  # a score's head stays fp32 in model/
 
     def best():
         if lora:
             whole = merged_into_base(saved_state(saved, device))
             save_model(whole, tokenizer, r.out_dir / "model", r.out_dir / "metrics.json")
         reloaded = AutoModelForSequenceClassification.from_pretrained(r.out_dir / "model", trust_remote_code=False)
+        if r.regression:  # the head as model/ stores it, in fp32 (from_pretrained casts it to a LoRA base's dtype)
+            in_fp32(reloaded, r.out_dir / "model")
         return reloaded.to(device)
 
     if lora and r.rank > 0:  # the merged model's shape, for rank 0's weights
@@ -552,8 +560,11 @@ def run(settings, given, held):
     def card(metrics):  # the hub's model card; a LoRA run's adapter folder gets peft's
         text = str(model_card(metrics, r.out_dir / "model"))
         atomic_write(r.out_dir / "model" / "README.md", lambda f: f.write(text.encode()))
-        if lora:
-            adapter_text = str(adapter_card(metrics, saved))
+        if lora:  # the card's code loads the base as it is: a pad id where it has none, its own head replaced
+            base = from_pretrained(AutoConfig.from_pretrained, s["MODEL_NAME"])
+            pad_id = tokenizer.pad_token_id if base.pad_token_id is None else None
+            head = any(name.endswith("ForSequenceClassification") for name in base.architectures or [])
+            adapter_text = str(adapter_card(metrics, saved, pad_id, head and base.num_labels != len(r.names)))
             atomic_write(saved / "README.md", lambda f: f.write(adapter_text.encode()))
         else:  # an earlier LoRA run's adapters in this OUT_DIR are not this run's
             shutil.rmtree(r.out_dir / "adapter", ignore_errors=True)

@@ -30,7 +30,7 @@ from textclf.data import clean
 from textclf.metrics import all_logits, batch_loss
 from textclf.parallel import accumulating, progress
 from textclf.runfolder import atomic_write
-from textclf.settings import RecipeError, label_columns
+from textclf.settings import RecipeError, label_columns, text_columns
 from textclf.training import Run
 from textclf.training import main as run_main
 
@@ -178,7 +178,8 @@ def load_model(out_dir, device="cpu"):
     model = LSTMClassifier(len(vocab), s["EMBEDDING_DIM"], s["HIDDEN_DIM"], len(labels)).to(device)
     model.load_state_dict(saved["model"])
     model.labels, model.max_length = labels, s.get("MAX_LENGTH", DEFAULTS["MAX_LENGTH"])  # older runs: the default
-    model.threshold = s["THRESHOLD"] if len(label_columns({"LABEL_COLUMNS": s.get("LABEL_COLUMNS", "")})) > 1 else None
+    multi = saved.get("task") == "multi_label" or len(label_columns({"LABEL_COLUMNS": s.get("LABEL_COLUMNS", "")})) > 1
+    model.threshold = s["THRESHOLD"] if multi else None  # older model.pt files: known by their label columns
     model.regression = saved.get("task") == "regression"  # one output: the score itself
     model.pairs = "<sep>" in vocab  # a sentence-pair model reads text <sep> pair
     return model.eval(), vocab
@@ -189,9 +190,14 @@ def predict(texts, out_dir="runs/lstm"):
     Single-label: [(label, its probability), ...]; multi-label: [[(label, probability) for each label over the
     threshold], ...]; regression: [(the score's name, the predicted score), ...]."""
     model, vocab = load_model(out_dir)
-    texts = list(texts)
+    texts = [texts] if isinstance(texts, str) else list(texts)  # one text, not its characters
     pairs = None
     if model.pairs:  # (text, pair) tuples
+        if not all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in texts):
+            raise ValueError(
+                f"the model in {out_dir} classifies sentence pairs: give each as a (text, pair) tuple, "
+                f"e.g. predict([('A man plays a guitar.', 'A person makes music.')], {str(out_dir)!r})"
+            )
         texts, pairs = [a for a, _ in texts], [b for _, b in texts]
     ids, offsets = encode(texts, vocab, model.max_length, pairs)
     batch = collate(range(len(texts)), ids, offsets, torch.zeros(len(texts), dtype=torch.int64))
@@ -209,8 +215,14 @@ def predict(texts, out_dir="runs/lstm"):
 
 def check_settings(s, given):
     """This script's own settings, beyond those every run checks."""
-    if s["VOCAB_SIZE"] < 3 or s["GRAD_CLIP"] < 0:
-        raise RecipeError("VOCAB_SIZE must be at least 3 and GRAD_CLIP must not be negative")
+    if s["GRAD_CLIP"] < 0:
+        raise RecipeError(f"GRAD_CLIP (--grad-clip) must not be negative, got {s['GRAD_CLIP']}")
+    specials = ["<pad>", "<unk>"] + ["<sep>"] * (len(text_columns(s)) > 1)  # build_vocab()'s, before the words
+    if s["VOCAB_SIZE"] <= len(specials):
+        raise RecipeError(
+            f"VOCAB_SIZE (--vocab-size) must leave room for words beside the {len(specials)} special tokens "
+            f"({', '.join(specials)}): at least {len(specials) + 1}, got {s['VOCAB_SIZE']}"
+        )
     return s
 
 

@@ -86,7 +86,14 @@ def model_card(metrics, folder):
         "GRAD_CLIP",
         "PATIENCE",
         "SEED",
+        "TASK",
+        "CLASS_WEIGHTS",
     ]
+    if s.get("LORA_RANK"):  # adapters trained on a frozen base, then merged into it
+        settings[1:1] = ["LORA_RANK", "LORA_ALPHA", "LORA_DROPOUT"]
+    pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
+    if pair:  # a pair is cut longest first; TRUNCATION and HEAD_TOKENS are for single texts
+        settings = [k for k in settings if k not in ("TRUNCATION", "HEAD_TOKENS")]
     columns = (
         ("train_loss", "train_rmse", "valid_loss", "valid_pearson")
         if regression
@@ -104,12 +111,24 @@ def model_card(metrics, folder):
         if len(names) <= 20
         else f"The confusion matrix of the {len(names)} classes is in the run's metrics.json."
     )
-    pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
     example = (
         '{"text": "A man is playing a guitar.", "text_pair": "A person plays music."}'
         if pair
         else '"A wonderful, moving film."'
     )
+    if pair:  # the tokenizer's pair template, the longer text cut first; predict.py reads a tab between the two
+        use = (
+            f"`truncation=True` cuts a pair to the {s['MAX_LENGTH']} tokens the model trained on, the longer text "
+            f"first (`longest_first`), as training did. The run's own preprocessing is predict.py's, a pair a line with "
+            f"a tab between its two texts:\n\n```bash\nprintf 'A man is playing a guitar.\\tA person plays music.\\n' "
+            f"| python predict.py {s['OUT_DIR']} -\n```"
+        )
+    else:
+        use = (
+            f"`truncation=True` cuts a text to the {s['MAX_LENGTH']} tokens the model trained on, keeping its start; "
+            f"the run's own preprocessing (its cleaning and {s['TRUNCATION']} truncation) is "
+            f'`python predict.py {s["OUT_DIR"]} "a text"`.'
+        )
     if regression:
         task = f"regression (a {names[0]} score)"
         headline = ", ".join(f"{name} {number(value)}" for _, name, value in measured)
@@ -168,15 +187,16 @@ classify = pipeline("text-classification", model="{folder}", truncation=True)  #
 classify({example})
 ```
 
-`truncation=True` cuts a text to the {s["MAX_LENGTH"]} tokens the model trained on, keeping its start; the run's own
-preprocessing (its cleaning and {s["TRUNCATION"]} truncation) is `python predict.py {s["OUT_DIR"]} "a text"`.
+{use}
 """
     return ModelCard(f"---\n{card.to_yaml()}\n---\n\n{body}")
 
 
-def adapter_card(metrics, folder):
+def adapter_card(metrics, folder, pad_token_id=None, base_head=False):
     """The model card of a LoRA run's adapter folder, as the hub expects a peft adapter's: library_name peft, the base
-    model, the test scores, and how to load it (with the run's labels: the base's own config has other ones)."""
+    model, the test scores, and code that loads it and classifies a padded batch as written: with the run's labels
+    (the base's own config has other ones), pad_token_id where the base has none (GPT-2, Llama, Qwen) and
+    ignore_mismatched_sizes where the base has a head of its own (base_head), which the adapter's replaces."""
     s, names = metrics["settings"], metrics["labels"]
     hub_name = not Path(s["MODEL_NAME"]).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s["MODEL_NAME"])
     data = ModelCardData(
@@ -195,6 +215,19 @@ def adapter_card(metrics, folder):
         for key in ("accuracy", "macro_f1", "macro_roc_auc", "pearson", "spearman")
         if test.get(key) is not None
     )
+    extra = f", pad_token_id={pad_token_id}" * (pad_token_id is not None) + ", ignore_mismatched_sizes=True" * base_head
+    pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
+    example = (
+        '["A man is playing a guitar.", "A dog runs."], ["A person plays music.", "A cat sleeps."]'
+        if pair
+        else '["A wonderful, moving film.", "Dull."]'
+    )
+    local = (
+        f"\nThe base model is the local folder `{s['MODEL_NAME']}` (`base_model_name_or_path` in "
+        f"`adapter_config.json`): elsewhere, set that to where the base model is there, or its hub name.\n"
+        if not hub_name
+        else ""
+    )
     body = f"""# {Path(s["OUT_DIR"]).resolve().name}: LoRA adapter
 
 LoRA adapters of rank {s["LORA_RANK"]} (alpha {s["LORA_ALPHA"]}, dropout {s["LORA_DROPOUT"]}) on every linear layer of
@@ -203,8 +236,13 @@ LoRA adapters of rank {s["LORA_RANK"]} (alpha {s["LORA_ALPHA"]}, dropout {s["LOR
 
 ```python
 from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoTokenizer
+
 model = AutoPeftModelForSequenceClassification.from_pretrained(
-    "{folder}", num_labels={len(names)}, id2label={labels}, problem_type="{problem}")
+    "{folder}", num_labels={len(names)}, id2label={labels}, problem_type="{problem}"{extra})
+tokenizer = AutoTokenizer.from_pretrained("{folder}")
+batch = tokenizer({example}, padding=True, truncation=True, return_tensors="pt")
+logits = model(**batch).logits
 ```
-"""
+{local}"""
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

@@ -276,9 +276,11 @@ def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
 
 def parquet_label_names(path, column):
     """The ClassLabel names of column that a Hugging Face dataset's Parquet file keeps in its schema's metadata, or
-    None. A list of them (Sequence(ClassLabel), multi-label in one column) is not returned: labelled() refuses it."""
+    None; also of a list of them (Sequence(ClassLabel), or List in newer datasets: multi-label in one column)."""
     meta = json.loads((pyarrow.parquet.read_schema(path).metadata or {}).get(b"huggingface", b"{}"))
     feature = meta.get("info", {}).get("features", {}).get(column, {})
+    while isinstance(feature, list) and len(feature) == 1 or isinstance(feature, dict) and "feature" in feature:
+        feature = feature[0] if isinstance(feature, list) else feature["feature"]  # the list's elements
     return feature.get("names") if isinstance(feature, dict) else None
 
 
@@ -304,10 +306,21 @@ def given_label_names(settings, given, names, metadata, path):
 
 
 def is_list(value):
-    return isinstance(value, (list, tuple, np.ndarray)) or isinstance(value, str) and bool(LIST.fullmatch(value))
+    return isinstance(value, (list, tuple, np.ndarray)) or isinstance(value, str) and as_list(value) is not None
 
 
-LIST = re.compile(r"\s*\[\s*(?:-?\d+\s*(?:,\s*-?\d+\s*)*)?\]\s*")  # [0], [0, 3], []: a list of class numbers in a text
+def as_list(value):
+    """A label cell's list of classes: a list (JSONL), an array (Parquet) or a text that is a JSON list of class
+    numbers or names ("[0, 3]", '["joy", "anger"]', as a CSV file holds one); None for anything else."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return list(value)
+    if not isinstance(value, str) or not value.strip().startswith("["):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, list) and all(isinstance(v, (int, str)) for v in parsed) else None
 
 
 def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto"):
@@ -326,14 +339,7 @@ def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto
         return frame, columns
     lists = df[columns[0]].map(is_list)
     if lists.any():  # the hub's Sequence(ClassLabel): several classes a row, in one column
-        first = df[columns[0]][lists].iloc[0]
-        shown = first if isinstance(first, str) else str(np.asarray(first).tolist())  # numpy's integers as plain ones
-        raise RecipeError(
-            f"{name}: {columns[0]} holds lists of classes ({shown!r} in {rows(lists)}), a multi-label layout; "
-            f"give each label a 0/1 column of its own and name them all with --label-columns a,b,c "
-            f"(e.g. in pandas: for k, name in enumerate(names): "
-            f"df[name] = df.{columns[0]}.map(lambda classes: int(k in classes)))"
-        )
+        return listed(frame, df[columns[0]], lists, names, name, named_by, task)
     raw = df[columns[0]].astype(str).str.strip().where(df[columns[0]].notna(), "")
     numbers = pd.to_numeric(raw, errors="coerce")
     integers = numbers.notna() & (numbers % 1 == 0)
@@ -346,7 +352,9 @@ def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto
         bad = ~numbers.between(0, len(names) - 1)
         if bad.any():
             fix = (
-                "give one name per class with --label-names a,b,c"
+                f"integer labels index LABEL_NAMES from 0, so name every class from 0 to "
+                f"{int(numbers.max())} with --label-names a,b,c (a class no row has keeps its place), or, for "
+                f"ratings to predict as a number, pass --task regression"
                 if named_by == "LABEL_NAMES"
                 else "every file needs the same classes, numbered alike"
             )
@@ -383,6 +391,49 @@ def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto
     return frame, names
 
 
+def listed(frame, column, lists, names, name, named_by, task):
+    """labelled() of a label column of lists (a multi-label task in one column): frame with a 0/1 column per class,
+    and the class names. Class numbers index names from 0 (a Parquet file's ClassLabel names, else names); class
+    names name themselves, in sorted order."""
+    if task == "regression":
+        raise RecipeError(
+            f"{name}: {column.name} holds lists of classes (a multi-label task), not scores; drop --task regression"
+        )
+    if not lists.all():
+        raise RecipeError(
+            f"{name}: {column.name} holds lists of classes in some rows ({rows(lists)}) and single values in "
+            f"others ({rows(~lists)}, e.g. {str(column[~lists].iloc[0])!r}); write every row's classes as a list "
+            f"([0, 3], or [] for none)"
+        )
+    classes = [[v.item() if isinstance(v, np.generic) else v for v in as_list(value)] for value in column]
+    kinds = {type(v) for row in classes for v in row}
+    if kinds == {str}:
+        names = sorted({v for row in classes for v in row})
+    elif kinds - {int}:
+        raise RecipeError(
+            f"{name}: {column.name} holds lists that mix class numbers and class names; use one kind in every list"
+        )
+    else:
+        bad = pd.Series([any(not 0 <= v < len(names) for v in row) for row in classes], index=column.index)
+        if bad.any():
+            fix = (
+                "class numbers index LABEL_NAMES from 0: name every class with --label-names a,b,c"
+                if named_by == "LABEL_NAMES"
+                else "every file needs the same classes, numbered alike"
+            )
+            raise RecipeError(
+                f"{name}: {column.name} holds lists of class numbers, named by {named_by} ({','.join(names)}) as "
+                f"0..{len(names) - 1}, but {rows(bad)} hold{'s' if bad.sum() == 1 else ''} "
+                f"{classes[int(np.flatnonzero(bad)[0])]}; {fix}"
+            )
+    index = {label: k for k, label in enumerate(names)} if kinds == {str} else {k: k for k in range(len(names))}
+    on = np.zeros((len(classes), len(names)), dtype=int)
+    for i, row in enumerate(classes):
+        for label in row:
+            on[i, index[label]] = 1
+    return frame.join(pd.DataFrame(on, index=frame.index)), list(names)
+
+
 def scores_of(raw, numbers, column, name):
     """A regression column's values as float32-ready floats: every one a finite number."""
     words = numbers.isna()
@@ -398,6 +449,12 @@ def scores_of(raw, numbers, column, name):
         raise RecipeError(
             f"{name}: {column} holds {raw[infinite].iloc[0]!r} in {rows(infinite)}; a regression "
             f"target needs finite numbers"
+        )
+    beyond = numbers.abs() > np.finfo(np.float32).max  # training computes in float32
+    if beyond.any():
+        raise RecipeError(
+            f"{name}: {column} holds {raw[beyond].iloc[0]!r} in {rows(beyond)}, beyond float32's range (about "
+            f"3.4e38) that training computes in; rescale the scores (divide them by a power of ten) first"
         )
     return numbers.astype(float)
 
@@ -513,8 +570,18 @@ def file_splits(s, given):
 def relabel(frame, own, names, name):
     """frame's labels, indices into own (its file's names), as indices into names (the training file's), matched by
     name: a label of the file that the training file lacks is a RecipeError."""
-    if "label" not in frame or own == names or is_regression(frame):
+    if own == names or is_regression(frame):
         return frame
+    if "label" not in frame:  # multi-label: a 0/1 column per class of own, placed as names orders them
+        unseen = [label for k, label in enumerate(own) if label not in names and frame[k].any()]
+        if unseen:
+            raise RecipeError(
+                f"{name} holds the label {unseen[0]!r}, which the training file (DATA_URL) never has "
+                f"(it has {', '.join(map(repr, names[:10]))}); every file needs the same labels, alike"
+            )
+        texts = frame.drop(columns=range(len(own)))
+        on = {k: frame[own.index(label)] if label in own else 0 for k, label in enumerate(names)}
+        return texts.join(pd.DataFrame(on, index=frame.index))
     used = sorted(set(frame["label"]))
     unseen = [own[i] for i in used if own[i] not in names]
     if unseen:

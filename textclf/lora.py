@@ -6,6 +6,7 @@ import importlib.util
 
 import peft
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from .settings import RecipeError
 
@@ -78,6 +79,7 @@ def lora_config(model, s):
 def with_adapters(model, s):
     """model (its base frozen) with LoRA adapters of LORA_RANK; what trains (adapters, head) in fp32, whatever the base
     is held in. A model without a linear layer peft can adapt is refused."""
+    check_rank(model, s["LORA_RANK"])
     gradient_checkpointing = s.get("GRADIENT_CHECKPOINTING", False)
     if getattr(model, "is_loaded_in_4bit", False):  # the frozen 4-bit base: norms in fp32, inputs that need grads
         model = peft.prepare_model_for_kbit_training(
@@ -103,6 +105,25 @@ def with_adapters(model, s):
         f"({trained / total:.2%}); the base frozen in {next(model.parameters()).dtype}".replace("torch.", "")
     )
     return adapted
+
+
+def check_rank(model, rank):
+    """A rank at least the width of the narrowest layer the adapters go on is refused: such an adapter pair holds as
+    many numbers as the weight it adapts, or more (rank 100,000 on a 32-wide model took 6.7 GB), and saves nothing."""
+    heads = set(heads_of(model))
+    widths = [  # in and out features (a 4-bit layer's weight is packed: its shape is not the layer's)
+        min(module.in_features, module.out_features)
+        if isinstance(module, torch.nn.Linear)
+        else min(module.weight.shape)
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and name.split(".")[-1] not in heads
+    ]
+    if widths and rank >= min(widths):
+        raise RecipeError(
+            f"LORA_RANK (--lora-rank) {rank} is at least the width of the narrowest layer it adapts in "
+            f"{type(model).__name__} ({min(widths)}): adapters of that rank are no smaller than the weights "
+            f"they adapt; use a rank well below it (8 or 16 are usual), or --lora-rank 0 to fine-tune in full"
+        )
 
 
 class Trained:

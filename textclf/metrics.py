@@ -38,8 +38,10 @@ def all_logits(model, forward, batches, collate, width, device, rank, world):
 
 
 def scores(logits, targets, names, threshold):
-    """A split's accuracy (multi-label: exact match) and mean loss; single-label macro-F1 and confusion matrix (rows:
-    true class); multi-label ROC AUC per label (None where a label has one value), their mean, micro- and macro-F1."""
+    """A split's accuracy (multi-label: exact match) and mean loss; single-label macro-F1 over the classes present in the
+    truth or the predictions (scikit-learn's default: a class in neither has no F1 to average) and confusion matrix
+    (rows: true class); multi-label ROC AUC per label (None where a label has one value), their mean, micro- and
+    macro-F1."""
     loss, correct = batch_loss(logits, targets, threshold)
     y = targets.numpy()
     if targets.is_floating_point() and targets.ndim == 1:
@@ -56,7 +58,7 @@ def scores(logits, targets, names, threshold):
         matrix = confusion_matrix(y, predicted, labels=range(len(names)))
         return {
             **result,
-            "macro_f1": float(f1_score(y, predicted, labels=range(len(names)), average="macro", zero_division=0)),
+            "macro_f1": float(f1_score(y, predicted, average="macro", zero_division=0)),
             "recall": {
                 name: float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None for k, name in enumerate(names)
             },

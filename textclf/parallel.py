@@ -67,6 +67,19 @@ def auto_precision(device):
     return choose_precision(device.type, cpu_bf16() if device.type == "cpu" else "")
 
 
+def predict_precision(setting, recorded, here):
+    """predict.py's (precision, why): --precision where it is not auto; else the precision the run trained in
+    (recorded, None for runs from before it was recorded), where this device computes it natively (here: what
+    PRECISION=auto would choose on it), else fp32, which loses nothing of a bf16 or fp16 model's numbers."""
+    if setting != "auto":
+        return setting, "--precision"
+    if recorded is None:
+        return here, "the run did not record its precision; PRECISION=auto's choice here"
+    if recorded == "fp32" or recorded == here:
+        return recorded, f"the run trained in {recorded}"
+    return "fp32", f"the run trained in {recorded}, which this device does not compute natively"
+
+
 def run_precision(setting, device, recorded=None, world=1):
     """(precision, why): PRECISION, or auto resolved once when the run begins, alike everywhere, kept by --resume."""
     if setting != "auto":

@@ -32,6 +32,19 @@ def usable_folder(path, setting):
             raise RecipeError(f"{setting} {path} {where}; give a folder")
 
 
+def inside(path, tool):
+    """A RecipeError where path is a part of a finished run (its model/ or adapter/ folder, or model.pt) rather than
+    the run: it names the run folder to give tool instead."""
+    path = Path(path)
+    run = path.parent
+    part = path.name in ("model", "adapter", "model.pt")
+    if part and not (path / "metrics.json").exists() and (run / "metrics.json").is_file():
+        raise RecipeError(
+            f"{path} is a part of the run in {run}; {tool} takes the run folder (the OUT_DIR, which holds "
+            f"metrics.json): {tool} {run}"
+        )
+
+
 def write_error(path, e, needed=None):
     """A failed write (full disk, read-only, no permission) as one line that names the path and the cause."""
     space = ""

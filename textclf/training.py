@@ -144,7 +144,7 @@ class Run:
             parts.update(zip(files[url], chunks, strict=True))
         parts = [parts[size] for size in SPLIT_SIZES]
         check_labels(*parts, self.names, s["SHUFFLE"])
-        self.multi = len(label_columns(s)) > 1
+        self.multi = "label" not in parts[0]  # a 0/1 column per class: several label columns, or one of lists
         if self.regression and s["CLASS_WEIGHTS"] != "none":
             raise RecipeError(
                 f"CLASS_WEIGHTS (--class-weights) {s['CLASS_WEIGHTS']} weights classes, but "
@@ -165,6 +165,7 @@ class Run:
                 + ", ".join(
                     f"{name} {weight:.4f}" for name, weight in zip(self.names, self.class_weights.tolist(), strict=True)
                 )
+                + " (train_loss is weighted by them; the validation and test losses are not)"
             )
             self.class_weights = self.class_weights.to(self.device)
         self.lengths = (offsets[1:] - offsets[:-1]).numpy()
@@ -414,7 +415,18 @@ class Run:
         return False
 
     def diverged(self, where, what):
-        """The error for a run whose numbers stopped being finite: where, what, and what to try."""
+        """The error for a run whose numbers stopped being finite: where, what, and what to try. Scores whose squared
+        errors from their mean, over the training split, pass float32's range overflow whatever the learning rate."""
+        if getattr(self, "regression", False) and hasattr(self, "labels"):
+            train = self.labels[: self.n_train].double()
+            spread = float((train - train.mean()).abs().max())
+            if spread**2 * self.n_train >= torch.finfo(torch.float32).max:
+                return RecipeError(
+                    f"training diverged {where}: {what}; the scores are too large for their squared errors "
+                    f"(up to {spread:.3g} from their mean, squared and summed over {self.n_train:,} rows) to fit "
+                    f"in float32: rescale them (divide {label_columns(self.s)[0]} by a power of ten, e.g. "
+                    f"1e{max(1, math.ceil(math.log10(spread)) - 3)}) and train again"
+                )
         tip = " or try --precision fp32" if self.s.get("PRECISION", "fp32") != "fp32" else ""
         tip += "" if self.s["GRAD_CLIP"] else " or set --grad-clip 1"
         return RecipeError(
@@ -500,15 +512,16 @@ class Run:
 
 def class_weights(labels, classes, kind):
     """The loss's weights for kind "balanced", from the training labels: single-label, each class's
-    n_samples / (n_classes x its count), as scikit-learn's compute_class_weight gives them (a class absent from
-    training 0); multi-label, each label's positives weighted by its negatives / positives. None for "none"."""
+    n_samples / (n_classes x its count), n_classes those present in training, as scikit-learn's compute_class_weight
+    counts them (a class absent from training 0); multi-label, each label's positives weighted by its negatives /
+    positives. None for "none"."""
     if kind == "none":
         return None
     if labels.ndim == 2:
         positives = labels.sum(0)
         return (len(labels) - positives) / positives
     counts = torch.bincount(labels, minlength=classes).double()
-    weights = len(labels) / (classes * counts)
+    weights = len(labels) / (int((counts > 0).sum()) * counts)
     return torch.where(counts > 0, weights, 0.0).float()
 
 
