@@ -68,10 +68,36 @@ def number(value, form):
     return "?" if value is None else format(value, form)
 
 
+def with_teachers(runs):
+    """runs, each distilled run followed by its teacher: a row of the teacher's test scores on the same test split."""
+    rows = []
+    for name, m in runs:
+        rows.append((name, m))
+        teacher = m.get("teacher")
+        if teacher:
+            rows.append(
+                (
+                    f"{name}: teacher",
+                    {
+                        "role": "teacher",
+                        "settings": {**m["settings"], "MODEL_NAME": teacher["name"]},
+                        "task": m.get("task"),
+                        "multi_label": m.get("multi_label"),
+                        "examples": m.get("examples", {}),
+                        "epochs": [],
+                        "test": teacher["test"],
+                        "test_accuracy": teacher["test"].get("accuracy"),
+                    },
+                )
+            )
+    return rows
+
+
 def table(runs):
     """One markdown row per run: what was trained, how long, and how well (multi-label: exact-match accuracy, and
-    the macro ROC AUC that picks the best epoch; regression: Pearson, which picks it, Spearman and RMSE). What a
-    run's file lacks shows as ?."""
+    the macro ROC AUC that picks the best epoch; regression: Pearson, which picks it, Spearman and RMSE); a distilled
+    run's teacher on the next row, with its test scores. What a run's file lacks shows as ?."""
+    runs = with_teachers(runs)
     auc = any(m.get("multi_label") for _, m in runs)
     regression = any(m.get("task") == "regression" for _, m in runs)
     tested = [test_data(m) for _, m in runs]
@@ -102,6 +128,8 @@ def table(runs):
     for (name, m), test in zip(runs, tested, strict=True):
         s, epochs = m["settings"], m["epochs"]
         script, model = describe(m)
+        if m.get("role") == "teacher":
+            script, model = "teacher", Path(m["settings"]["MODEL_NAME"]).name or m["settings"]["MODEL_NAME"]
         device = (
             m.get("device", "?")
             + (f" x {m['world_size']}" if m.get("world_size", 1) > 1 else "")
@@ -116,6 +144,8 @@ def table(runs):
         train = m.get("examples", {}).get("train", s.get("TRAIN_SIZE"))  # older runs: a fraction stays a fraction
         train = "?" if train is None else f"{train:.0%} of the rows" if isinstance(train, float) else f"{train:,}"
         ran = f"{len(epochs)} of {s['EPOCHS']}" if len(epochs) < s.get("EPOCHS", 0) else str(len(epochs))
+        if m.get("role") == "teacher":  # trained elsewhere: only its test scores are known here
+            train, ran = "?", "?"
         row = [
             name,
             script,

@@ -27,7 +27,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from transformers import (
@@ -37,15 +36,16 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from textclf.batches import flat_token_ids, pad_batch
+from textclf import distill
 from textclf.card import adapter_card, model_card
-from textclf.data import BR_TAG, clean
+from textclf.data import BR_TAG
 from textclf.lora import Trained, base_dtype, merged, quantization, saved_state, with_adapters
 from textclf.metrics import all_logits, batch_loss
-from textclf.parallel import accumulating, agreeing, autocast_for, leader_first, progress, run_precision
+from textclf.parallel import accumulating, agreeing, autocast_for, leader_first, run_precision
 from textclf.regression import in_fp32, score_layer
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError, text_columns
+from textclf.tokens import collate, model_inputs, reads_segments, tokenize
 from textclf.training import Run
 from textclf.training import main as run_main
 
@@ -77,6 +77,11 @@ LORA_RANK = 0  # 0 = full fine-tuning (the recipe); r > 0 = LoRA adapters of ran
 LORA_ALPHA = 16  # LoRA scaling: each adapter's update x LORA_ALPHA / LORA_RANK
 LORA_DROPOUT = 0.05  # dropout on the adapters' input
 LOAD_IN_4BIT = False  # QLoRA: the frozen base in 4-bit NF4 by bitsandbytes (CUDA only; needs LORA_RANK > 0)
+# distillation (README: Smaller, faster, cheaper)
+TEACHER = ""  # a fine-tuned model of the data's labels (a train_distilbert.py run folder, a checkpoint folder or hub name) whose outputs the student learns too; "" = off
+UNLABELED_URL = ""  # texts without labels (a file as DATA_URL with its text column(s); the aclImdb archive: its unsup reviews) that the TEACHER labels for training
+DISTILL_ALPHA = 0.5  # labelled rows: DISTILL_ALPHA x the label's loss + (1 - DISTILL_ALPHA) x the teacher's soft loss; unlabelled rows: the soft loss alone
+DISTILL_TEMPERATURE = 2.0  # single-label: both distributions softened by this temperature in the soft loss (x T², Hinton et al. 2015)
 # optimisation
 BATCH_SIZE = 16  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
@@ -162,43 +167,6 @@ def check_settings(s, given):
     return s
 
 
-def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chunk=2_000, pairs=None):
-    """Token ids of all texts, as one flat int32 tensor, offsets (review i is ids[offsets[i]:offsets[i+1]]) and the
-    token type ids, flat like the ids, where pairs are given and the model reads segments (else None).
-    A review over max_length keeps its first tokens (head) or, with head+tail (Sun et al. 2019), the special tokens
-    before it ([CLS]; none for GPT-2), its first head_tokens and its last tokens, [SEP] included, up to max_length.
-    With pairs (the second text of each), each pair is encoded by the tokenizer's own pair template ([CLS] a [SEP]
-    b [SEP] for BERT), the longer text cut first to fit max_length."""
-    pieces, types, bare = [], [], tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    before = next((i for i in range(len(full)) if full[i : i + len(bare)] == bare), 0)  # [CLS]: 1
-    segments = pairs is not None and reads_segments(tokenizer)
-    for start in progress(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
-        batch = [clean(text) for text in texts[start : start + chunk]]
-        if pairs is not None:
-            second = [clean(text) for text in pairs[start : start + chunk]]
-            encoded = tokenizer(
-                batch, second, truncation="longest_first", max_length=max_length, return_token_type_ids=segments
-            )
-            pieces += encoded["input_ids"]
-            types += encoded["token_type_ids"] if segments else []
-        elif truncation == "head":
-            pieces += tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
-        else:  # verbose=False: the untruncated lengths are expected here, not a mistake to warn about
-            tail = max_length - before - head_tokens
-            pieces += [
-                p if len(p) <= max_length else p[: before + head_tokens] + p[-tail:]
-                for p in tokenizer(batch, verbose=False)["input_ids"]
-            ]
-    ids, offsets = flat_token_ids(pieces)
-    return ids, offsets, flat_token_ids(types)[0].to(torch.int8) if segments else None
-
-
-def reads_segments(tokenizer):
-    """Whether the model takes token type ids (a pair's segments: BERT, DeBERTa), as its tokenizer declares."""
-    return "token_type_ids" in tokenizer.model_input_names
-
-
 def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, truncation="head", head_tokens=0, pairs=None):
     """tokenize() once: the result is cached in data_dir under a key of everything it depends on (data file,
     the texts in their order, tokenizer, max length, truncation, cleaning) and rebuilt when any of them changes or
@@ -231,23 +199,6 @@ def cached_token_ids(texts, tokenizer, max_length, data_dir, data_sha256, trunca
     ids, offsets, types = tokenize(texts, tokenizer, max_length, truncation, head_tokens, pairs=pairs)
     atomic_write(path, lambda f: torch.save({"key": key, "ids": ids, "offsets": offsets, "types": types}, f))
     return ids, offsets, types
-
-
-def collate(indices, ids, offsets, labels, pad_id, pad_to=None, types=None):
-    """Batch of reviews, right-padded to the longest one (or to pad_to): input_ids, attention_mask, labels and, for
-    pairs on a model that reads segments, token_type_ids (types: tokenize()'s)."""
-    input_ids, lengths = pad_batch(indices, ids, offsets, pad_id, pad_to)
-    attention_mask = torch.arange(input_ids.shape[1]) < lengths[:, None]
-    batch = [input_ids, attention_mask.long(), labels[np.asarray(indices)]]
-    if types is not None:
-        batch.append(pad_batch(indices, types, offsets, 0, pad_to)[0])
-    return batch
-
-
-def model_inputs(tensors):
-    """The model's keyword arguments from collate()'s tensors (the labels, third, are the loss's)."""
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    return dict(zip(names, [tensors[0], tensors[1], *tensors[3:]], strict=False))
 
 
 def evaluate(model, batches, data, pad_id, device, autocast, rank=0, world=1, types=None):
@@ -464,6 +415,7 @@ def run(settings, given, held):
     # data: download once, validate, split in file order; model; tokenize once (cached)
     frame = r.load_data()
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None  # a sentence-pair task: the second texts
+    teacher = distill.prepare(r, frame, precision)  # with a TEACHER: its soft targets, computed once; then it is freed
     torch.manual_seed(s["SEED"])
     lora = s["LORA_RANK"] > 0  # adapters on a frozen base; 0: every weight trains, in fp32
     with agreeing(r.world):  # a model folder missing on one machine stops every process
@@ -487,7 +439,7 @@ def run(settings, given, held):
     fused = s["FUSED_ADAMW"] and device.type in ("cuda", "cpu", "mps", "xpu")  # the devices torch has it for
     groups = parameter_groups(model, s["LEARNING_RATE"], s["WEIGHT_DECAY"], s["LR_DECAY"])  # what trains
     optimizer = torch.optim.AdamW(groups, lr=s["LEARNING_RATE"], fused=fused)
-    total_steps = math.ceil(math.ceil(r.n_train / s["BATCH_SIZE"]) / s["GRAD_ACCUM_STEPS"]) * s["EPOCHS"]
+    total_steps = math.ceil(math.ceil(len(r.train_rows) / s["BATCH_SIZE"]) / s["GRAD_ACCUM_STEPS"]) * s["EPOCHS"]
     scheduler = get_linear_schedule_with_warmup(optimizer, round(s["WARMUP_RATIO"] * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = autocast_for(device, precision)
@@ -504,7 +456,8 @@ def run(settings, given, held):
     # train: the hand-written loop; r starts it where a checkpoint left off and stops it at one on Ctrl-C or SIGTERM
     attention = model.config._attn_implementation  # SDPA where the model has it, else eager
     print(
-        f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
+        f"train {r.n_train:,}{f' + {r.n_transfer:,} unlabelled' * bool(r.n_transfer)} / valid {r.n_valid:,} / "
+        f"test {r.n_test:,} reviews | batch {s['BATCH_SIZE']} x "
         f"{s['GRAD_ACCUM_STEPS']} | {total_steps:,} optimizer steps | {device} x {r.world} | {precision} ({why}) | "
         f"{attention} attention"
     )
@@ -520,8 +473,12 @@ def run(settings, given, held):
             with accumulating(train_model, batch.ends_step):  # under torchrun, gradients all-reduced once a step
                 with autocast:  # input_ids, attention_mask and, for pairs on BERT-style models, token_type_ids
                     logits = train_model(**model_inputs(batch.tensors)).logits
-                # summed over the batch, in fp32; weighted by class where CLASS_WEIGHTS asks
-                loss_sum, correct = batch_loss(logits, labels, s["THRESHOLD"], r.class_weights)
+                # summed over the batch, in fp32; weighted by class where CLASS_WEIGHTS asks; with a TEACHER, mixed with
+                # its soft loss (unlabelled rows: the soft loss alone)
+                if teacher is None:
+                    loss_sum, correct = batch_loss(logits, labels, s["THRESHOLD"], r.class_weights)
+                else:
+                    loss_sum, correct = teacher.loss(logits, labels, batch.rows, s["THRESHOLD"], r.class_weights)
                 # / the step's examples (over the processes, which DDP averages): accumulated batches and processes
                 # give exactly the gradient of the whole step's batch
                 scaler.scale(loss_sum / batch.step_examples).backward()
@@ -569,7 +526,9 @@ def run(settings, given, held):
         else:  # an earlier LoRA run's adapters in this OUT_DIR are not this run's
             shutil.rmtree(r.out_dir / "adapter", ignore_errors=True)
 
-    return r.finish(best, model, score, f"{r.out_dir / 'model'}/", card, precision=precision, precision_chosen_by=why)
+    return r.finish(
+        best, model, score, f"{r.out_dir / 'model'}/", card, teacher, precision=precision, precision_chosen_by=why
+    )
 
 
 def main(argv=None):

@@ -25,6 +25,7 @@ import torch
 from sklearn.feature_extraction.text import CountVectorizer
 from torch import nn
 
+from textclf import distill
 from textclf.batches import flat_token_ids, pad_batch
 from textclf.data import clean
 from textclf.metrics import all_logits, batch_loss
@@ -57,6 +58,11 @@ VOCAB_SIZE = 20_000  # most frequent training tokens, <pad> and <unk> included
 MAX_LENGTH = 4096  # tokens per text, longer ones keep their first (bounds memory); IMDb's longest has 2,535
 EMBEDDING_DIM = 128  # token embedding width
 HIDDEN_DIM = 256  # LSTM state width
+# distillation (README: Smaller, faster, cheaper)
+TEACHER = ""  # a fine-tuned model of the data's labels (a train_distilbert.py run folder, a checkpoint folder or hub name) whose outputs the student learns too; "" = off
+UNLABELED_URL = ""  # texts without labels (a file as DATA_URL with its text column(s); the aclImdb archive: its unsup reviews) that the TEACHER labels for training
+DISTILL_ALPHA = 0.5  # labelled rows: DISTILL_ALPHA x the label's loss + (1 - DISTILL_ALPHA) x the teacher's soft loss; unlabelled rows: the soft loss alone
+DISTILL_TEMPERATURE = 2.0  # single-label: both distributions softened by this temperature in the soft loss (x T², Hinton et al. 2015)
 # optimisation
 BATCH_SIZE = 128  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
@@ -230,10 +236,13 @@ def run(settings, given, held):
     r = Run(settings, given, held, POSITIVE_SETTINGS, check_settings)  # settings, processes, OUT_DIR
     s, device = r.s, r.device
 
-    # data: download once, validate, split in file order; vocabulary from the training split only
+    # data: download once, validate, split in file order; vocabulary from the training texts (and any transfer texts)
     frame = r.load_data()
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None  # a sentence-pair task: the second texts
-    train_texts = frame["text"].iloc[: r.n_train].tolist() + (pairs[: r.n_train] if pairs else [])
+    teacher = distill.prepare(r, frame)  # with a TEACHER: its soft targets, computed once; then it is freed
+    train_texts = frame["text"].iloc[r.train_rows].tolist() + (
+        frame["text_pair"].iloc[r.train_rows].tolist() if pairs else []
+    )
     vocab = build_vocab(train_texts, s["VOCAB_SIZE"], pairs is not None)
     data = r.index(*encode(frame["text"].tolist(), vocab, s["MAX_LENGTH"], pairs), frame)
 
@@ -267,7 +276,8 @@ def run(settings, given, held):
         train_labels = pd.DataFrame(r.labels[: r.n_train].numpy().reshape(r.n_train, -1))
         floor = f"majority-class accuracy {train_labels.value_counts(normalize=True).iloc[0]:.4f}"
     print(
-        f"train {r.n_train:,} / valid {r.n_valid:,} / test {r.n_test:,} reviews | vocabulary {len(vocab):,} | "
+        f"train {r.n_train:,}{f' + {r.n_transfer:,} unlabelled' * bool(r.n_transfer)} / valid {r.n_valid:,} / "
+        f"test {r.n_test:,} reviews | vocabulary {len(vocab):,} | "
         f"{sum(p.numel() for p in model.parameters()):,} parameters | batch {s['BATCH_SIZE']} x "
         f"{s['GRAD_ACCUM_STEPS']} | {device} x {r.world} | {floor}"
     )
@@ -280,8 +290,13 @@ def run(settings, given, held):
         for batch in r.batches(epoch, lambda indices: collate(indices, *data)):  # this process's share
             ids, lengths, labels = batch.tensors
             with accumulating(train_model, batch.ends_step):  # under torchrun, gradients all-reduced once a step
-                # the batch's sum, weighted by class where CLASS_WEIGHTS asks
-                loss_sum, correct = batch_loss(train_model(ids, lengths), labels, s["THRESHOLD"], r.class_weights)
+                logits = train_model(ids, lengths)
+                # the batch's sum, weighted by class where CLASS_WEIGHTS asks; with a TEACHER, mixed with its soft loss
+                # (unlabelled rows: the soft loss alone)
+                if teacher is None:
+                    loss_sum, correct = batch_loss(logits, labels, s["THRESHOLD"], r.class_weights)
+                else:
+                    loss_sum, correct = teacher.loss(logits, labels, batch.rows, s["THRESHOLD"], r.class_weights)
                 (loss_sum / batch.step_examples).backward()  # the mean over the optimizer step's examples
             grad_norm = None  # the gradients' norm before clipping, at an optimizer step
             if batch.ends_step:  # GRAD_CLIP 0: the norm is measured, nothing clipped
@@ -292,7 +307,7 @@ def run(settings, given, held):
         r.end_epoch(epoch, score(model, r.valid_batches), save_best)
 
     # test the best epoch's model, reloaded from disk exactly as predict() does
-    return r.finish(lambda: load_model(r.out_dir, device)[0], model, score, r.out_dir / "model.pt")
+    return r.finish(lambda: load_model(r.out_dir, device)[0], model, score, r.out_dir / "model.pt", teacher=teacher)
 
 
 def main(argv=None):

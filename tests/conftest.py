@@ -2,8 +2,12 @@
 
 import gzip
 import http.server
+import os
 import sys
 import threading
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread a worker (-n 2 on 2 cores): workers that share cores wait
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # on each other's spinning threads; before torch and numpy load
 from pathlib import Path
 
 import numpy as np

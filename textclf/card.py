@@ -25,6 +25,12 @@ def row(cells):
     return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
 
+def shown_scores(test):
+    """A split's headline scores in words, for the card's prose."""
+    keys = ("accuracy", "macro_f1", "macro_roc_auc", "pearson", "spearman", "rmse")
+    return ", ".join(f"{key.replace('_', ' ')} {test[key]:.4f}" for key in keys if test.get(key) is not None)
+
+
 def table(header, rows):
     return "\n".join([row(header), "|---" * len(header) + "|", *map(row, rows)])
 
@@ -91,6 +97,8 @@ def model_card(metrics, folder):
     ]
     if s.get("LORA_RANK"):  # adapters trained on a frozen base, then merged into it
         settings[1:1] = ["LORA_RANK", "LORA_ALPHA", "LORA_DROPOUT"]
+    if s.get("TEACHER"):  # distilled
+        settings += ["TEACHER", "UNLABELED_URL", "DISTILL_ALPHA", "DISTILL_TEMPERATURE"]
     pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
     if pair:  # a pair is cut longest first; TRUNCATION and HEAD_TOKENS are for single texts
         settings = [k for k in settings if k not in ("TRUNCATION", "HEAD_TOKENS")]
@@ -129,6 +137,18 @@ def model_card(metrics, folder):
             f"the run's own preprocessing (its cleaning and {s['TRUNCATION']} truncation) is "
             f'`python predict.py {s["OUT_DIR"]} "a text"`.'
         )
+    teacher = metrics.get("teacher")
+    taught = ""
+    if teacher:  # distilled: the teacher's soft targets on the training texts and any unlabelled ones
+        agreement = number(teacher["agreement"])
+        taught = (
+            f"\nDistilled from `{teacher['name']}` (DISTILL_ALPHA {s['DISTILL_ALPHA']}, DISTILL_TEMPERATURE "
+            f"{s['DISTILL_TEMPERATURE']}): its soft targets on the {teacher['labelled_texts']:,} training texts"
+            + f" and on {teacher['transfer_texts']:,} unlabelled texts from `{file_name(s['UNLABELED_URL'])}`"
+            * bool(teacher["transfer_texts"])
+            + f". On the test texts the teacher scores {shown_scores(teacher['test'])}; the student agrees with it on "
+            f"{agreement}.\n"
+        )
     if regression:
         task = f"regression (a {names[0]} score)"
         headline = ", ".join(f"{name} {number(value)}" for _, name, value in measured)
@@ -144,7 +164,7 @@ def model_card(metrics, folder):
 `{data}`{f" and `{tested}`" * (tested != data)}: {ex["train"]:,} training, {ex["valid"]:,} validation and {
         ex["test"]:,} test texts (`{s["TEXT_COLUMN"]}`,
 labels from `{s["LABEL_COLUMNS"]}`), split {order}.
-
+{taught}
 ## Settings
 
 {

@@ -35,9 +35,10 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None, named_by="LABEL_NAMES"):
+def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None, named_by="LABEL_NAMES", texts_only=False):
     """(path, frame, label names) of setting's url: a path, a URL, hf://datasets/ (from_hub()), an aclImdb archive.
-    names (named_by says whose they are) name integer labels where the file's own metadata does not."""
+    names (named_by says whose they are) name integer labels where the file's own metadata does not. texts_only: the
+    text column(s) alone, any labels ignored (unlabelled transfer texts; an aclImdb archive's unsup reviews)."""
     if url.lower().startswith("hf://") and not HUB.fullmatch(url):
         raise RecipeError(
             f"{setting} ({flag(setting)}) {url} is not a hub dataset file: write it as "
@@ -47,7 +48,7 @@ def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None, named_
     if HUB.match(url):
         path = from_hub(url, data_dir, setting)
     elif is_url(url):
-        path = download(url, data_dir, settings, setting, names, named_by)
+        path = download(url, data_dir, settings, setting, names, named_by, texts_only)
     else:
         path = Path(url).expanduser()
         if not path.is_file():
@@ -56,8 +57,8 @@ def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None, named_
                 f"file, or a URL (https://, file://, hf://datasets/)"
             )
     try:
-        csv = from_archive(path, data_dir) if is_archive(path) else path
-        return csv, *read_reviews(csv, None, settings, names, named_by)
+        csv = from_archive(path, data_dir, texts_only) if is_archive(path) else path
+        return csv, *read_reviews(csv, None, settings, names, named_by, texts_only)
     except RecipeError as e:
         if not is_url(url):
             raise
@@ -97,7 +98,7 @@ def from_hub(url, data_dir, setting):
     return folder / file
 
 
-def download(url, data_dir, settings, setting="DATA_URL", names=None, named_by="LABEL_NAMES"):
+def download(url, data_dir, settings, setting="DATA_URL", names=None, named_by="LABEL_NAMES", texts_only=False):
     """url saved once, whole and valid, as data_dir/NAME (.NAME.source.json: URL, checksum; a hand-saved file stays)."""
     path = Path(data_dir) / (Path(urllib.parse.urlparse(url).path).name or "data.csv")
     source = path.with_name(f".{path.name}.source.json")
@@ -137,7 +138,10 @@ def download(url, data_dir, settings, setting="DATA_URL", names=None, named_by="
             ) from e
         f.flush()
         try:
-            read_aclimdb(f.name, url) if is_archive(url) else read_reviews(f.name, url, settings, names, named_by)
+            if is_archive(url):
+                read_aclimdb(f.name, url)
+            else:
+                read_reviews(f.name, url, settings, names, named_by, texts_only)
         except RecipeError as e:
             raise RecipeError(f"{e}; nothing was saved") from None
 
@@ -150,23 +154,25 @@ def is_archive(name):
     return str(name).lower().endswith((".tar.gz", ".tgz", ".tar"))
 
 
-def from_archive(archive, data_dir):
-    """The archive's reviews written once (again for a newer archive) as data_dir/NAME.csv.gz: its path."""
-    path = Path(data_dir) / (Path(archive).name.split(".")[0] + ".csv.gz")
+def from_archive(archive, data_dir, unsup=False):
+    """The archive's reviews written once (again for a newer archive) as data_dir/NAME.csv.gz (unsup: its unlabelled
+    reviews, as data_dir/NAME-unsup.csv.gz): its path."""
+    path = Path(data_dir) / (Path(archive).name.split(".")[0] + "-unsup" * unsup + ".csv.gz")
     if not path.exists() or path.stat().st_mtime < Path(archive).stat().st_mtime:
         print(f"writing {path} from {archive}")
-        frame = read_aclimdb(archive)
+        frame = read_aclimdb(archive, unsup=unsup)
         atomic_write(path, lambda f: frame.to_csv(f, index=False, compression={"method": "gzip", "mtime": 0}))
     return path
 
 
-ACLIMDB = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+)_\d+\.txt$")
+ACLIMDB = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg|unsup)/(\d+)_\d+\.txt$")
 
 
-def read_aclimdb(path, name=None):
-    """The Stanford archive as review, sentiment: the train half, then the test half, each shuffled with seed 0."""
+def read_aclimdb(path, name=None, unsup=False):
+    """The Stanford archive as review, sentiment: the train half, then the test half, each shuffled with seed 0; unsup:
+    its 50,000 unlabelled reviews (train/unsup/) as review alone, in the order of their numbers."""
     name = name or path
-    parts = {(half, folder): [] for half in ("train", "test") for folder in ("pos", "neg")}
+    parts = {(half, folder): [] for half in ("train", "test") for folder in ("pos", "neg", "unsup")}
     try:
         with tarfile.open(path) as archive:
             for member in archive:
@@ -176,7 +182,13 @@ def read_aclimdb(path, name=None):
                     parts[match[1], match[2]].append((int(match[3]), text))
     except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
         raise RecipeError(f"{name} is not a readable tar archive ({type(e).__name__}: {e})") from None
-    empty = [f"aclImdb/{half}/{folder}/" for (half, folder), rows in parts.items() if not rows]
+    if unsup:
+        if not parts["train", "unsup"]:
+            raise RecipeError(
+                f"{name} has no unlabelled reviews (aclImdb/train/unsup/ID_0.txt); it is not the Stanford archive"
+            )
+        return pd.DataFrame({"review": [text for _, text in sorted(parts["train", "unsup"])]})
+    empty = [f"aclImdb/{half}/{folder}/" for (half, folder), rows in parts.items() if not rows and folder != "unsup"]
     if empty:
         raise RecipeError(
             f"{name} is not the Stanford aclImdb archive: no reviews in {', '.join(empty)} (it needs "
@@ -189,13 +201,13 @@ def read_aclimdb(path, name=None):
     return pd.DataFrame(rows, columns=["review", "sentiment"])
 
 
-def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
+def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES", texts_only=False):
     """(frame, label names) of a .tsv, .jsonl, .parquet or other CSV file, plain or gzip, checked (errors call it name):
     a non-empty `text` and a `label` (an integer indexes the file's own names: a Parquet file's ClassLabel names, else
     names, else LABEL_NAMES; a word label the sorted word labels) or, multi-label, a 0/1 column per label, 0..K-1.
-    named_by says in an error message whose the names are."""
+    named_by says in an error message whose the names are. texts_only: the text column(s) alone (labels ignored)."""
     name = name or path
-    texts, columns = text_columns(settings), label_columns(settings)
+    texts, columns = text_columns(settings), [] if texts_only else label_columns(settings)
     with open(path, "rb") as f:
         head = f.read(512)
     gzipped = head[:2] == b"\x1f\x8b"
@@ -255,14 +267,16 @@ def read_reviews(path, name, settings, names=None, named_by="LABEL_NAMES"):
                 f"{name}: empty or missing {text_column} in {rows(empty)}"
                 + f" ({empty.sum():,} of {len(df):,} rows); every pair needs both texts" * (len(texts) > 1)
             )
-        if kind in ("csv", "tsv"):
+        if kind in ("csv", "tsv") and columns:  # a merged row shows by the label values inside a text
             merged(df, text_column, columns, "\t" if kind == "tsv" else ",", name)
-    own = parquet_label_names(path, columns[0]) if kind == "parquet" else None
-    if own is not None:
-        names, named_by = own, "the file's Hugging Face metadata"
     frame = pd.DataFrame({"text": df[texts[0]].astype(str)})
     if len(texts) > 1:
         frame["text_pair"] = df[texts[1]].astype(str)
+    if texts_only:
+        return frame, []
+    own = parquet_label_names(path, columns[0]) if kind == "parquet" else None
+    if own is not None:
+        names, named_by = own, "the file's Hugging Face metadata"
     return labelled(
         frame,
         df,

@@ -14,23 +14,31 @@ def batch_loss(logits, targets, threshold, weights=None):
     """Summed loss and correct count of a batch, in fp32: cross-entropy and accuracy, (multi-label) BCE and exact
     match, or (regression: float targets, one output) squared error and 0. weights: the classes' (multi-label: the
     positives') weights in the loss, or None."""
+    losses, correct = row_losses(logits, targets, threshold, weights)
+    return losses.sum(), correct.sum()
+
+
+def row_losses(logits, targets, threshold, weights=None):
+    """batch_loss()'s terms, one a row: each row's loss (multi-label: its mean over the labels) and whether it is
+    correct (regression: never)."""
     logits = logits.float()
     if targets.is_floating_point() and targets.ndim == 1:
-        return ((logits.squeeze(-1) - targets) ** 2).sum(), torch.zeros((), dtype=torch.int64, device=logits.device)
+        return (logits.squeeze(-1) - targets) ** 2, torch.zeros(len(targets), dtype=torch.int64, device=logits.device)
     if targets.ndim == 1:
-        return F.cross_entropy(logits, targets, weight=weights, reduction="sum"), (logits.argmax(-1) == targets).sum()
-    loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights, reduction="sum") / targets.shape[1]
-    return loss, ((logits.sigmoid() > threshold) == (targets > 0.5)).all(-1).sum()
+        losses = F.cross_entropy(logits, targets, weight=weights, reduction="none")
+        return losses, (logits.argmax(-1) == targets).long()
+    losses = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights, reduction="none").mean(-1)
+    return losses, ((logits.sigmoid() > threshold) == (targets > 0.5)).all(-1).long()
 
 
 @torch.inference_mode()
-def all_logits(model, forward, batches, collate, width, device, rank, world):
+def all_logits(model, forward, batches, collate, width, device, rank, world, desc="evaluate"):
     """forward(model, batch)'s float32 logits in order, without gradients; each process takes every world-th batch."""
     model.eval()
     first = min(int(b.min()) for b in batches)
     logits = torch.zeros(sum(map(len, batches)), width, device=device)
     mine = batches[rank::world]
-    bar = progress(loader(mine, collate, device), desc="evaluate", leave=False)
+    bar = progress(loader(mine, collate, device), desc=desc, leave=desc != "evaluate")
     for batch, indices in zip(bar, mine, strict=True):  # the bar first: zip() exhausts it, so it ends at 100%
         logits[torch.as_tensor(indices - first, device=device)] = forward(model, to_device(batch, device)).float()
     model.train()

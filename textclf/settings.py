@@ -114,10 +114,10 @@ def resolve_run(settings, given, checkpoint_path, script=None):
     def absolute(url):
         return url if is_url(url) else str(Path(url).expanduser().absolute())
 
-    local = [
+    local = [  # data files, and model folders (a hub name stays one)
         name
-        for name in (*DATA_FILES, "MODEL_NAME")
-        if settings.get(name) and (name in DATA_FILES or Path(settings[name]).expanduser().is_dir())
+        for name in (*DATA_FILES, "UNLABELED_URL", "MODEL_NAME", "TEACHER")
+        if settings.get(name) and (name in (*DATA_FILES, "UNLABELED_URL") or Path(settings[name]).expanduser().is_dir())
     ]
     settings = {**settings, **{name: absolute(settings[name]) for name in local}}
     given = {**given, **{name: settings[name] for name in local if name in given}}

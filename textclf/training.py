@@ -15,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 
-from . import parallel
+from . import distill, parallel
 from .batches import loader, make_batches, to_device
 from .board import Board
 from .data import (
@@ -94,6 +95,8 @@ class Run:
             self.recorded = (self.checkpoint or {}).get("recorded", {})  # what a resumed run resolved when it began
             self.given = self.recorded.setdefault("given", sorted(given))  # the settings its command line gave
             check_settings(s, positive)
+            if "TEACHER" in s:
+                distill.check_settings(s)
             self.s = s = check(s, given)
             usable_folder(s["DATA_DIR"], "DATA_DIR (--data-dir)")
             Board.check(s["TENSORBOARD"])  # before a download, not after
@@ -123,8 +126,20 @@ class Run:
                     )
                     own = [renamed.get(label, label) for label in own] if metadata_names(path, s) else own
                     loaded[url] = path, rows, own
+            if s.get("UNLABELED_URL"):  # texts alone, for the teacher to label: any labels it has are not read
+                loaded["UNLABELED_URL"] = (
+                    *load_reviews(
+                        s["UNLABELED_URL"],
+                        s["DATA_DIR"],
+                        s,
+                        "UNLABELED_URL",
+                        named_by="the training file's",
+                        texts_only=True,
+                    )[:2],
+                    None,
+                )
         shas = [file_sha256(path) for path, _, _ in loaded.values()]
-        self.data_sha256 = " ".join(shas)  # of each file, DATA_URL's first
+        self.data_sha256 = " ".join(shas)  # of each file, DATA_URL's first, UNLABELED_URL's last
         before = (self.checkpoint or {}).get("data_sha256", self.data_sha256).split()
         for (url, (path, rows, own)), sha, was in zip(loaded.items(), shas, before, strict=True):
             hosts = dict(gathered((sha, socket.gethostname()), self.world))  # each checksum and a machine that has it
@@ -140,6 +155,8 @@ class Run:
                     f"{path} is not the file the checkpoint was trained on (its checksum differs): put "
                     f"the original back to resume, or start over without --resume in another --out-dir"
                 )
+            if url == "UNLABELED_URL":
+                continue
             chunks = split(relabel(rows, own, self.names, path), files[url], s["SHUFFLE"], s["SEED"], url, self.given)
             parts.update(zip(files[url], chunks, strict=True))
         parts = [parts[size] for size in SPLIT_SIZES]
@@ -152,7 +169,19 @@ class Run:
             )
         self.task = "regression" if self.regression else "multi_label" if self.multi else "single_label"
         self.n_train, self.n_valid, self.n_test = map(len, parts)
-        return pd.concat(parts)
+        frame = pd.concat(parts)
+        self.n_transfer = 0
+        if "UNLABELED_URL" in loaded:  # after the test split, each label a placeholder that no loss reads
+            transfer = loaded["UNLABELED_URL"][1]
+            for column in frame.columns.difference(["text", "text_pair"]):
+                transfer[column] = 0.0 if self.regression else 0
+            if ("text_pair" in frame) != ("text_pair" in transfer):
+                raise RecipeError("UNLABELED_URL (--unlabeled-url) needs the data's text columns, both of a pair")
+            self.n_transfer = len(transfer)
+            frame = pd.concat([frame, transfer[frame.columns]])
+        # the rows trained on: the training split's, then the transfer texts'
+        self.train_rows = np.r_[0 : self.n_train, len(frame) - self.n_transfer : len(frame)]
+        return frame
 
     def index(self, ids, offsets, frame):
         """(ids, offsets, targets) of load_data()'s frame, as collate() takes them; the evaluation batches; the loss's
@@ -169,9 +198,9 @@ class Run:
             )
             self.class_weights = self.class_weights.to(self.device)
         self.lengths = (offsets[1:] - offsets[:-1]).numpy()
-        a, b = self.n_train, self.n_train + self.n_valid
+        a, b, c = self.n_train, self.n_train + self.n_valid, self.n_train + self.n_valid + self.n_test
         self.valid_batches = [a + batch for batch in make_batches(self.lengths[a:b], self.s["EVAL_BATCH_SIZE"])]
-        self.test_batches = [b + batch for batch in make_batches(self.lengths[b:], self.s["EVAL_BATCH_SIZE"])]
+        self.test_batches = [b + batch for batch in make_batches(self.lengths[b:c], self.s["EVAL_BATCH_SIZE"])]
         return ids, offsets, self.labels
 
     def resume(self, parts, best, **recorded):
@@ -215,7 +244,7 @@ class Run:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         print(
             f"resuming {self.checkpoint_path}: epoch {self.state['epoch']}, batch {self.state['batch']}/"
-            f"{math.ceil(self.n_train / self.s['BATCH_SIZE'])}"
+            f"{math.ceil(len(self.train_rows) / self.s['BATCH_SIZE'])}"
         )
 
     def save_checkpoint(self, **state):
@@ -239,7 +268,7 @@ class Run:
         """The epochs left, from the checkpoint's, PATIENCE ending them early; Ctrl-C, SIGTERM stop at a checkpoint."""
         signals.requested, signals.deferred, self.training, self.grad_norm = False, True, True, None
         s, accum = self.s, self.s["GRAD_ACCUM_STEPS"]
-        self.steps_per_epoch = math.ceil(math.ceil(self.n_train / s["BATCH_SIZE"]) / accum)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.train_rows) / s["BATCH_SIZE"]) / accum)
         started = self.recorded.setdefault("tensorboard", time.strftime("%Y%m%d-%H%M%S"))  # this run's folder
         self.board = Board(
             self.out_dir / "tensorboard" / started,
@@ -257,7 +286,8 @@ class Run:
         """The epoch's training batches (Batch: this process's share, collated, on the device) from the checkpoint's."""
         s, state, world, accum = self.s, self.state, self.world, self.s["GRAD_ACCUM_STEPS"]
         generator = torch.Generator().manual_seed(s["SEED"] + epoch)
-        batches = make_batches(self.lengths[: self.n_train], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])
+        rows = self.train_rows  # the training split's, then any transfer texts'
+        batches = [rows[b] for b in make_batches(self.lengths[rows], s["BATCH_SIZE"], generator, s["LENGTH_GROUPING"])]
         self.epoch, self.epoch_start = epoch, time.perf_counter() - state["seconds"]
         self.batch_losses = torch.zeros(len(batches), device=self.device)
         self.batch_losses[: state["batch"]] = torch.tensor(state["batch_losses"])
@@ -278,6 +308,7 @@ class Run:
                 (i + 1) % accum == 0 or i + 1 == len(batches),
                 sum(map(len, batches[first : first + accum])) / world if weight else math.inf,
                 weight,
+                self.shares[i][0],
             )
         self.bar.close()
         self.train_seconds = time.perf_counter() - self.epoch_start
@@ -346,7 +377,7 @@ class Run:
         if not math.isfinite(valid["loss"]):
             raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
         batch_losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
-        train_loss = batch_losses.sum().item() / a
+        train_loss = batch_losses.sum().item() / len(self.train_rows)  # the transfer texts' soft loss too
         if self.regression:  # the mean squared error is the loss: its root is in the scores' own units
             train = {"train_loss": train_loss, "train_rmse": math.sqrt(train_loss)}
             measured = {f"valid_{key}": valid[key] for key in ("loss", "pearson", "spearman", "rmse")}
@@ -434,15 +465,17 @@ class Run:
             f"{tip}. Nothing of this epoch was kept"
         )
 
-    def finish(self, load, model, evaluate, saved, card=None, **extra):
+    def finish(self, load, model, evaluate, saved, card=None, teacher=None, **extra):
         """The best epoch's model, reloaded by load() as a user would (rank 0; the others take its weights into model),
-        tested; then card(metrics) and metrics.json (rank 0) replace each machine's checkpoint and the other script's
-        model. A stop request during the test stops all processes after it."""
+        tested (beside its teacher, a Distiller, where it has one); then card(metrics) and metrics.json (rank 0)
+        replace each machine's checkpoint and the other script's model. A stop request during the test stops all
+        processes after it."""
         signals.deferred, state, b = True, self.state, self.n_train + self.n_valid
         with agreeing(self.world):
             best = load() if leader() else model
         parallel.broadcast_weights(best, self.world)
-        test = scores(evaluate(best, self.test_batches), self.labels[b:], self.names, self.s["THRESHOLD"])
+        test_logits, test_labels = evaluate(best, self.test_batches), self.labels[b : b + self.n_test]
+        test = scores(test_logits, test_labels, self.names, self.s["THRESHOLD"])
         train_seconds = sum(record["seconds"] for record in state["history"])
         cuda = self.device.type == "cuda"
         devices = gathered(torch.cuda.get_device_name(self.device) if cuda else str(self.device), self.world)
@@ -452,6 +485,10 @@ class Run:
             f"best epoch {state['best_epoch']}: valid {shown(state['best_valid'])} | test {shown(test)} | "
             f"trained {train_seconds:.1f} s"
         )
+        taught = teacher.report(test_logits, self) if teacher else None
+        if taught:
+            agreement = "undefined" if taught["agreement"] is None else f"{taught['agreement']:.4f}"
+            print(f"teacher {taught['name']}: test {shown(taught['test'])} | the student agrees on {agreement}")
         weights = self.class_weights
         metrics = {
             "settings": self.s,
@@ -460,6 +497,7 @@ class Run:
             "task": self.task,
             "class_weights": None if weights is None else dict(zip(self.names, weights.tolist(), strict=True)),
             "examples": {"train": self.n_train, "valid": self.n_valid, "test": self.n_test},
+            **({"transfer_texts": self.n_transfer} if self.n_transfer else {}),
             "epochs": state["history"],
             "best_epoch": state["best_epoch"],
             "stopped_early_at": state.get("stopped_early_at"),
@@ -474,6 +512,7 @@ class Run:
             "world_sizes": self.recorded["world_sizes"],
             "script": self.script,
             **extra,
+            **({"teacher": taught} if taught else {}),
             "parameters": sum(p.numel() for p in best.parameters()),
             "peak_gpu_memory": torch.cuda.max_memory_allocated(self.device) if cuda else None,
         }
@@ -548,6 +587,7 @@ class Batch:
     ends_step: bool  # the optimizer steps after this batch
     step_examples: float  # the step's examples over the processes (DDP averages); inf for a weightless stand-in
     weight: int  # 1, or 0 for a stand-in (this process had no review of the batch)
+    rows: object  # the frame's rows of this share (numpy indices): a teacher's soft targets are looked up by them
 
 
 class Interrupted(KeyboardInterrupt):

@@ -1,0 +1,283 @@
+"""textclf.distill through both scripts: a fine-tuned teacher's soft targets on labelled and unlabelled texts, for every
+task shape; the loss by hand; its outputs computed once and cached; resume and torchrun; and one line for each bad
+input. Teachers are tiny DistilBERT runs trained here, offline."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import cli, make_reviews, write_csv
+from test_distributed import close, torchrun
+from test_reliability import ROOT, fails, files_under
+from test_tasks import make_pairs
+from test_training import comparable, interrupt_at
+
+import compare
+import train_distilbert as td
+import train_lstm_baseline as tl
+from textclf import distill
+from textclf.distill import Distiller, soft_losses
+
+SIZES = {"train_size": 100, "valid_size": 200, "test_size": 300}  # few labels: where a teacher's help shows
+
+
+def lstm_args(tmp_path, data, **overrides):
+    settings = {
+        "data_url": data,
+        "data_dir": tmp_path / "data",
+        **SIZES,
+        "vocab_size": 60,
+        "embedding_dim": 8,
+        "hidden_dim": 16,
+        "batch_size": 32,
+        "epochs": 3,
+        "learning_rate": 0.01,
+        "tensorboard": False,
+        "out_dir": tmp_path / "out",
+        **overrides,
+    }
+    return cli(**settings)
+
+
+def teacher_run(tmp_path, model, data, **overrides):
+    """A tiny DistilBERT fine-tuned on 600 labelled rows of data: the teacher."""
+    settings = {
+        "data_url": data,
+        "data_dir": tmp_path / "teacher-data",
+        "model_name": model,
+        "train_size": 600,
+        "valid_size": 200,
+        "test_size": 300,
+        "max_length": 64,
+        "epochs": 2,
+        "learning_rate": 3e-3,
+        "tensorboard": False,
+        "out_dir": tmp_path / "teacher",
+        **overrides,
+    }
+    td.main(cli(**settings))
+    return tmp_path / "teacher"
+
+
+@pytest.fixture(scope="module")
+def imdb_like(tmp_path_factory):
+    """Labelled reviews (the first 600 train the teacher; the student sees 100 of them) and 2,000 unlabelled ones."""
+    tmp = tmp_path_factory.mktemp("distill")
+    reviews = make_reviews(3_100, seed=21)
+    labelled = write_csv(reviews.iloc[:1_100], tmp / "labelled.csv")
+    unlabelled = write_csv(reviews.iloc[1_100:][["review"]], tmp / "unlabelled.csv")
+    return tmp, labelled, unlabelled
+
+
+@pytest.fixture(scope="module")
+def teacher(imdb_like, tiny_model):
+    tmp, labelled, _ = imdb_like
+    return teacher_run(tmp, tiny_model, labelled)
+
+
+# ------------------------------------------------------------------------------------------------- the loss
+def test_the_loss_mixes_labels_and_soft_targets_as_the_docs_say():
+    torch.manual_seed(0)
+    student, teacher_logits = torch.randn(4, 3), torch.randn(4, 3)
+    labels = torch.tensor([0, 2, 1, 0])
+    labelled = np.array([True, True, False, False])
+    alpha, t = 0.3, 2.0
+    distiller = Distiller(teacher_logits, labelled, "single_label", alpha, t, torch.device("cpu"))
+    loss, correct = distiller.loss(student, labels, [0, 1, 2, 3], 0.5)
+    hard = F.cross_entropy(student, labels, reduction="none")
+    p = F.softmax(teacher_logits / t, -1)
+    soft = (p * (p.log() - F.log_softmax(student / t, -1))).sum(-1) * t * t  # KL(teacher || student) x T²
+    expected = (alpha * hard[:2] + (1 - alpha) * soft[:2]).sum() + soft[2:].sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert correct.item() == int((student.argmax(-1) == labels)[:2].sum())  # the labelled rows only
+    # rows are looked up by their index in the frame
+    shuffled, _ = distiller.loss(student[[3, 1]], labels[[3, 1]], [3, 1], 0.5)
+    assert shuffled.item() == pytest.approx((soft[3] + alpha * hard[1] + (1 - alpha) * soft[1]).item(), rel=1e-5)
+
+
+def test_the_soft_loss_of_each_task():
+    student, teacher_logits = torch.tensor([[0.5, -1.0]]), torch.tensor([[2.0, 0.0]])
+    bce = F.binary_cross_entropy_with_logits(student, teacher_logits.sigmoid(), reduction="none").mean(-1)
+    assert soft_losses(student, teacher_logits, "multi_label", 2.0).tolist() == pytest.approx(bce.tolist())
+    assert soft_losses(torch.tensor([[3.0]]), torch.tensor([[1.5]]), "regression", 2.0).tolist() == [2.25]
+    same = soft_losses(teacher_logits, teacher_logits, "single_label", 4.0)
+    assert same.tolist() == pytest.approx([0.0], abs=1e-6)  # a student that is its teacher has nothing to learn
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def test_unlabelled_texts_teach_the_student_to_agree_with_its_teacher(
+    tmp_path, imdb_like, teacher, capsys, monkeypatch
+):
+    """The LSTM on 100 labels alone (DISTILL_ALPHA 1: the teacher only measured), then taught on 2,000 unlabelled texts
+    too: it agrees with its teacher on more of the test split, and the teacher's outputs were computed once."""
+    _, labelled, unlabelled = imdb_like
+    alone = tl.main(lstm_args(tmp_path / "alone", labelled, teacher=teacher, distill_alpha=1.0))
+    vocabulary_texts = []
+    real_build_vocab = tl.build_vocab
+
+    def build_vocab(texts, *args):
+        vocabulary_texts.append(len(texts))
+        return real_build_vocab(texts, *args)
+
+    monkeypatch.setattr(tl, "build_vocab", build_vocab)
+    taught = tl.main(lstm_args(tmp_path / "taught", labelled, teacher=teacher, unlabeled_url=unlabelled))
+    assert vocabulary_texts == [2_100]  # the vocabulary is built from the unlabelled texts too
+    assert taught["teacher"]["agreement"] > alone["teacher"]["agreement"] + 0.05, (alone["teacher"], taught["teacher"])
+    assert taught["test_accuracy"] > alone["test_accuracy"]
+    assert taught["teacher"]["transfer_texts"] == taught["transfer_texts"] == 2_000
+    assert taught["teacher"]["labelled_texts"] == 100 and taught["examples"]["train"] == 100
+    teacher_test = json.loads((teacher / "metrics.json").read_text())
+    assert taught["teacher"]["test"]["accuracy"] <= 1 and teacher_test["labels"] == taught["labels"]
+    out = capsys.readouterr().out
+    assert "soft targets for 100 labelled and 2,000 unlabelled texts" in out
+    assert "the student agrees on" in out
+
+    # a second student with other settings reuses the teacher's outputs: none are computed again
+    def compute(*args, **kwargs):
+        raise AssertionError("the teacher's outputs were computed again")
+
+    monkeypatch.setattr(distill.Teacher, "compute", compute)
+    settings = {"hidden_dim": 8, "data_dir": tmp_path / "taught" / "data", "out_dir": tmp_path / "second"}
+    tl.main(lstm_args(tmp_path / "taught", labelled, teacher=teacher, unlabeled_url=unlabelled, **settings))
+    table = compare.table([compare.load(tmp_path / "taught" / "out")])
+    assert "| out: teacher | teacher |" in table
+
+
+def test_a_distilbert_student_of_a_distilbert_teacher(tmp_path, imdb_like, teacher, tiny_model):
+    _, labelled, unlabelled = imdb_like
+    settings = {"model_name": tiny_model, "max_length": 64, "learning_rate": 3e-3, "epochs": 1, "tensorboard": False}
+    metrics = td.main(
+        cli(
+            data_url=labelled,
+            data_dir=tmp_path / "data",
+            out_dir=tmp_path / "out",
+            teacher=teacher,
+            unlabeled_url=unlabelled,
+            **SIZES,
+            **settings,
+        )
+    )
+    assert metrics["teacher"]["agreement"] > 0.9 and metrics["transfer_texts"] == 2_000
+    card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert f"Distilled from `{teacher}`" in card and "2,000 unlabelled texts" in card
+
+
+@pytest.mark.parametrize("task", ["multi_label", "regression", "pairs"])
+def test_every_task_shape_distils(tmp_path, tiny_model, task):
+    reviews = make_reviews(1_400, seed=22)
+    if task == "multi_label":
+        reviews["long"] = (reviews["review"].str.split().str.len() > 20).astype(int)
+        data, extra = reviews, {"label_columns": "sentiment,long"}
+    elif task == "regression":
+        noise = np.random.default_rng(0).normal(0, 0.1, len(reviews))
+        reviews["score"] = np.round(1 + 3 * reviews["sentiment"] + noise, 3)
+        data, extra = reviews, {"label_columns": "score"}
+    else:
+        data, extra = make_pairs(1_400, seed=3), {"text_column": "sentence1,sentence2", "label_columns": "judgment"}
+    labelled = write_csv(data.iloc[:1_100], tmp_path / "labelled.csv")
+    texts = [c.strip() for c in extra.get("text_column", "review").split(",")]
+    unlabelled = write_csv(data.iloc[1_100:][texts], tmp_path / "unlabelled.csv")
+    teacher = teacher_run(tmp_path, tiny_model, labelled, **extra)
+    epochs = 8 if task == "regression" else 3  # a score takes the LSTM longer to learn than a class
+    metrics = tl.main(lstm_args(tmp_path, labelled, teacher=teacher, unlabeled_url=unlabelled, epochs=epochs, **extra))
+    assert metrics["task"] == ("single_label" if task == "pairs" else task)
+    assert metrics["transfer_texts"] == 300 and metrics["teacher"]["agreement"] is not None
+    if task == "regression":
+        assert metrics["teacher"]["test"]["pearson"] > 0.5 and metrics["teacher"]["agreement"] > 0.3
+    else:
+        assert metrics["teacher"]["agreement"] > 0.6
+
+
+def test_a_distilled_run_resumes_to_the_uninterrupted_numbers(tmp_path, imdb_like, teacher, monkeypatch):
+    _, labelled, unlabelled = imdb_like
+    args = {"teacher": teacher, "unlabeled_url": unlabelled, "epochs": 2}
+    straight = tl.main(lstm_args(tmp_path / "straight", labelled, **args))
+    interrupt_at(distill.Distiller, monkeypatch, "loss", 30)  # mid-epoch 1 (66 batches an epoch)
+    with pytest.raises(SystemExit):
+        tl.main(lstm_args(tmp_path / "resumed", labelled, **args))
+    monkeypatch.undo()
+    resumed = tl.main([f"--out-dir={tmp_path / 'resumed' / 'out'}", "--resume"])
+    assert comparable(resumed) == comparable(straight)
+    assert resumed["teacher"] == straight["teacher"]
+
+
+def test_a_distilled_run_under_torchrun_matches_one_process(tmp_path, imdb_like, teacher):
+    _, labelled, unlabelled = imdb_like
+    args = {"teacher": teacher, "unlabeled_url": unlabelled, "epochs": 2}
+    single = tl.main(lstm_args(tmp_path / "single", labelled, **args))
+    done = torchrun(ROOT / "train_lstm_baseline.py", lstm_args(tmp_path / "two", labelled, **args))
+    assert done.returncode == 0, done.stderr[-3000:]
+    parallel = json.loads((tmp_path / "two" / "out" / "metrics.json").read_text())
+    close(single, parallel)
+    assert parallel["teacher"]["test"]["accuracy"] == pytest.approx(single["teacher"]["test"]["accuracy"], abs=2 / 300)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def test_bad_distillation_settings_are_one_line_and_write_nothing(tmp_path, imdb_like, teacher, tiny_model):
+    _, labelled, unlabelled = imdb_like
+    shutil.copy(labelled, tmp_path / "labelled.csv")
+    before = files_under(tmp_path)
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    before = files_under(tmp_path)
+    cases = [
+        (
+            {"unlabeled_url": unlabelled},
+            "UNLABELED_URL (--unlabeled-url) gives texts for a teacher to label, but no TEACHER",
+        ),
+        ({"teacher": teacher, "distill_alpha": 1.5}, "DISTILL_ALPHA (--distill-alpha) must be in [0, 1]"),
+        (
+            {"teacher": teacher, "distill_temperature": 0},
+            "DISTILL_TEMPERATURE (--distill-temperature) must be positive",
+        ),
+        ({"teacher": empty}, f"TEACHER (--teacher) {empty} is a folder but holds no model"),
+        ({"teacher": tiny_model}, "predicts the labels LABEL_0, LABEL_1, but the data's are negative, positive"),
+        ({"teacher": teacher, "label_columns": "sentiment", "label_names": "bad,good"}, "but the data's are bad, good"),
+    ]
+    for overrides, message in cases:
+        fails(tl, lstm_args(tmp_path, tmp_path / "labelled.csv", **overrides), message)
+    assert files_under(tmp_path) == before
+
+
+def test_a_teacher_of_another_task_or_a_transfer_file_without_the_text_column_is_refused(tmp_path, imdb_like, teacher):
+    _, labelled, _ = imdb_like
+    reviews = pd.read_csv(labelled)
+    reviews["score"] = reviews["sentiment"] + 0.5
+    scores = write_csv(reviews, tmp_path / "scores.csv")
+    fails(
+        tl,
+        lstm_args(tmp_path, scores, label_columns="score", teacher=teacher),
+        f"TEACHER (--teacher) {teacher} is a single-label model, but the data make this run a regression task",
+    )
+    other = write_csv(pd.DataFrame({"body": ["a text"] * 10}), tmp_path / "other.csv")
+    fails(
+        tl,
+        lstm_args(tmp_path, labelled, teacher=teacher, unlabeled_url=other),
+        "other.csv has no review column",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_resume_with_another_teacher_is_refused(tmp_path, imdb_like, teacher, tiny_model, monkeypatch):
+    _, labelled, _ = imdb_like
+    mine = tmp_path / "mine"
+    shutil.copytree(teacher, mine)
+    interrupt_at(distill.Distiller, monkeypatch, "loss", 2)
+    with pytest.raises(SystemExit):
+        tl.main(lstm_args(tmp_path, labelled, teacher=mine))
+    monkeypatch.undo()
+    checkpoint = tmp_path / "out" / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    teacher_run(tmp_path / "retrained", tiny_model, labelled, seed=7, epochs=1)  # other weights, in the same folder
+    shutil.rmtree(mine)
+    shutil.copytree(tmp_path / "retrained" / "teacher", mine)
+    fails(
+        tl,
+        [f"--out-dir={tmp_path / 'out'}", "--resume"],
+        f"TEACHER (--teacher) {mine} is not the teacher this run began with",
+    )
+    assert checkpoint.read_bytes() == before

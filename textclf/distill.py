@@ -1,0 +1,291 @@
+"""Distillation (Hinton et al. 2015; Tang et al. 2019) for either script: a fine-tuned TEACHER scores the training texts,
+the unlabelled transfer texts (UNLABELED_URL) and the test split once, before the first epoch (cached in DATA_DIR, then
+freed), and its outputs are soft targets the loop's loss adds to the labels' (Distiller.loss). The loop is the script's."""
+
+import gc
+import hashlib
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from .batches import make_batches
+from .metrics import all_logits, row_losses, scores
+from .parallel import auto_precision, autocast_for, gathered, local_leader
+from .regression import in_fp32
+from .runfolder import atomic_write
+from .settings import RecipeError
+from .tokens import collate, model_inputs, tokenize
+
+PROBLEMS = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}
+
+
+def check_settings(s):
+    """DISTILL_ALPHA in [0, 1], DISTILL_TEMPERATURE positive, UNLABELED_URL only beside a TEACHER."""
+    if not 0 <= s["DISTILL_ALPHA"] <= 1:
+        raise RecipeError(
+            f"DISTILL_ALPHA (--distill-alpha) must be in [0, 1] (the labels' share of the loss on labelled rows; "
+            f"the teacher has the rest), got {s['DISTILL_ALPHA']}"
+        )
+    if not s["DISTILL_TEMPERATURE"] > 0:
+        raise RecipeError(
+            f"DISTILL_TEMPERATURE (--distill-temperature) must be positive (1 = the teacher's own probabilities, "
+            f"higher = softer), got {s['DISTILL_TEMPERATURE']}"
+        )
+    if s["UNLABELED_URL"] and not s["TEACHER"]:
+        raise RecipeError(
+            "UNLABELED_URL (--unlabeled-url) gives texts for a teacher to label, but no TEACHER is set: name a "
+            "fine-tuned model with --teacher (a train_distilbert.py run's folder), or drop --unlabeled-url"
+        )
+
+
+def teacher_source(name):
+    """(the folder or hub name from_pretrained loads, the settings of the run that trained it or None): a
+    train_distilbert.py run folder (its model/ and metrics.json), its model/ folder, or any checkpoint."""
+    path = Path(name).expanduser()
+    for run in (path, path.parent):
+        record = run / "metrics.json"
+        if (run / "model" / "config.json").is_file() and record.is_file() and path in (run, run / "model"):
+            try:
+                return run / "model", json.loads(record.read_text()).get("settings")
+            except (ValueError, AttributeError):
+                return run / "model", None
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise RecipeError(
+            f"TEACHER (--teacher) {name} is a folder but holds no model: give a finished train_distilbert.py run "
+            f"(its OUT_DIR) or a folder with config.json and the weights, as save_pretrained writes them"
+        )
+    return (path if path.is_dir() else name), None
+
+
+class Teacher:
+    """A fine-tuned sequence classifier whose labels are the data's (matched by name), its tokenizer and how its texts
+    are cut (its run's MAX_LENGTH and TRUNCATION, or its tokenizer's model_max_length, head first)."""
+
+    def __init__(self, name, names, task):
+        self.name = name
+        self.source, self.run_settings = teacher_source(name)
+        try:
+            config = AutoConfig.from_pretrained(self.source, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise RecipeError(
+                f"TEACHER (--teacher) {name} does not load ({' '.join(str(e).split())[:160]}); give a finished "
+                f"train_distilbert.py run, a local model folder or a hub name"
+            ) from None
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+        kind = (
+            PROBLEMS.get(config.problem_type, "regression")
+            if config.problem_type
+            else ("regression" if config.num_labels == 1 else "single_label")
+        )
+        if kind != task:
+            raise RecipeError(
+                f"TEACHER (--teacher) {name} is a {kind.replace('_', '-')} model, but the data make this run a "
+                f"{task.replace('_', '-')} task; a teacher must be trained for the same task"
+            )
+        if task == "regression":
+            self.order = [0]
+        elif sorted(labels) != sorted(names):
+            raise RecipeError(
+                f"TEACHER (--teacher) {name} predicts the labels {', '.join(labels[:10])}, but the data's are "
+                f"{', '.join(names[:10])}; a teacher must be trained on the same labels (matched by name)"
+            )
+        else:
+            self.order = [labels.index(label) for label in names]  # the teacher's outputs in the data's order
+        own = self.run_settings or {}
+        self.cut = (own.get("TRUNCATION", "head"), own.get("HEAD_TOKENS", 0))
+        self.max_length = own.get("MAX_LENGTH")  # else the tokenizer's model_max_length, when it is loaded
+
+    def weights_sha256(self):
+        """A checksum of the teacher's weight files (safetensors or bin, every shard): the cache's key."""
+        folder = Path(self.source)
+        if not folder.is_dir():  # a hub name: the files from_pretrained keeps in its cache
+            from transformers.utils import cached_file
+
+            folder = Path(cached_file(str(self.source), "config.json")).parent
+        digest = hashlib.sha256()
+        for file in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            with open(file, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+    def logits(self, texts, pairs, rows, data_dir, device, precision, batch_size, rank=0, world=1):
+        """The teacher's logits of texts[rows] (and their pairs), in the data's label order, float32; computed once in
+        batches of similar length (shared by the processes under torchrun) and cached in data_dir under a key of its
+        weights, the texts and how they are cut and computed; the model is freed before this returns."""
+        texts = [texts[i] for i in rows]
+        pairs = None if pairs is None else [pairs[i] for i in rows]
+        key = {
+            "teacher_sha256": self.sha256,
+            "texts_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(),
+            "pairs_sha256": None if pairs is None else hashlib.sha256("\0".join(pairs).encode()).hexdigest(),
+            "max_length": self.max_length,
+            "cut": list(self.cut),
+            "precision": precision,
+            "order": self.order,
+        }
+        path = (
+            Path(data_dir) / f"teacher-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+        )
+        cached = None
+        if path.exists():
+            try:
+                cache = torch.load(path, weights_only=True)
+                cached = cache["logits"] if cache["key"] == key else None
+            except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+                print(f"teacher cache {path} is unreadable ({type(e).__name__}); computing it again")
+        if all(gathered(cached is not None, world)):  # every machine has it, or all compute it together
+            print(f"teacher {self.name}: the outputs for {len(texts):,} texts from {path}")
+            return cached
+        logits = self.compute(texts, pairs, device, precision, batch_size, rank, world)
+        if local_leader():  # each machine's own DATA_DIR
+            atomic_write(path, lambda f: torch.save({"key": key, "logits": logits}, f))
+        return logits
+
+    def compute(self, texts, pairs, device, precision, batch_size, rank, world):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.source, trust_remote_code=False)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.source, trust_remote_code=False, dtype=dtype
+            )
+        except (OSError, ValueError, ImportError, SafetensorError) as e:
+            raise RecipeError(
+                f"TEACHER (--teacher) {self.name} does not load ({' '.join(str(e).split())[:160]}); give a "
+                f"finished train_distilbert.py run, a local model folder or a hub name"
+            ) from None
+        if model.config.problem_type == "regression":  # its score in fp32, as the run stored it
+            in_fp32(model, self.source if Path(self.source).is_dir() else None)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        own = tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else 512  # 1e30: not set
+        max_length = self.max_length or min(own, getattr(model.config, "max_position_embeddings", own))
+        model = model.to(device).eval()
+        print(f"teacher {self.name}: scoring {len(texts):,} texts, {max_length} tokens each at most, in {precision}")
+        ids, offsets, types = tokenize(texts, tokenizer, max_length, *self.cut, pairs=pairs)
+        lengths = (offsets[1:] - offsets[:-1]).numpy()
+        no_labels = torch.zeros(len(texts), dtype=torch.int64)
+        pad_id = tokenizer.pad_token_id
+
+        def forward(m, batch):
+            return m(**model_inputs(batch)).logits
+
+        def batch_of(indices):
+            return collate(indices, ids, offsets, no_labels, pad_id, types=types)
+
+        with autocast_for(device, precision):
+            logits = all_logits(
+                model,
+                forward,
+                make_batches(lengths, batch_size),
+                batch_of,
+                model.config.num_labels,
+                device,
+                rank,
+                world,
+                desc="teacher",
+            )
+        del model  # the student trains without the teacher in memory
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return logits[:, self.order].float()
+
+
+class Distiller:
+    """The soft targets of every row (the teacher's logits; NaN where it did not score: the validation split) and the
+    loss that mixes them with the labels: labelled rows DISTILL_ALPHA x the label's loss + (1 - DISTILL_ALPHA) x the
+    soft loss, unlabelled rows the soft loss alone. Soft loss: KL divergence of the student's from the teacher's
+    distribution at DISTILL_TEMPERATURE, x T² (single-label); binary cross-entropy to the teacher's probabilities
+    (multi-label); squared error to the teacher's score (regression)."""
+
+    def __init__(self, teacher_logits, labelled, task, alpha, temperature, device, name=""):
+        self.logits = teacher_logits.to(device)
+        self.labelled = torch.as_tensor(labelled, device=device)
+        self.task, self.alpha, self.temperature, self.name = task, alpha, temperature, name
+
+    def report(self, student_logits, r):
+        """metrics.json's teacher: its name, the texts it labelled, its test scores and the student's agreement."""
+        b = r.n_train + r.n_valid
+        teacher_logits = self.logits[b : b + r.n_test].cpu()
+        targets = r.labels[b : b + r.n_test]
+        measured = report(teacher_logits, student_logits, targets, r.names, r.s["THRESHOLD"], self.task)
+        return {"name": self.name, "labelled_texts": r.n_train, "transfer_texts": r.n_transfer, **measured}
+
+    def loss(self, logits, labels, rows, threshold, weights=None):
+        """(summed loss, correct count over the labelled rows) of a batch of rows (their indices in the frame)."""
+        rows = torch.as_tensor(np.asarray(rows), device=logits.device)
+        labelled = self.labelled[rows].float()
+        hard, correct = row_losses(logits, labels, threshold, weights)
+        soft = soft_losses(logits.float(), self.logits[rows], self.task, self.temperature)
+        loss = labelled * (self.alpha * hard + (1 - self.alpha) * soft) + (1 - labelled) * soft
+        return loss.sum(), (correct * labelled.bool()).sum()
+
+
+def soft_losses(student, teacher, task, temperature):
+    """Each row's soft loss of student logits against the teacher's (see Distiller)."""
+    if task == "regression":
+        return (student.squeeze(-1) - teacher.squeeze(-1)) ** 2
+    if task == "multi_label":
+        return F.binary_cross_entropy_with_logits(student, teacher.sigmoid(), reduction="none").mean(-1)
+    t = temperature
+    targets = F.log_softmax(teacher / t, -1)
+    return F.kl_div(F.log_softmax(student / t, -1), targets, log_target=True, reduction="none").sum(-1) * t * t
+
+
+def report(teacher_logits, student_logits, targets, names, threshold, task):
+    """The teacher's test scores and how often the student agrees with it: the same class (single-label), the same
+    set of labels (multi-label) or, for regression, the Pearson correlation of their scores."""
+    teacher = scores(teacher_logits, targets, names, threshold)
+    if task == "regression":
+        a, b = teacher_logits.squeeze(-1).numpy(), student_logits.squeeze(-1).numpy()
+        agreement = float(np.corrcoef(a, b)[0, 1]) if np.ptp(a) and np.ptp(b) else None
+    elif task == "multi_label":
+        same = (teacher_logits.sigmoid() > threshold) == (student_logits.sigmoid() > threshold)
+        agreement = same.all(-1).float().mean().item()
+    else:
+        agreement = (teacher_logits.argmax(-1) == student_logits.argmax(-1)).float().mean().item()
+    return {"test": teacher, "agreement": None if agreement is None or math.isnan(agreement) else agreement}
+
+
+def prepare(r, frame, precision=None):
+    """The run's Distiller, or None without a TEACHER: the teacher checked against the data's labels and task, its
+    outputs for the training split, the transfer texts and the test split (teacher.logits()), and a resumed run's
+    teacher checked to be the one it began with (by its weights). precision: the run's (the LSTM's: PRECISION=auto's)."""
+    s = r.s
+    if not s.get("TEACHER"):
+        return None
+    teacher = Teacher(s["TEACHER"], r.names, r.task)
+    teacher.sha256 = teacher.weights_sha256()
+    began = r.recorded.get("teacher_sha256")
+    if began is not None and began != teacher.sha256:
+        raise RecipeError(
+            f"TEACHER (--teacher) {s['TEACHER']} is not the teacher this run began with (its weights differ): put "
+            f"that teacher back to resume, or start over without --resume"
+        )
+    r.recorded["teacher_sha256"] = teacher.sha256  # kept in every checkpoint
+    precision = precision or auto_precision(r.device)[0]
+    test = np.arange(r.n_train + r.n_valid, r.n_train + r.n_valid + r.n_test)
+    rows = np.concatenate([r.train_rows, test])  # the validation split is the student's own
+    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+    scored = teacher.logits(
+        frame["text"].tolist(), pairs, rows, s["DATA_DIR"], r.device, precision, s["EVAL_BATCH_SIZE"], r.rank, r.world
+    )
+    logits = torch.full((len(frame), scored.shape[1]), math.nan)
+    logits[torch.as_tensor(rows)] = scored
+    labelled = np.zeros(len(frame), dtype=bool)
+    labelled[: r.n_train] = True
+    print(
+        f"teacher {s['TEACHER']}: soft targets for {r.n_train:,} labelled and {r.n_transfer:,} unlabelled texts "
+        f"(DISTILL_ALPHA {s['DISTILL_ALPHA']}, DISTILL_TEMPERATURE {s['DISTILL_TEMPERATURE']})"
+    )
+    return Distiller(logits, labelled, r.task, s["DISTILL_ALPHA"], s["DISTILL_TEMPERATURE"], r.device, s["TEACHER"])
