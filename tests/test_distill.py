@@ -281,3 +281,16 @@ def test_a_resume_with_another_teacher_is_refused(tmp_path, imdb_like, teacher, 
         f"TEACHER (--teacher) {mine} is not the teacher this run began with",
     )
     assert checkpoint.read_bytes() == before
+
+
+def test_the_archives_unlabelled_reviews_are_the_transfer_texts(tmp_path):
+    from test_own_data import aclimdb_archive
+
+    from textclf.data import load_reviews
+
+    archive = aclimdb_archive(tmp_path / "aclImdb_v1.tar.gz")
+    path, frame, names = load_reviews(str(archive), tmp_path / "data", tl.DEFAULTS, "UNLABELED_URL", texts_only=True)
+    assert path == tmp_path / "data" / "aclImdb_v1-unsup.csv.gz" and names == []
+    assert frame["text"].tolist() == ["unlabelled"] and list(frame.columns) == ["text"]
+    labelled = load_reviews(str(archive), tmp_path / "data", tl.DEFAULTS)[1]  # the labelled CSV beside it, as before
+    assert "unlabelled" not in labelled["text"].tolist() and len(labelled) == 12
