@@ -83,6 +83,7 @@ class Run:
     """One run: settings s (the checkpoint's with --resume), device, rank, world (processes), data and state."""
 
     script = None  # the file name of the script main() runs, recorded in checkpoints and metrics.json
+    observer = None  # observer(epoch, score) after each epoch's checkpoint, where a sweep's trial runs: it may stop it
 
     def __init__(self, settings, given, held, positive, check=lambda s, given: s):
         """Processes started; settings checked, OUT_DIR locked, what killed runs left removed: agreeing()."""
@@ -422,6 +423,8 @@ class Run:
                 f"{s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}"
             )
         self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
+        if Run.observer:  # sweep.py: the score that picks the epoch, as metrics.json records it
+            Run.observer(epoch, valid[headline(valid)])
         if signum := agreed(signals.requested, self.device, self.world):  # also after the last epoch
             raise Interrupted(signum)
 
