@@ -299,16 +299,17 @@ def write_frame(frame, f, kind, first):
         frame.to_csv(f, sep="\t" if kind == ".tsv" else ",", header=first, index=False)
 
 
-def checked_texts(frame, column, done):
+def checked_texts(frame, column, done, pair=False):
     """The texts of a chunk's column as Python strings (pandas 3 with pyarrow stores Arrow strings, which hold no
     surrogates), each with a word and UTF-8; done: the rows before this chunk, for the error's row numbers."""
     texts = [None if pd.isna(text) else str(text) for text in frame[column]]
     empty = np.array([text is None or not text.strip() for text in texts], dtype=bool)
     if empty.any():
         rows = [done + int(i) for i in np.flatnonzero(empty)[:5]]
+        where = f"column {column!r}, " if pair or column != "text" else ""  # "text": arguments or lines, one a row
         raise RecipeError(
-            f"empty text in column {column!r}, row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
-            f"(0-based, header not counted); every text{' of a pair' * (column != 'text')} needs at least one word"
+            f"empty text in {where}row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} "
+            f"(0-based, header not counted); every text{' of a pair' * pair} needs at least one word"
         )
     surrogate = [SURROGATE.search(text) for text in texts]  # how Python keeps bytes that are not UTF-8
     if any(surrogate):
@@ -333,7 +334,7 @@ def predict(run, chunks, text_columns, batch_size, write):
                     f"the input already has a column {clash[0]!r}, which predict.py writes its "
                     f"predictions to; rename or drop that column of the input"
                 )
-        texts = [checked_texts(frame, column, done) for column in text_columns]
+        texts = [checked_texts(frame, column, done, len(text_columns) > 1) for column in text_columns]
         if texts[0]:
             logits = run.logits(texts[0], batch_size, texts[1] if len(texts) > 1 else None)
         else:

@@ -198,8 +198,9 @@ def test_an_empty_input_writes_an_empty_file_of_the_outputs_format(lstm_run, tmp
 
 
 @pytest.mark.parametrize("layout", ["parquet", "csv"])
-def test_a_label_column_of_lists_is_one_line_on_how_to_convert_it(tmp_path, layout):
-    """The hub's Sequence(ClassLabel): several classes a row in one column."""
+def test_a_label_column_of_lists_beyond_its_names_is_one_line(tmp_path, layout):
+    """The hub's Sequence(ClassLabel): several classes a row in one column, a multi-label task (tests/test_as_given.py);
+    class 3 where LABEL_NAMES names two is one line on how class numbers are named."""
     df = make_reviews(100).rename(columns={"sentiment": "labels"})
     df["labels"] = [[0], [1], [0, 3]] * 33 + [[2]]
     path = (
@@ -211,8 +212,9 @@ def test_a_label_column_of_lists_is_one_line_on_how_to_convert_it(tmp_path, layo
     fails(
         tl,
         args(tl, tmp_path, str(path), label_columns="labels", train_size=60, valid_size=20, test_size=20),
-        "labels holds lists of classes ('[0]' in rows 0, 1, 2, 3, 4 and 95 more",
-        "a multi-label layout; give each label a 0/1 column of its own and name them all with --label-columns a,b,c",
+        "labels holds lists of class numbers, named by LABEL_NAMES (negative,positive) as 0..1, but rows 2, 5, 8, 11, "
+        "14 and 29 more (0-based, header not counted) hold [0, 3]",
+        "class numbers index LABEL_NAMES from 0: name every class with --label-names a,b,c",
     )
     assert files_under(tmp_path) == before
 
@@ -371,7 +373,8 @@ def test_compare_shows_that_runs_were_tested_on_different_data(lstm_run, tmp_pat
     (tmp_path / "other.json").write_text(json.dumps(other))
     table = compare.table([("run", metrics), ("other", other)])
     assert table.splitlines()[0].endswith("| test data |")
-    assert "| train.csv, 50 rows after the first 350 |" in table and "| test.parquet, 25,000 rows |" in table
+    assert "| train.csv (sentiment), 50 rows after the first 350 |" in table
+    assert "| test.parquet (sentiment), 25,000 rows |" in table
     assert "These runs were tested on different data" in table
     assert "test data" not in compare.table([("run", metrics), ("again", metrics)])
 

@@ -380,7 +380,7 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
     assert predicted["predicted_labels"].fillna("").tolist() == [
         ",".join(n for n, o in zip(["good", "bad", "plot"], row, strict=True) if o) for row in over
     ]
-    truth = predicted[["good", "bad", "plot"]].to_numpy().astype(bool)
+    truth = predicted[["good", "bad", "plot"]].to_numpy().astype(int).astype(bool)  # as written: "0" and "1"
     test_accuracy = json.loads((tmp_path / "out" / "metrics.json").read_text())["test_accuracy"]
     assert (over[800:] == truth[800:]).all(1).mean() == test_accuracy  # exact match, as training scored it
 

@@ -153,7 +153,12 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, monkeypatch):
     with_empty = write_csv(
         pd.DataFrame({"id": [1, 2, 3, 4], "review": ["fine", " ", "good", ""]}), tmp_path / "empty.csv"
     )
-    fails(predict, [run, "--input", str(with_empty), "--output", output], "empty text in rows 1, 3")
+    fails(
+        predict,
+        [run, "--input", str(with_empty), "--output", output],
+        "empty text in column 'review', rows 1, 3",
+        "every text needs",
+    )
     fails(predict, [run, "a good film", ""], "empty text in row 1")
     fails(predict, [run, "a text", "--batch-size", "many"], "argument --batch-size: invalid int value: 'many'")
     fails(predict, [run, "--input", str(source), "--output", str(tmp_path / "out.xlsx")], "unknown format '.xlsx'")

@@ -116,7 +116,7 @@ def check_rank(model, rank):
         if isinstance(module, torch.nn.Linear)
         else min(module.weight.shape)
         for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and name.split(".")[-1] not in heads
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and not heads & set(name.split("."))  # the head trains in full
     ]
     if widths and rank >= min(widths):
         raise RecipeError(

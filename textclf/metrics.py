@@ -14,13 +14,19 @@ def batch_loss(logits, targets, threshold, weights=None):
     """Summed loss and correct count of a batch, in fp32: cross-entropy and accuracy, (multi-label) BCE and exact
     match, or (regression: float targets, one output) squared error and 0. weights: the classes' (multi-label: the
     positives') weights in the loss, or None."""
-    losses, correct = row_losses(logits, targets, threshold, weights)
-    return losses.sum(), correct.sum()
+    logits = logits.float()
+    if targets.is_floating_point() and targets.ndim == 1:
+        return ((logits.squeeze(-1) - targets) ** 2).sum(), torch.zeros((), dtype=torch.int64, device=logits.device)
+    if targets.ndim == 1:
+        return F.cross_entropy(logits, targets, weight=weights, reduction="sum"), (logits.argmax(-1) == targets).sum()
+    loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights, reduction="sum") / targets.shape[1]
+    return loss, ((logits.sigmoid() > threshold) == (targets > 0.5)).all(-1).sum()
 
 
 def row_losses(logits, targets, threshold, weights=None):
-    """batch_loss()'s terms, one a row: each row's loss (multi-label: its mean over the labels) and whether it is
-    correct (regression: never)."""
+    """batch_loss()'s terms, one a row (a distilled run weighs each row's): each row's loss (multi-label: its mean over
+    the labels) and whether it is correct (regression: never). batch_loss() keeps its own sums, which round as runs
+    before distillation did."""
     logits = logits.float()
     if targets.is_floating_point() and targets.ndim == 1:
         return (logits.squeeze(-1) - targets) ** 2, torch.zeros(len(targets), dtype=torch.int64, device=logits.device)
