@@ -83,6 +83,8 @@ def main(argv=None):
     parser.add_argument("--test-size", type=int, default=1_000)
     parser.add_argument("--trials", type=int, default=5, help="the budget of each: grid points, or sweep trials")
     parser.add_argument("--startup", type=int, default=2, help="sweep trials sampled at random and never pruned first")
+    parser.add_argument("--models", nargs="+", default=["lstm", "minilm"], choices=["lstm", "minilm"])
+    parser.add_argument("--minilm-epochs", type=int, default=3)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     split = [f"--train-size={args.train_size}", f"--valid-size={args.valid_size}", f"--test-size={args.test_size}"]
@@ -101,12 +103,13 @@ def main(argv=None):
                     f"--model-name={Path(args.model_name).resolve()}",
                     "--lora-rank=16",
                     "--max-length=128",
-                    "--epochs=3",
+                    f"--epochs={args.minilm_epochs}",
                 ],
                 1e-4,
                 1e-2,
             ),
         ]
+        setups = [setup for setup, model in zip(setups, ["lstm", "minilm"], strict=True) if model in args.models]
         for name, script, base, low, high in setups:
             rates = np.geomspace(low, high, args.trials).tolist()
             for kind, result in (
