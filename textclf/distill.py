@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .batches import make_batches
+from .data import file_sha256
 from .metrics import all_logits, row_losses, scores
 from .parallel import auto_precision, autocast_for, gathered, local_leader
 from .regression import in_fp32
@@ -111,9 +112,7 @@ class Teacher:
             folder = Path(cached_file(str(self.source), "config.json")).parent
         digest = hashlib.sha256()
         for file in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-            with open(file, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+            digest.update(file_sha256(file).encode())  # each file's, in the order of their names
         return digest.hexdigest()
 
     def logits(self, texts, pairs, rows, data_dir, device, precision, batch_size, rank=0, world=1):
