@@ -421,8 +421,10 @@ def listed(frame, column, lists, names, name, named_by, task):
         )
     classes = [[v.item() if isinstance(v, np.generic) else v for v in as_list(value)] for value in column]
     kinds = {type(v) for row in classes for v in row}
-    if kinds == {str}:
+    if kinds == {str}:  # names name themselves, sorted; each row's then as their positions
         names = sorted({v for row in classes for v in row})
+        position = {label: k for k, label in enumerate(names)}
+        classes = [[position[label] for label in row] for row in classes]
     elif kinds - {int}:
         raise RecipeError(
             f"{name}: {column.name} holds lists that mix class numbers and class names; use one kind in every list"
@@ -440,11 +442,9 @@ def listed(frame, column, lists, names, name, named_by, task):
                 f"0..{len(names) - 1}, but {rows(bad)} hold{'s' if bad.sum() == 1 else ''} "
                 f"{classes[int(np.flatnonzero(bad)[0])]}; {fix}"
             )
-    index = {label: k for k, label in enumerate(names)} if kinds == {str} else {k: k for k in range(len(names))}
     on = np.zeros((len(classes), len(names)), dtype=int)
     for i, row in enumerate(classes):
-        for label in row:
-            on[i, index[label]] = 1
+        on[i, row] = 1
     return frame.join(pd.DataFrame(on, index=frame.index)), list(names)
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from scipy.stats import pearsonr
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .batches import make_batches
 from .data import file_sha256
-from .metrics import all_logits, row_losses, scores
+from .metrics import all_logits, correlation, row_losses, scores
 from .parallel import auto_precision, autocast_for, gathered, local_leader
 from .regression import in_fp32
 from .runfolder import atomic_write
@@ -214,9 +215,8 @@ class Distiller:
 
     def report(self, student_logits, r):
         """metrics.json's teacher: its name, the texts it labelled, its test scores and the student's agreement."""
-        b = r.n_train + r.n_valid
-        teacher_logits = self.logits[b : b + r.n_test].cpu()
-        targets = r.labels[b : b + r.n_test]
+        teacher_logits = self.logits[torch.as_tensor(r.test_rows, device=self.logits.device)].cpu()
+        targets = r.labels[r.test_rows]
         measured = report(teacher_logits, student_logits, targets, r.names, r.s["THRESHOLD"], self.task)
         return {"name": self.name, "labelled_texts": r.n_train, "transfer_texts": r.n_transfer, **measured}
 
@@ -245,15 +245,14 @@ def report(teacher_logits, student_logits, targets, names, threshold, task):
     """The teacher's test scores and how often the student agrees with it: the same class (single-label), the same
     set of labels (multi-label) or, for regression, the Pearson correlation of their scores."""
     teacher = scores(teacher_logits, targets, names, threshold)
-    if task == "regression":
-        a, b = teacher_logits.squeeze(-1).numpy(), student_logits.squeeze(-1).numpy()
-        agreement = float(np.corrcoef(a, b)[0, 1]) if np.ptp(a) and np.ptp(b) else None
+    if task == "regression":  # None where either predicts one score for every text
+        agreement = correlation(pearsonr, teacher_logits.squeeze(-1).numpy(), student_logits.squeeze(-1).numpy())
     elif task == "multi_label":
         same = (teacher_logits.sigmoid() > threshold) == (student_logits.sigmoid() > threshold)
         agreement = same.all(-1).float().mean().item()
     else:
         agreement = (teacher_logits.argmax(-1) == student_logits.argmax(-1)).float().mean().item()
-    return {"test": teacher, "agreement": None if agreement is None or math.isnan(agreement) else agreement}
+    return {"test": teacher, "agreement": agreement}
 
 
 def prepare(r, frame, precision=None):
@@ -273,8 +272,7 @@ def prepare(r, frame, precision=None):
         )
     r.recorded["teacher_sha256"] = teacher.sha256  # kept in every checkpoint
     precision = precision or auto_precision(r.device)[0]
-    test = np.arange(r.n_train + r.n_valid, r.n_train + r.n_valid + r.n_test)
-    rows = np.concatenate([r.train_rows, test])  # the validation split is the student's own
+    rows = np.concatenate([r.train_rows, r.test_rows])  # the validation split is the student's own
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
     scored = teacher.logits(
         frame["text"].tolist(), pairs, rows, s["DATA_DIR"], r.device, precision, s["EVAL_BATCH_SIZE"], r.rank, r.world

@@ -128,17 +128,15 @@ class Run:
                     own = [renamed.get(label, label) for label in own] if metadata_names(path, s) else own
                     loaded[url] = path, rows, own
             if s.get("UNLABELED_URL"):  # texts alone, for the teacher to label: any labels it has are not read
-                loaded["UNLABELED_URL"] = (
-                    *load_reviews(
-                        s["UNLABELED_URL"],
-                        s["DATA_DIR"],
-                        s,
-                        "UNLABELED_URL",
-                        named_by="the training file's",
-                        texts_only=True,
-                    )[:2],
-                    None,
+                path, texts, _ = load_reviews(
+                    s["UNLABELED_URL"],
+                    s["DATA_DIR"],
+                    s,
+                    "UNLABELED_URL",
+                    named_by="the training file's",
+                    texts_only=True,
                 )
+                loaded["UNLABELED_URL"] = path, texts, None  # no label names of its own
         shas = [file_sha256(path) for path, _, _ in loaded.values()]
         self.data_sha256 = " ".join(shas)  # of each file, DATA_URL's first, UNLABELED_URL's last
         before = (self.checkpoint or {}).get("data_sha256", self.data_sha256).split()
@@ -180,8 +178,9 @@ class Run:
                 raise RecipeError("UNLABELED_URL (--unlabeled-url) needs the data's text columns, both of a pair")
             self.n_transfer = len(transfer)
             frame = pd.concat([frame, transfer[frame.columns]])
-        # the rows trained on: the training split's, then the transfer texts'
+        # the rows trained on: the training split's, then the transfer texts'; the test split's
         self.train_rows = np.r_[0 : self.n_train, len(frame) - self.n_transfer : len(frame)]
+        self.test_rows = np.arange(self.n_train + self.n_valid, self.n_train + self.n_valid + self.n_test)
         return frame
 
     def index(self, ids, offsets, frame):
@@ -199,9 +198,10 @@ class Run:
             )
             self.class_weights = self.class_weights.to(self.device)
         self.lengths = (offsets[1:] - offsets[:-1]).numpy()
-        a, b, c = self.n_train, self.n_train + self.n_valid, self.n_train + self.n_valid + self.n_test
+        a, b = self.n_train, self.n_train + self.n_valid
         self.valid_batches = [a + batch for batch in make_batches(self.lengths[a:b], self.s["EVAL_BATCH_SIZE"])]
-        self.test_batches = [b + batch for batch in make_batches(self.lengths[b:c], self.s["EVAL_BATCH_SIZE"])]
+        test = self.test_rows
+        self.test_batches = [test[batch] for batch in make_batches(self.lengths[test], self.s["EVAL_BATCH_SIZE"])]
         return ids, offsets, self.labels
 
     def resume(self, parts, best, **recorded):
@@ -473,12 +473,12 @@ class Run:
         tested (beside its teacher, a Distiller, where it has one); then card(metrics) and metrics.json (rank 0)
         replace each machine's checkpoint and the other script's model. A stop request during the test stops all
         processes after it."""
-        signals.deferred, state, b = True, self.state, self.n_train + self.n_valid
+        signals.deferred, state = True, self.state
         with agreeing(self.world):
             best = load() if leader() else model
         parallel.broadcast_weights(best, self.world)
-        test_logits, test_labels = evaluate(best, self.test_batches), self.labels[b : b + self.n_test]
-        test = scores(test_logits, test_labels, self.names, self.s["THRESHOLD"])
+        test_logits = evaluate(best, self.test_batches)
+        test = scores(test_logits, self.labels[self.test_rows], self.names, self.s["THRESHOLD"])
         train_seconds = sum(record["seconds"] for record in state["history"])
         cuda = self.device.type == "cuda"
         devices = gathered(torch.cuda.get_device_name(self.device) if cuda else str(self.device), self.world)
