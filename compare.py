@@ -80,7 +80,11 @@ def with_teachers(runs):
                     f"{name}: teacher",
                     {
                         "role": "teacher",
-                        "settings": {**m["settings"], "MODEL_NAME": teacher["name"]},
+                        "settings": {
+                            **m["settings"],
+                            "MODEL_NAME": teacher.get("model_name", teacher["name"]),  # (older runs: its name)
+                            "MAX_LENGTH": teacher.get("max_length") or "?",
+                        },
                         "task": m.get("task"),
                         "multi_label": m.get("multi_label"),
                         "examples": m.get("examples", {}),
@@ -202,7 +206,7 @@ def figure_of(runs):
                 [e.get(f"train_{key}", math.nan) for e in m["epochs"]],
                 "o-",
                 color=color,
-                label=f"{name}, training",
+                label=f"{name}, training" + " (distillation loss)" * bool(key == "loss" and m.get("teacher")),
             )
             if all(f"valid_{key}" in e for e in m["epochs"]):
                 axes.plot(
@@ -219,12 +223,16 @@ def figure_of(runs):
                 zorder=3,
             )
     regression = any(m.get("task") == "regression" for _, m in runs)
+    distilled = any(m.get("teacher") for _, m in runs)
     loss_axes.set(
         title="Loss per epoch",
         xlabel="epoch",
-        ylabel="mean loss per text\n(cross-entropy; regression: squared error)"
-        if regression
-        else "cross-entropy (mean per review)",
+        ylabel=(
+            "mean loss per text\n(cross-entropy; regression: squared error)"
+            if regression
+            else "cross-entropy (mean per review)"
+        )
+        + "\ndistilled runs' training: the distillation loss" * distilled,
     )
     accuracy_axes.set(
         title="Accuracy per epoch (★ best epoch, the saved model)",

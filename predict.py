@@ -12,7 +12,9 @@ Texts go through that script's own cleaning, tokenizer and truncation, in length
 evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
 per text, or with --output writes the input rows, every column as it was, plus `predicted_label` and
 `predicted_score` columns (.csv, .tsv or .jsonl, optionally .gz, or .parquet), atomically. A multi-label run gives
-`predicted_labels` (those over its THRESHOLD, comma-separated) and a `predicted_score_NAME` column per label instead;
+`predicted_labels` (those over its THRESHOLD: a list, as JSON text in .csv and .tsv, which the training scripts read
+back as a multi-label column) and a `predicted_score_NAME` column per label instead; on standard output the labels are
+joined with commas, a name that holds a comma in double quotes ("a, b",c);
 a regression run gives `predicted_score`, the score itself. A sentence-pair run reads two text columns, or two texts
 with a tab between them. Large files and standard input stream in chunks of 10,000 rows, and
 every text is cut to the run's MAX_LENGTH tokens, so memory stays bounded. DistilBERT runs classify in the precision
@@ -274,12 +276,36 @@ def output_columns(run):
 
 
 def parquet_schema(frame):
-    """The Parquet schema of the first chunk, a column without a value in it (all null) typed as text."""
+    """The Parquet schema of the first chunk, a column without a value in it (all null) typed as text, a column of
+    empty lists as lists of text."""
     schema = pyarrow.Schema.from_pandas(frame, preserve_index=False)
     for i, field in enumerate(schema):
         if pyarrow.types.is_null(field.type):
             schema = schema.set(i, field.with_type(pyarrow.string()))
+        elif pyarrow.types.is_list(field.type) and pyarrow.types.is_null(field.type.value_type):
+            schema = schema.set(i, field.with_type(pyarrow.list_(pyarrow.string())))
     return schema
+
+
+def as_json_lists(frame):
+    """frame with each list (or array) cell as JSON text, as a CSV file holds a list and the scripts read it back;
+    pandas would write Python's repr (or numpy's, without commas)."""
+    lists = [column for column in frame.columns if frame[column].map(is_sequence).any()]
+    return frame.assign(**{column: frame[column].map(json_list) for column in lists})
+
+
+def is_sequence(value):
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def json_list(value):
+    return json.dumps(value.tolist() if isinstance(value, np.ndarray) else list(value)) if is_sequence(value) else value
+
+
+def joined(names):
+    """Labels joined with commas for standard output, a name that holds a comma in double quotes ("a, b",c); - for
+    none."""
+    return ",".join(json.dumps(name) if "," in name else name for name in names) or "-"
 
 
 def write_frame(frame, f, kind, first):
@@ -296,7 +322,7 @@ def write_frame(frame, f, kind, first):
             return
         f.write(frame.to_json(orient="records", lines=True, force_ascii=False))
     else:
-        frame.to_csv(f, sep="\t" if kind == ".tsv" else ",", header=first, index=False)
+        as_json_lists(frame).to_csv(f, sep="\t" if kind == ".tsv" else ",", header=first, index=False)
 
 
 def checked_texts(frame, column, done, pair=False):
@@ -350,7 +376,7 @@ def predict(run, chunks, text_columns, batch_size, write):
             over = [
                 [name for name, p in zip(run.labels, row, strict=True) if p > run.threshold] for row in probabilities
             ]
-            labels = pd.Series([",".join(names) for names in over], index=frame.index, dtype=object)
+            labels = pd.Series(over, index=frame.index, dtype=object)  # a list of names a row
             frame = frame.assign(
                 predicted_labels=labels,
                 **{f"predicted_score_{name}": probabilities[:, k] for k, name in enumerate(run.labels)},
@@ -373,7 +399,7 @@ def show(run, frame, columns):
         shown = []
         for labels, row in zip(frame["predicted_labels"], scores, strict=True):
             every = " ".join(f"{name}={p:.4f}" for name, p in zip(run.labels, row, strict=True))
-            shown.append(f"{labels or '-'}\t{every}")
+            shown.append(f"{joined(labels)}\t{every}")
     rows = zip(*(frame[column] for column in columns), strict=True)
     texts = ["\t".join(" ".join(str(text).split()) for text in row) for row in rows]  # a pair: its two texts
     for line, text in zip(shown, texts, strict=True):

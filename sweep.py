@@ -23,20 +23,25 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import shlex
+import shutil
 import signal
 import socket
 import sys
+import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 import train_distilbert as td
 import train_lstm_baseline as tl
+from textclf import distill
 from textclf.metrics import headline
 from textclf.runfolder import atomic_write
 from textclf.settings import RecipeError, check_settings, flag, parse_settings
@@ -44,6 +49,15 @@ from textclf.training import Run
 
 SCRIPTS = {"train_distilbert.py": td, "train_lstm_baseline.py": tl}
 FIXED = ("OUT_DIR", "RESUME")  # the sweep's: each trial runs in its own folder, from the start
+NEEDS = {  # settings that change nothing unless another one is set: (that setting, whether it is, what to give)
+    "DISTILL_ALPHA": ("TEACHER", bool, "a teacher (--teacher)"),
+    "DISTILL_TEMPERATURE": ("TEACHER", bool, "a teacher (--teacher)"),
+    "UNLABELED_URL": ("TEACHER", bool, "a teacher (--teacher)"),
+    "LORA_ALPHA": ("LORA_RANK", lambda rank: rank > 0, "adapters (--lora-rank above 0)"),
+    "LORA_DROPOUT": ("LORA_RANK", lambda rank: rank > 0, "adapters (--lora-rank above 0)"),
+    "HEAD_TOKENS": ("TRUNCATION", lambda cut: cut == "head+tail", "--truncation head+tail"),
+}
+LARGE = ("checkpoint.pt", "model", "model.pt", "adapter")  # what a trial that stopped before its end keeps none of
 
 
 STATES = {
@@ -76,14 +90,18 @@ def typed(module, script, setting, text, what):
     return settings[setting]
 
 
-def allowed(module, base, given, setting, value, what):
-    """A RecipeError unless the script takes value for setting beside the sweep's command line (its own checks)."""
+def allowed(module, base, given, setting, value, what, range_=None):
+    """A RecipeError unless the script takes value for setting beside the sweep's command line (its own checks);
+    range_: the range value was drawn from, where it is one."""
     s = {**base, setting: value}
     try:
         check_settings(s, module.POSITIVE_SETTINGS)
+        if "TEACHER" in s:
+            distill.check_settings(s)
         module.check_settings(s, {*given, setting})
     except RecipeError as e:
-        raise RecipeError(f"{what}: {value!r} is not a value {setting} takes ({e})") from None
+        within = f" (inside the range {range_}: every value a trial may draw must be one)" if range_ else ""
+        raise RecipeError(f"{what}: {value!r}{within} is not a value {setting} takes ({e})") from None
 
 
 def parse_space(specs, module, script, base, given):
@@ -116,9 +134,9 @@ def parse_space(specs, module, script, base, given):
                 raise RecipeError(f"{what}: LOW must be below HIGH, got {low} and {high}")
             if log and low <= 0:
                 raise RecipeError(f"{what}: a log range needs LOW > 0, got {low}")
-            for value in (low, high):
-                allowed(module, base, given, setting, value, what)
             kind = IntDistribution if isinstance(default, int) and isinstance(low, int) else FloatDistribution
+            for value in inside(low, high, log, kind is IntDistribution):  # the ends, and values between them
+                allowed(module, base, given, setting, value, what, None if value in (low, high) else f"{low}:{high}")
             space[setting] = kind(low, high, log=log)
         else:
             choices = [typed(module, script, setting, part.strip(), what) for part in values.split(",")]
@@ -127,7 +145,33 @@ def parse_space(specs, module, script, base, given):
             for value in choices:
                 allowed(module, base, given, setting, value, what)
             space[setting] = CategoricalDistribution(choices)
+        if setting in given:
+            raise RecipeError(
+                f"{what}: {setting} is also given after -- ({flag(setting)}); each trial sets it from the search: "
+                f"drop it from the command line after --"
+            )
+    for setting in space:
+        if setting in NEEDS and NEEDS[setting][0] in module.DEFAULTS:
+            other, on, give = NEEDS[setting]
+            searched = space.get(other)
+            values = searched.choices if isinstance(searched, CategoricalDistribution) else [base[other]]
+            fixed = searched is None or isinstance(searched, CategoricalDistribution)  # (a range: some values are on)
+            if fixed and not any(on(value) for value in values):
+                raise RecipeError(
+                    f"--space {setting.lower()}: {setting} changes nothing without {give}, so every trial would "
+                    f"be the same run; give {give} after --, or search another setting"
+                )
     return space
+
+
+def inside(low, high, log, integers):
+    """The values a range's checks try: its ends and seven between them (evenly spaced, or by ratio for log)."""
+    if log:
+        between = np.geomspace(low, high, 9)
+    else:
+        between = np.linspace(low, high, 9)
+    values = [low, *(v.item() for v in between[1:-1]), high]
+    return sorted({round(v) for v in values}) if integers else values
 
 
 def command_line(script, base_argv, params, folder):
@@ -140,9 +184,15 @@ def command_line(script, base_argv, params, folder):
 
 
 @contextlib.contextmanager
-def budget_lock(folder):
-    """While a worker counts the trials and asks for the next, no other worker of this machine does (a file lock in the
-    sweep's folder): --trials is exact on one machine. Workers on several machines may run one trial more at most."""
+def folder_lock(folder):
+    """While a worker creates the study, or counts the trials and asks for the next, no other worker of this machine
+    does (a file lock in the sweep's folder): --trials is exact on one machine. Workers on several machines may run
+    one trial more at most."""
+    if not folder.is_dir():
+        raise RecipeError(
+            f"the sweep's folder {folder} was deleted while the sweep ran; start the sweep again (a new study, "
+            f"unless --storage keeps it elsewhere)"
+        )
     with open(folder / ".trials.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -151,13 +201,68 @@ def budget_lock(folder):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_study(name, storage, script, space, base_argv, args, create):
-    """The study in storage, made if new (with create), checked to be this script's, search space's and command's."""
+class SeededByTrial(optuna.samplers.BaseSampler):
+    """Optuna's TPE sampler whose random draws for trial N come from (--seed, N): each worker, and each restart, draws
+    settings of its own (a study numbers its trials once each), and a study of one worker is the same every time.
+    Without a seed, a TPE sampler of random seed."""
+
+    def __init__(self, seed, startup_trials):
+        self.seed, self.startup_trials = seed, startup_trials
+        self.tpe = self.for_trial(None)
+
+    def for_trial(self, number):
+        seed = None
+        if self.seed is not None and number is not None:
+            seed = int(np.random.SeedSequence([self.seed, number]).generate_state(1)[0])
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.startup_trials)
+
+    def before_trial(self, study, trial):
+        self.tpe = self.for_trial(trial.number)
+        self.tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):
+        self.tpe.after_trial(study, trial, state, values)
+
+
+def racing(error):
+    """Whether a database error is another worker creating the same tables or study at the same moment."""
+    text = str(error).lower()
+    return isinstance(error, (OperationalError, IntegrityError)) and any(
+        words in text for words in ("already exists", "unique", "duplicate", "locked")
+    )
+
+
+def open_study(name, storage, script, space, base_argv, args, create, attempts=8):
+    """The study in storage, made if new (with create), checked to be this script's, search space's and command's.
+    Workers that start together on a new study are safe: on one machine they take turns (folder_lock()), and where
+    another machine's worker creates the tables or the study at the same moment, this one tries again."""
+    for attempt in range(attempts):
+        try:
+            return try_open_study(name, storage, script, space, base_argv, args, create)
+        except SQLAlchemyError as e:
+            if not racing(e) or attempt == attempts - 1:
+                raise RecipeError(
+                    f"--storage {storage} does not connect ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                    f"give a database URL Optuna takes (sqlite:///PATH, postgresql://USER@HOST/DB)"
+                ) from None
+            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
+
+
+def try_open_study(name, storage, script, space, base_argv, args, create):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             db = optuna.storages.RDBStorage(storage)
-    except (SQLAlchemyError, ImportError, ValueError, OSError) as e:  # a URL it cannot parse, no driver, no server
+    except (ImportError, ValueError, OSError) as e:  # a URL it cannot parse, no driver, no server
         raise RecipeError(
             f"--storage {storage} does not connect ({type(e).__name__}: {' '.join(str(e).split())[:200]}); give a "
             f"database URL Optuna takes (sqlite:///PATH, postgresql://USER@HOST/DB)"
@@ -170,7 +275,7 @@ def open_study(name, storage, script, space, base_argv, args, create):
         storage=db,
         study_name=name,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=args.startup_trials),
+        sampler=SeededByTrial(args.seed, args.startup_trials),
         pruner=pruner or optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
@@ -191,14 +296,39 @@ def open_study(name, storage, script, space, base_argv, args, create):
     return study
 
 
-def fail_abandoned(study):
-    """Trials this machine left running when its worker died (killed, power) are marked failed, not left running."""
+def fail_abandoned(study, folder):
+    """Trials this machine left running when its worker died (killed, power) are marked failed and run again."""
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", {})
         if worker.get("host") == host and not alive(worker.get("pid")):
-            study.tell(trial.number, state=TrialState.FAIL)
-            print(f"trial {trial.number} was left running by a worker that stopped (pid {worker.get('pid')}): failed")
+            why = f"abandoned by a worker that stopped (pid {worker.get('pid')})"
+            retry(study, trial.number, trial.params, folder / f"trial-{trial.number}", why)
+
+
+def retry(study, number, params, folder, why):
+    """A trial stopped before its end (Ctrl-C, SIGTERM, a dead worker): failed, its large files removed, and its
+    settings queued as a new trial (its user attribute retry_of: number) that runs first when the sweep continues.
+    Such a trial does not count against --trials (retried())."""
+    study.tell(number, state=TrialState.FAIL)
+    study.enqueue_trial(params, user_attrs={"retry_of": number, "retry_why": why})
+    for name in LARGE:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    record(folder, "failed", f"{why}: the sweep runs the same settings again as a new trial")
+    print(f"trial {number} {why}: the sweep runs its settings again as a new trial", file=sys.stderr)
+
+
+def retried(trials):
+    """{number of a trial run again: (why, the number of the trial that runs it again)}."""
+    return {
+        t.user_attrs["retry_of"]: (t.user_attrs.get("retry_why"), t.number)
+        for t in trials
+        if "retry_of" in t.user_attrs
+    }
 
 
 def alive(pid):
@@ -215,7 +345,8 @@ def alive(pid):
 
 def run_trial(study, trial, module, script, base_argv, folder):
     """One trial: the script's run in folder with the trial's settings, its validation score after each epoch reported
-    to the pruner. Its state goes to the study, and to folder/trial.json."""
+    to the pruner, which may stop it there (the run then ends as with PATIENCE: its best epoch tested and saved). Its
+    state goes to the study, and to folder/trial.json."""
     argv = command_line(script, base_argv, trial.params, folder)
     trial.set_user_attr("command", shlex.join(["python", script, *argv]))
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
@@ -225,23 +356,16 @@ def run_trial(study, trial, module, script, base_argv, folder):
         if score is not None:
             trial.report(score, epoch)
         trial.set_user_attr("epochs", epoch)
-        if trial.should_prune():
-            raise Pruned(epoch)
+        return trial.should_prune()
 
     Run.observer = observer
+    Run.interrupted = "the sweep runs this trial's settings again as a new trial when it continues"
     try:
         metrics = module.main(argv)
-    except Pruned as e:
-        record(folder, "pruned", f"stopped after epoch {e.args[0]}: below the median of earlier trials")
-        study.tell(trial, state=TrialState.PRUNED)
-        print(f"trial {trial.number} pruned after epoch {e.args[0]}")
-        return
     except SystemExit as e:
         message = str(e.code)
-        if not message.startswith("error:"):  # Ctrl-C or SIGTERM: the run saved its checkpoint
-            trial.set_user_attr("error", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            record(folder, "failed", "interrupted")
+        if not message.startswith("error:"):  # Ctrl-C or SIGTERM: run again when the sweep continues
+            retry(study, trial.number, trial.params, folder, f"interrupted ({signal_name(e.code)})")
             raise
         trial.set_user_attr("error", message.removeprefix("error: "))
         study.tell(trial, state=TrialState.FAIL)
@@ -250,7 +374,19 @@ def run_trial(study, trial, module, script, base_argv, folder):
         return
     finally:
         Run.observer = None
+        Run.interrupted = None
     score = metrics["valid"][headline(metrics["valid"])]
+    if metrics.get("pruned"):
+        epoch = metrics["stopped_early_at"]
+        study.tell(trial, state=TrialState.PRUNED)
+        record(
+            folder,
+            "pruned",
+            f"stopped after epoch {epoch}: below the median of earlier trials; a run of its "
+            f"best epoch, {metrics['best_epoch']}",
+        )
+        print(f"trial {trial.number} pruned after epoch {epoch}")
+        return
     if score is None:
         message = "its validation score is undefined (one value predicted for every text)"
         trial.set_user_attr("error", message)
@@ -261,10 +397,18 @@ def run_trial(study, trial, module, script, base_argv, folder):
     record(folder, "complete", f"best validation {headline(metrics['valid'])} {score:.4f}")
 
 
+def signal_name(code):
+    """SIGINT of exit status 130 (128 + the signal), or the status itself."""
+    try:
+        return signal.Signals(code - 128).name
+    except (TypeError, ValueError):
+        return f"exit status {code}"
+
+
 def record(folder, state, why):
-    """folder/trial.json: how the trial ended."""
-    if folder.is_dir():
-        atomic_write(folder / "trial.json", lambda f: f.write(json.dumps({"state": state, "why": why}).encode()))
+    """folder/trial.json: how the trial ended (the folder made where the run stopped before making it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "trial.json", lambda f: f.write(json.dumps({"state": state, "why": why}).encode()))
 
 
 def number(value):
@@ -275,10 +419,14 @@ def table(study, space):
     """The trials as a markdown table: settings, best validation score, epochs run, state (why a failed one failed)."""
     header = ["trial", *(name.lower() for name in space), "best validation score", "epochs", "state"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    for trial in trials:
         scores = list(trial.intermediate_values.values())
         best = trial.value if trial.state == TrialState.COMPLETE else max(scores) if scores else None
         state = STATES[trial.state] + (f": {trial.user_attrs['error']}" if "error" in trial.user_attrs else "")
+        if trial.number in again:
+            state += f": {again[trial.number][0]}; run again as trial {again[trial.number][1]}"
         cells = [str(trial.number), *(number(trial.params.get(name)) for name in space), number(best)]
         lines.append("| " + " | ".join([*cells, str(len(scores)), state.replace("|", "\\|")]) + " |")
     return "\n".join(lines)
@@ -374,17 +522,24 @@ def main(argv=None):
             }
             report(study, space, folder)
             return study
-        if not args.storage:
+        if args.storage:  # a database of its own: made there first, then the trials' folder here
+            study = open_study(name, storage, script, space, base_argv, args, create=True)
             folder.mkdir(parents=True, exist_ok=True)
-        study = open_study(name, storage, script, space, base_argv, args, create=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        fail_abandoned(study)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            with folder_lock(folder):  # workers that start together on a new study create it one at a time
+                study = open_study(name, storage, script, space, base_argv, args, create=True)
+        with folder_lock(folder):  # (this machine's workers: one of them runs an abandoned trial again)
+            fail_abandoned(study, folder)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         while True:
-            with budget_lock(folder):
-                tried = study.get_trials(
-                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-                )
+            with folder_lock(folder):
+                trials = study.get_trials(deepcopy=False)
+                again = retried(trials)
+                counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+                tried = [
+                    t for t in trials if t.state in counted and t.number not in again
+                ]  # retried: their rerun counts
                 if len(tried) >= args.trials:  # enqueued trials (WAITING) are the next to run, not yet tried
                     break
                 trial = study.ask(space)
@@ -393,6 +548,11 @@ def main(argv=None):
         return study
     except RecipeError as e:
         raise SystemExit(f"error: {e}") from None
+    except SQLAlchemyError as e:  # the database went away mid-sweep (its folder deleted, its server stopped)
+        raise SystemExit(
+            f"error: the study's database {storage} stopped answering ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:160]}); restore it and start the same command again, or start a new study"
+        ) from None
     except KeyboardInterrupt:  # Ctrl-C between two trials
         print("sweep stopped (SIGINT); start the same command again to continue", file=sys.stderr)
         raise SystemExit(130) from None

@@ -45,7 +45,7 @@ from textclf.parallel import accumulating, agreeing, autocast_for, leader_first,
 from textclf.regression import in_fp32, score_layer
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError, text_columns
-from textclf.tokens import collate, model_inputs, reads_segments, tokenize
+from textclf.tokens import collate, has_pair_template, model_inputs, reads_segments, tokenize
 from textclf.training import Run
 from textclf.training import main as run_main
 
@@ -326,15 +326,6 @@ def check_tokenizer(tokenizer, model, folder):
             f"{model.config.vocab_size:,}: its vocabulary file (tokenizer.json, or vocab.txt) is missing; "
             f"save the tokenizer beside the model (tokenizer.save_pretrained)"
         )
-
-
-def has_pair_template(tokenizer):
-    """Whether the tokenizer marks where a pair's second text begins (a [SEP] or </s> between the two): GPT-2 and
-    Llama tokenizers put the second right after the first."""
-    first, second = (tokenizer(word, add_special_tokens=False)["input_ids"] for word in ("first", "second"))
-    both = tokenizer("first", "second")["input_ids"]
-    joined = first + second
-    return not any(both[i : i + len(joined)] == joined for i in range(len(both) - len(joined) + 1))
 
 
 def ready(model, tokenizer, s):

@@ -4,6 +4,7 @@ input. Teachers are tiny DistilBERT runs trained here, offline."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -135,6 +136,7 @@ def test_unlabelled_texts_teach_the_student_to_agree_with_its_teacher(
     out = capsys.readouterr().out
     assert "soft targets for 100 labelled and 2,000 unlabelled texts" in out
     assert "the student agrees on" in out
+    assert "epoch 3: train distillation loss" in out  # the loss it trains on is named as what it is
 
     # a second student with other settings reuses the teacher's outputs: none are computed again
     def compute(*args, **kwargs):
@@ -144,7 +146,13 @@ def test_unlabelled_texts_teach_the_student_to_agree_with_its_teacher(
     settings = {"hidden_dim": 8, "data_dir": tmp_path / "taught" / "data", "out_dir": tmp_path / "second"}
     tl.main(lstm_args(tmp_path / "taught", labelled, teacher=teacher, unlabeled_url=unlabelled, **settings))
     table = compare.table([compare.load(tmp_path / "taught" / "out")])
-    assert "| out: teacher | teacher |" in table
+    # the teacher's row: its own checkpoint and max length, not the student's
+    teacher_row = next(line for line in table.splitlines() if line.startswith("| out: teacher | teacher |"))
+    cells = [cell.strip() for cell in teacher_row.split("|")]
+    assert cells[3] == Path(teacher_test["settings"]["MODEL_NAME"]).name and cells[6] == "64", teacher_row
+    figure = compare.figure_of([compare.load(tmp_path / "taught" / "out")])
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert "out, training (distillation loss)" in labels and "distillation loss" in figure.axes[0].get_ylabel()
 
 
 def test_a_distilbert_student_of_a_distilbert_teacher(tmp_path, imdb_like, teacher, tiny_model):
@@ -188,6 +196,8 @@ def test_every_task_shape_distils(tmp_path, tiny_model, task):
     assert metrics["transfer_texts"] == 300 and metrics["teacher"]["agreement"] is not None
     if task == "regression":
         assert metrics["teacher"]["test"]["pearson"] > 0.5 and metrics["teacher"]["agreement"] > 0.3
+        last = metrics["epochs"][-1]  # the labels' RMSE on the training rows, near the validation rows' own
+        assert 0.5 < last["train_rmse"] / last["valid_rmse"] < 2, last
     else:
         assert metrics["teacher"]["agreement"] > 0.6
 
@@ -223,6 +233,18 @@ def test_bad_distillation_settings_are_one_line_and_write_nothing(tmp_path, imdb
     before = files_under(tmp_path)
     empty = tmp_path / "empty-folder"
     empty.mkdir()
+    lstm_run = tmp_path / "lstm-run"  # what an LSTM run leaves: model.pt and metrics.json
+    lstm_run.mkdir()
+    (lstm_run / "model.pt").write_bytes(b"")
+    (lstm_run / "metrics.json").write_text("{}")
+    adapter = tmp_path / "adapter"  # a LoRA run's adapters, without their base
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    pair_teacher = tmp_path / "pair-teacher"  # a run of the same labels that read pairs
+    shutil.copytree(teacher, pair_teacher)
+    record = json.loads((pair_teacher / "metrics.json").read_text())
+    record["settings"]["TEXT_COLUMN"] = "a,b"
+    (pair_teacher / "metrics.json").write_text(json.dumps(record))
     before = files_under(tmp_path)
     cases = [
         (
@@ -232,8 +254,14 @@ def test_bad_distillation_settings_are_one_line_and_write_nothing(tmp_path, imdb
         ({"teacher": teacher, "distill_alpha": 1.5}, "DISTILL_ALPHA (--distill-alpha) must be in [0, 1]"),
         (
             {"teacher": teacher, "distill_temperature": 0},
-            "DISTILL_TEMPERATURE (--distill-temperature) must be positive",
+            "DISTILL_TEMPERATURE (--distill-temperature) must be above 0 and at most 100",
         ),
+        ({"teacher": teacher, "distill_temperature": 1e20}, "must be above 0 and at most 100"),
+        ({"teacher": teacher, "distill_temperature": "inf"}, "must be above 0 and at most 100"),
+        ({"teacher": lstm_run}, f"TEACHER (--teacher) {lstm_run} is a train_lstm_baseline.py run"),
+        ({"teacher": lstm_run / "model.pt"}, "is a train_lstm_baseline.py run; a teacher is a transformer"),
+        ({"teacher": adapter}, f"holds LoRA adapters alone, without their base; give the run's folder ({tmp_path})"),
+        ({"teacher": pair_teacher}, "was trained on pairs of texts (a,b), but this run's data have one text a row"),
         ({"teacher": empty}, f"TEACHER (--teacher) {empty} is a folder but holds no model"),
         ({"teacher": tiny_model}, "predicts the labels LABEL_0, LABEL_1, but the data's are negative, positive"),
         ({"teacher": teacher, "label_columns": "sentiment", "label_names": "bad,good"}, "but the data's are bad, good"),
@@ -294,3 +322,88 @@ def test_the_archives_unlabelled_reviews_are_the_transfer_texts(tmp_path):
     assert frame["text"].tolist() == ["unlabelled"] and list(frame.columns) == ["text"]
     labelled = load_reviews(str(archive), tmp_path / "data", tl.DEFAULTS)[1]  # the labelled CSV beside it, as before
     assert "unlabelled" not in labelled["text"].tolist() and len(labelled) == 12
+
+
+def test_a_pair_student_refuses_a_single_text_teacher_and_one_without_a_pair_template(tmp_path, imdb_like, teacher):
+    from families import save_family
+
+    pairs = write_csv(make_pairs(600, seed=5), tmp_path / "pairs.csv")
+    args = {"text_column": "sentence1,sentence2", "label_columns": "judgment"}
+    fails(
+        tl,
+        lstm_args(tmp_path, pairs, teacher=teacher, **args),
+        f"TEACHER (--teacher) {teacher} was trained on one text a row, but this run's data are pairs",
+    )
+    gpt2 = save_family("gpt2", tmp_path / "gpt2")  # GPT-2 joins a pair's texts with nothing between them
+    fails(
+        tl,
+        lstm_args(tmp_path, pairs, teacher=gpt2, **args),
+        f"TEACHER (--teacher) {gpt2} has a tokenizer without a pair template",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_teachers_test_scores_are_its_own_runs(tmp_path, imdb_like, teacher):
+    """A student tested on the teacher run's test split reports exactly the teacher run's test figures: the teacher is
+    loaded and computed as its run tested it (its weights as saved, its precision, its test batches)."""
+    _, labelled, _ = imdb_like
+    own = json.loads((teacher / "metrics.json").read_text())
+    sizes = {"train_size": 100, "valid_size": 700, "test_size": 300}  # the teacher's test split: rows 800 to 1,100
+    metrics = tl.main(lstm_args(tmp_path, labelled, teacher=teacher, epochs=1, **sizes))
+    taught = metrics["teacher"]["test"]
+    assert taught["accuracy"] == own["test"]["accuracy"]
+    assert taught["loss"] == pytest.approx(own["test"]["loss"], rel=1e-6, abs=1e-7)
+    assert metrics["teacher"]["max_length"] == 64 and metrics["teacher"]["model_name"] == own["settings"]["MODEL_NAME"]
+
+
+def test_transfer_texts_never_hold_validation_or_test_texts_nor_repeats(tmp_path, imdb_like, teacher, capsys):
+    """The labelled file given again as UNLABELED_URL (a natural mistake), plus a repeated row: its training rows are
+    labelled already, its validation and test rows must stay unseen, and a repeat counts once."""
+    _, labelled, _ = imdb_like
+    rows = pd.read_csv(labelled)
+    again = write_csv(pd.concat([rows, rows.iloc[[900]]]), tmp_path / "again.csv")
+    metrics = tl.main(lstm_args(tmp_path, labelled, teacher=teacher, unlabeled_url=again, epochs=1))
+    assert metrics["transfer_texts"] == 1_100 - 600  # rows 600 to 1,100: neither trained on, validated nor tested
+    out = capsys.readouterr().out
+    assert "500 of its 1,101 texts are validation or test texts and 101 repeat a training text or an earlier one" in out
+    only_held_out = write_csv(rows.iloc[100:600], tmp_path / "held-out.csv")
+    fails(
+        tl,
+        lstm_args(tmp_path / "second", labelled, teacher=teacher, unlabeled_url=only_held_out),
+        "holds no text beside the validation and test texts",
+    )
+
+
+def test_a_teacher_cache_of_the_right_key_and_the_wrong_length_is_rebuilt(tmp_path, imdb_like, teacher, capsys):
+    _, labelled, unlabelled = imdb_like
+    first = tl.main(lstm_args(tmp_path / "a", labelled, teacher=teacher, unlabeled_url=unlabelled, epochs=1))
+    [cache] = (tmp_path / "a" / "data").glob("teacher-*.pt")
+    damaged = torch.load(cache, weights_only=True)
+    damaged["logits"] = damaged["logits"][:-7]
+    torch.save(damaged, cache)
+    capsys.readouterr()
+    again = tl.main(lstm_args(tmp_path / "a", labelled, teacher=teacher, unlabeled_url=unlabelled, epochs=1))
+    assert "is unreadable (ValueError" in capsys.readouterr().out
+    assert again["teacher"] == first["teacher"] and again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_the_archives_reviews_take_the_datas_text_column(tmp_path):
+    from test_own_data import aclimdb_archive
+
+    from textclf.data import load_reviews
+
+    archive = aclimdb_archive(tmp_path / "aclImdb_v1.tar.gz")
+    settings = {**tl.DEFAULTS, "TEXT_COLUMN": "body"}
+    _, frame, _ = load_reviews(str(archive), tmp_path / "data", settings, "UNLABELED_URL", texts_only=True)
+    assert frame["text"].tolist() == ["unlabelled"]
+
+
+def test_a_distilled_regression_reports_the_labels_rmse_and_its_loss_as_distillation(tmp_path):
+    """train RMSE is the labelled rows' error to their scores, not the root of the mixed loss: the regression
+    Distiller's second sum is their squared error."""
+    student, teacher_logits = torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[1.5], [2.5], [0.0]])
+    labels = torch.tensor([2.0, 2.0, 0.0])
+    distiller = Distiller(teacher_logits, np.array([True, True, False]), "regression", 0.5, 2.0, torch.device("cpu"))
+    loss, squared = distiller.loss(student, labels, [0, 1, 2], 0.5)
+    assert squared.item() == pytest.approx(1.0 + 0.0)  # (1 - 2)² + (2 - 2)², the unlabelled row not counted
+    assert loss.item() == pytest.approx(0.5 * 1 + 0.5 * 0.25 + 0.5 * 0 + 0.5 * 0.25 + 9.0)

@@ -1,5 +1,6 @@
 """The data: any text-label file or the aclImdb archive, downloaded once, validated, split, and its labels as targets."""
 
+import ast
 import gzip
 import hashlib
 import http.client
@@ -58,6 +59,8 @@ def load_reviews(url, data_dir, settings, setting="DATA_URL", names=None, named_
             )
     try:
         csv = from_archive(path, data_dir, texts_only) if is_archive(path) else path
+        if is_archive(path) and texts_only:  # the archive's reviews, whatever the data's text column is called
+            settings = {**settings, "TEXT_COLUMN": "review"}
         return csv, *read_reviews(csv, None, settings, names, named_by, texts_only)
     except RecipeError as e:
         if not is_url(url):
@@ -324,17 +327,36 @@ def is_list(value):
 
 
 def as_list(value):
-    """A label cell's list of classes: a list (JSONL), an array (Parquet) or a text that is a JSON list of class
-    numbers or names ("[0, 3]", '["joy", "anger"]', as a CSV file holds one); None for anything else."""
+    """A label cell's list of classes: a list (JSONL), an array (Parquet) or a text written as a list, in JSON
+    ("[0, 3]", '["joy", "anger"]', as a CSV file holds one) or in Python's repr ("['joy', 'anger']", as pandas'
+    to_csv writes a list); None for anything else. What the list holds is listed()'s to check."""
     if isinstance(value, (list, tuple, np.ndarray)):
         return list(value)
-    if not isinstance(value, str) or not value.strip().startswith("["):
+    if not isinstance(value, str) or not (value.strip().startswith("[") and value.strip().endswith("]")):
         return None
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, list) and all(isinstance(v, (int, str)) for v in parsed) else None
+    for parse in (json.loads, ast.literal_eval):  # literal_eval reads literals only: it runs no code
+        try:
+            parsed = parse(value.strip())
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        return parsed if isinstance(parsed, list) else None
+    return None
+
+
+def odd_lists(classes):
+    """(what, row) of the first list of classes that holds something besides class numbers and names (nested lists,
+    numbers that are not whole, true/false), or None."""
+    kinds = (
+        ((list, tuple, dict, np.ndarray), "lists inside a list"),
+        (bool, "true/false values"),
+        (float, "numbers with a decimal point"),
+    )
+    for i, row in enumerate(classes):
+        for value in row:
+            if not isinstance(value, (int, str)) or isinstance(value, bool):
+                what = next((what for kind, what in kinds if isinstance(value, kind)), type(value).__name__)
+                return what, i
+    return None
 
 
 def labelled(frame, df, columns, names, name, named_by="LABEL_NAMES", task="auto"):
@@ -420,6 +442,14 @@ def listed(frame, column, lists, names, name, named_by, task):
             f"([0, 3], or [] for none)"
         )
     classes = [[v.item() if isinstance(v, np.generic) else v for v in as_list(value)] for value in column]
+    odd = odd_lists(classes)
+    if odd:
+        what, i = odd
+        raise RecipeError(
+            f"{name}: {column.name} holds lists of classes with {what} in it, e.g. {column.iloc[i]!s:.80} in "
+            f"{rows(np.arange(len(classes)) == i)}; a list of labels holds class numbers ([0, 3]) or class names "
+            f'(["joy", "anger"]), one level deep'
+        )
     kinds = {type(v) for row in classes for v in row}
     if kinds == {str}:  # names name themselves, sorted; each row's then as their positions
         names = sorted({v for row in classes for v in row})
@@ -606,9 +636,10 @@ def relabel(frame, own, names, name):
     return frame.assign(label=frame["label"].map({i: names.index(own[i]) for i in used}))
 
 
-def check_labels(train, valid, test, names, shuffled):
+def check_labels(train, valid, test, names, shuffled, lists=False):
     """Something to learn and to choose by: two classes or more in training and validation, training has every class
-    of the others; multi-label, each label on and off in training. Advice to shuffle only where the rows were not."""
+    of the others; multi-label, each label on and off in training (lists: the labels are one column of lists, not a
+    column each). Advice to shuffle only where the rows were not."""
     shuffle = "" if shuffled else "if the file is sorted by label, pass --shuffle true; "
     if is_regression(train):  # a correlation needs scores that vary
         for part, frame in (("training", train), ("validation", valid)):
@@ -621,6 +652,13 @@ def check_labels(train, valid, test, names, shuffled):
         return
     if "label" not in train:
         for k, label in enumerate(names):
+            if train[k].nunique() < 2 and lists:
+                where = "every" if train[k].iloc[0] else "no"
+                raise RecipeError(
+                    f"the training split has the class {label!r} in {where} row's list of labels: nothing to learn "
+                    f"for that class; {shuffle}give rows with it and rows without it"
+                    + (", or leave it out of --label-names" if where == "no" else "")
+                )
             if train[k].nunique() < 2:
                 raise RecipeError(
                     f"the training split has {label} = {train[k].iloc[0]} in every row: nothing to "

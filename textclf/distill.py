@@ -19,13 +19,14 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from .batches import make_batches
 from .data import file_sha256
 from .metrics import all_logits, correlation, row_losses, scores
-from .parallel import auto_precision, autocast_for, gathered, local_leader
+from .parallel import auto_precision, autocast_for, gathered, local_leader, predict_precision
 from .regression import in_fp32
 from .runfolder import atomic_write
-from .settings import RecipeError
-from .tokens import collate, model_inputs, tokenize
+from .settings import RecipeError, text_columns
+from .tokens import collate, has_pair_template, model_inputs, tokenize
 
 PROBLEMS = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}
+MAX_TEMPERATURE = 100  # beyond it every softened distribution is uniform to float32: the soft loss teaches nothing
 
 
 def check_settings(s):
@@ -35,10 +36,10 @@ def check_settings(s):
             f"DISTILL_ALPHA (--distill-alpha) must be in [0, 1] (the labels' share of the loss on labelled rows; "
             f"the teacher has the rest), got {s['DISTILL_ALPHA']}"
         )
-    if not s["DISTILL_TEMPERATURE"] > 0:
+    if not 0 < s["DISTILL_TEMPERATURE"] <= MAX_TEMPERATURE:
         raise RecipeError(
-            f"DISTILL_TEMPERATURE (--distill-temperature) must be positive (1 = the teacher's own probabilities, "
-            f"higher = softer), got {s['DISTILL_TEMPERATURE']}"
+            f"DISTILL_TEMPERATURE (--distill-temperature) must be above 0 and at most {MAX_TEMPERATURE} (1 = the "
+            f"teacher's own probabilities, higher = softer), got {s['DISTILL_TEMPERATURE']}"
         )
     if s["UNLABELED_URL"] and not s["TEACHER"]:
         raise RecipeError(
@@ -48,31 +49,58 @@ def check_settings(s):
 
 
 def teacher_source(name):
-    """(the folder or hub name from_pretrained loads, the settings of the run that trained it or None): a
-    train_distilbert.py run folder (its model/ and metrics.json), its model/ folder, or any checkpoint."""
+    """(the folder or hub name from_pretrained loads, the metrics.json of the run that trained it or {}): a
+    train_distilbert.py run folder (its model/ and metrics.json), its model/ folder, or any checkpoint. An LSTM run, a
+    LoRA run's adapter/ folder and a folder without a model are refused with what to give instead."""
     path = Path(name).expanduser()
     for run in (path, path.parent):
         record = run / "metrics.json"
         if (run / "model" / "config.json").is_file() and record.is_file() and path in (run, run / "model"):
             try:
-                return run / "model", json.loads(record.read_text()).get("settings")
-            except (ValueError, AttributeError):
-                return run / "model", None
+                metrics = json.loads(record.read_text())
+            except ValueError:
+                metrics = {}
+            return run / "model", metrics if isinstance(metrics, dict) else {}
+    if path.name == "model.pt" or (path / "model.pt").is_file():
+        raise RecipeError(
+            f"TEACHER (--teacher) {name} is a train_lstm_baseline.py run; a teacher is a transformer classifier: give "
+            f"a finished train_distilbert.py run (its OUT_DIR) or a checkpoint folder"
+        )
+    if (path / "adapter_config.json").is_file():
+        raise RecipeError(
+            f"TEACHER (--teacher) {name} holds LoRA adapters alone, without their base; give the run's folder "
+            f"({path.parent}): its model/ holds the adapters merged into the base"
+        )
     if path.is_dir() and not (path / "config.json").is_file():
         raise RecipeError(
             f"TEACHER (--teacher) {name} is a folder but holds no model: give a finished train_distilbert.py run "
             f"(its OUT_DIR) or a folder with config.json and the weights, as save_pretrained writes them"
         )
-    return (path if path.is_dir() else name), None
+    return (path if path.is_dir() else name), {}
 
 
 class Teacher:
     """A fine-tuned sequence classifier whose labels are the data's (matched by name), its tokenizer and how its texts
     are cut (its run's MAX_LENGTH and TRUNCATION, or its tokenizer's model_max_length, head first)."""
 
-    def __init__(self, name, names, task):
+    def __init__(self, name, names, task, pairs=False):
         self.name = name
-        self.source, self.run_settings = teacher_source(name)
+        self.source, self.run = teacher_source(name)
+        self.run_settings = self.run.get("settings") if isinstance(self.run.get("settings"), dict) else None
+        own = self.run_settings or {}  # a run of this collection: how it read its texts
+        if own and (len(text_columns(own)) > 1) != pairs:
+            read = f"pairs of texts ({own['TEXT_COLUMN']})" if len(text_columns(own)) > 1 else "one text a row"
+            raise RecipeError(
+                f"TEACHER (--teacher) {name} was trained on {read}, but this run's data "
+                f"{'are pairs' if pairs else 'have one text a row'}; a teacher must read the texts as the student "
+                f"does: give a teacher trained on {'pairs' if pairs else 'single texts'}"
+            )
+        if pairs and not own and not has_pair_template(self.tokenizer()):
+            raise RecipeError(
+                f"TEACHER (--teacher) {name} has a tokenizer without a pair template: it would read each pair's two "
+                f"texts joined with nothing between them; give a teacher that reads pairs (BERT, RoBERTa, DeBERTa, "
+                f"ModernBERT, MPNet)"
+            )
         try:
             config = AutoConfig.from_pretrained(self.source, trust_remote_code=False)
         except (OSError, ValueError) as e:
@@ -100,9 +128,26 @@ class Teacher:
             )
         else:
             self.order = [labels.index(label) for label in names]  # the teacher's outputs in the data's order
-        own = self.run_settings or {}
         self.cut = (own.get("TRUNCATION", "head"), own.get("HEAD_TOKENS", 0))
         self.max_length = own.get("MAX_LENGTH")  # else the tokenizer's model_max_length, when it is loaded
+        self.model_name = own.get("MODEL_NAME", str(name))  # the checkpoint it was fine-tuned from
+        self.batch_size = own.get("EVAL_BATCH_SIZE")  # its run's test batches: its test scores reproduced
+
+    def tokenizer(self):
+        try:
+            return AutoTokenizer.from_pretrained(self.source, trust_remote_code=False)
+        except (OSError, ValueError, ImportError) as e:
+            raise RecipeError(
+                f"TEACHER (--teacher) {self.name}'s tokenizer does not load ({' '.join(str(e).split())[:160]}); give "
+                f"a finished train_distilbert.py run, a local model folder or a hub name"
+            ) from None
+
+    def precision(self, device, student):
+        """(precision, why) the teacher computes in: its run's (as its run tested it) where this device computes it
+        natively, else fp32; a checkpoint that is no run of this collection: the student's."""
+        if "precision" not in self.run:
+            return student, "the student's"
+        return predict_precision("auto", self.run["precision"], auto_precision(device)[0])
 
     def weights_sha256(self):
         """A checksum of the teacher's weight files (safetensors or bin, every shard): the cache's key."""
@@ -116,12 +161,15 @@ class Teacher:
             digest.update(file_sha256(file).encode())  # each file's, in the order of their names
         return digest.hexdigest()
 
-    def logits(self, texts, pairs, rows, data_dir, device, precision, batch_size, rank=0, world=1):
-        """The teacher's logits of texts[rows] (and their pairs), in the data's label order, float32; computed once in
-        batches of similar length (shared by the processes under torchrun) and cached in data_dir under a key of its
-        weights, the texts and how they are cut and computed; the model is freed before this returns."""
+    def logits(self, texts, pairs, groups, data_dir, device, precision, batch_size, rank=0, world=1):
+        """The teacher's logits of the texts of each group of rows (and their pairs), concatenated, in the data's label
+        order, float32; computed once, each group in batches of similar length of its own (shared by the processes
+        under torchrun), and cached in data_dir under a key of its weights, the texts and how they are cut and
+        computed; the model is freed before this returns. A cache of the right key but another shape is rebuilt."""
+        rows = np.concatenate(groups)
         texts = [texts[i] for i in rows]
         pairs = None if pairs is None else [pairs[i] for i in rows]
+        batch_size = self.batch_size or batch_size
         key = {
             "teacher_sha256": self.sha256,
             "texts_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(),
@@ -130,6 +178,8 @@ class Teacher:
             "cut": list(self.cut),
             "precision": precision,
             "order": self.order,
+            "groups": [len(group) for group in groups],
+            "batch_size": batch_size,
         }
         path = (
             Path(data_dir) / f"teacher-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
@@ -139,23 +189,27 @@ class Teacher:
             try:
                 cache = torch.load(path, weights_only=True)
                 cached = cache["logits"] if cache["key"] == key else None
+                if cached is not None and tuple(cached.shape) != (len(texts), len(self.order)):
+                    raise ValueError(f"{tuple(cached.shape)} logits for {len(texts)} texts")
             except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
-                print(f"teacher cache {path} is unreadable ({type(e).__name__}); computing it again")
+                print(f"teacher cache {path} is unreadable ({type(e).__name__}: {e}); computing it again")
+                cached = None
         if all(gathered(cached is not None, world)):  # every machine has it, or all compute it together
             print(f"teacher {self.name}: the outputs for {len(texts):,} texts from {path}")
             return cached
-        logits = self.compute(texts, pairs, device, precision, batch_size, rank, world)
+        logits = self.compute(
+            texts, pairs, [len(group) for group in groups], device, precision, batch_size, rank, world
+        )
         if local_leader():  # each machine's own DATA_DIR
             atomic_write(path, lambda f: torch.save({"key": key, "logits": logits}, f))
         return logits
 
-    def compute(self, texts, pairs, device, precision, batch_size, rank, world):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    def compute(self, texts, pairs, sizes, device, precision, batch_size, rank, world):
+        """The logits of texts, loaded as its run loaded it for its test (from_pretrained's own dtype, the weights as
+        saved) and computed under autocast in precision; each group of sizes batched on its own."""
+        tokenizer = self.tokenizer()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.source, trust_remote_code=False)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.source, trust_remote_code=False, dtype=dtype
-            )
+            model = AutoModelForSequenceClassification.from_pretrained(self.source, trust_remote_code=False)
         except (OSError, ValueError, ImportError, SafetensorError) as e:
             raise RecipeError(
                 f"TEACHER (--teacher) {self.name} does not load ({' '.join(str(e).split())[:160]}); give a "
@@ -175,6 +229,9 @@ class Teacher:
         lengths = (offsets[1:] - offsets[:-1]).numpy()
         no_labels = torch.zeros(len(texts), dtype=torch.int64)
         pad_id = tokenizer.pad_token_id
+        batches = []
+        for start, size in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True):
+            batches += [start + batch for batch in make_batches(lengths[start : start + size], batch_size)]
 
         def forward(m, batch):
             return m(**model_inputs(batch)).logits
@@ -184,15 +241,7 @@ class Teacher:
 
         with autocast_for(device, precision):
             logits = all_logits(
-                model,
-                forward,
-                make_batches(lengths, batch_size),
-                batch_of,
-                model.config.num_labels,
-                device,
-                rank,
-                world,
-                desc="teacher",
+                model, forward, batches, batch_of, model.config.num_labels, device, rank, world, desc="teacher"
             )
         del model  # the student trains without the teacher in memory
         gc.collect()
@@ -208,25 +257,29 @@ class Distiller:
     distribution at DISTILL_TEMPERATURE, x T² (single-label); binary cross-entropy to the teacher's probabilities
     (multi-label); squared error to the teacher's score (regression)."""
 
-    def __init__(self, teacher_logits, labelled, task, alpha, temperature, device, name=""):
+    def __init__(self, teacher_logits, labelled, task, alpha, temperature, device, about=None):
         self.logits = teacher_logits.to(device)
         self.labelled = torch.as_tensor(labelled, device=device)
-        self.task, self.alpha, self.temperature, self.name = task, alpha, temperature, name
+        self.task, self.alpha, self.temperature = task, alpha, temperature
+        self.about = about or {"name": ""}  # its name as TEACHER gives it, the checkpoint it came from, its MAX_LENGTH
 
     def report(self, student_logits, r):
         """metrics.json's teacher: its name, the texts it labelled, its test scores and the student's agreement."""
         teacher_logits = self.logits[torch.as_tensor(r.test_rows, device=self.logits.device)].cpu()
         targets = r.labels[r.test_rows]
         measured = report(teacher_logits, student_logits, targets, r.names, r.s["THRESHOLD"], self.task)
-        return {"name": self.name, "labelled_texts": r.n_train, "transfer_texts": r.n_transfer, **measured}
+        return {**self.about, "labelled_texts": r.n_train, "transfer_texts": r.n_transfer, **measured}
 
     def loss(self, logits, labels, rows, threshold, weights=None):
-        """(summed loss, correct count over the labelled rows) of a batch of rows (their indices in the frame)."""
+        """(summed loss, correct count over the labelled rows; regression: their summed squared error to the labels)
+        of a batch of rows (their indices in the frame)."""
         rows = torch.as_tensor(np.asarray(rows), device=logits.device)
         labelled = self.labelled[rows].float()
         hard, correct = row_losses(logits, labels, threshold, weights)
         soft = soft_losses(logits.float(), self.logits[rows], self.task, self.temperature)
         loss = labelled * (self.alpha * hard + (1 - self.alpha) * soft) + (1 - labelled) * soft
+        if self.task == "regression":  # the labels' own squared error: train RMSE
+            return loss.sum(), (hard * labelled).sum()
         return loss.sum(), (correct * labelled.bool()).sum()
 
 
@@ -262,7 +315,7 @@ def prepare(r, frame, precision=None):
     s = r.s
     if not s.get("TEACHER"):
         return None
-    teacher = Teacher(s["TEACHER"], r.names, r.task)
+    teacher = Teacher(s["TEACHER"], r.names, r.task, "text_pair" in frame)
     teacher.sha256 = teacher.weights_sha256()
     began = r.recorded.get("teacher_sha256")
     if began is not None and began != teacher.sha256:
@@ -271,18 +324,28 @@ def prepare(r, frame, precision=None):
             f"that teacher back to resume, or start over without --resume"
         )
     r.recorded["teacher_sha256"] = teacher.sha256  # kept in every checkpoint
-    precision = precision or auto_precision(r.device)[0]
-    rows = np.concatenate([r.train_rows, r.test_rows])  # the validation split is the student's own
+    precision, why = teacher.precision(r.device, precision or auto_precision(r.device)[0])
+    print(f"teacher {s['TEACHER']}: computes in {precision} ({why})")
     pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+    groups = [r.train_rows, r.test_rows]  # the validation split is the student's own; the test split as its run's
     scored = teacher.logits(
-        frame["text"].tolist(), pairs, rows, s["DATA_DIR"], r.device, precision, s["EVAL_BATCH_SIZE"], r.rank, r.world
+        frame["text"].tolist(),
+        pairs,
+        groups,
+        s["DATA_DIR"],
+        r.device,
+        precision,
+        s["EVAL_BATCH_SIZE"],
+        r.rank,
+        r.world,
     )
     logits = torch.full((len(frame), scored.shape[1]), math.nan)
-    logits[torch.as_tensor(rows)] = scored
+    logits[torch.as_tensor(np.concatenate(groups))] = scored
     labelled = np.zeros(len(frame), dtype=bool)
     labelled[: r.n_train] = True
     print(
         f"teacher {s['TEACHER']}: soft targets for {r.n_train:,} labelled and {r.n_transfer:,} unlabelled texts "
         f"(DISTILL_ALPHA {s['DISTILL_ALPHA']}, DISTILL_TEMPERATURE {s['DISTILL_TEMPERATURE']})"
     )
-    return Distiller(logits, labelled, r.task, s["DISTILL_ALPHA"], s["DISTILL_TEMPERATURE"], r.device, s["TEACHER"])
+    about = {"name": s["TEACHER"], "model_name": teacher.model_name, "max_length": teacher.max_length}
+    return Distiller(logits, labelled, r.task, s["DISTILL_ALPHA"], s["DISTILL_TEMPERATURE"], r.device, about)

@@ -21,7 +21,8 @@ def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chu
     full = tokenizer("a")["input_ids"]
     before = next((i for i in range(len(full)) if full[i : i + len(bare)] == bare), 0)  # [CLS]: 1
     segments = pairs is not None and reads_segments(tokenizer)
-    for start in progress(range(0, len(texts), chunk), desc="tokenize", unit_scale=chunk):
+    bar = progress(total=len(texts), desc="tokenize", unit="texts")
+    for start in range(0, len(texts), chunk):
         batch = [clean(text) for text in texts[start : start + chunk]]
         if pairs is not None:
             second = [clean(text) for text in pairs[start : start + chunk]]
@@ -38,8 +39,19 @@ def tokenize(texts, tokenizer, max_length, truncation="head", head_tokens=0, chu
                 p if len(p) <= max_length else p[: before + head_tokens] + p[-tail:]
                 for p in tokenizer(batch, verbose=False)["input_ids"]
             ]
+        bar.update(len(batch))
+    bar.close()
     ids, offsets = flat_token_ids(pieces)
     return ids, offsets, flat_token_ids(types)[0].to(torch.int8) if segments else None
+
+
+def has_pair_template(tokenizer):
+    """Whether the tokenizer marks where a pair's second text begins (a [SEP] or </s> between the two): GPT-2 and
+    Llama tokenizers put the second right after the first."""
+    first, second = (tokenizer(word, add_special_tokens=False)["input_ids"] for word in ("first", "second"))
+    both = tokenizer("first", "second")["input_ids"]
+    joined = first + second
+    return not any(both[i : i + len(joined)] == joined for i in range(len(both) - len(joined) + 1))
 
 
 def reads_segments(tokenizer):

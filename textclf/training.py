@@ -68,6 +68,7 @@ def main(run, defaults, script, argv=None):
             if checkpoint.exists()
             else "nothing to resume"
         )
+        where = Run.interrupted or where
         if leader():
             print(f"{chr(10) * sys.stderr.isatty()}interrupted ({signum.name}): {where}", file=sys.stderr)
         raise SystemExit(128 + signum) from None
@@ -83,7 +84,8 @@ class Run:
     """One run: settings s (the checkpoint's with --resume), device, rank, world (processes), data and state."""
 
     script = None  # the file name of the script main() runs, recorded in checkpoints and metrics.json
-    observer = None  # observer(epoch, score) after each epoch's checkpoint, where a sweep's trial runs: it may stop it
+    observer = None  # observer(epoch, score) after each epoch, where a sweep's trial runs: True stops the run there
+    interrupted = None  # what a stopped run's line says of resuming it, where that is not the user's to do (a sweep)
 
     def __init__(self, settings, given, held, positive, check=lambda s, given: s):
         """Processes started; settings checked, OUT_DIR locked, what killed runs left removed: agreeing()."""
@@ -159,7 +161,7 @@ class Run:
             chunks = split(relabel(rows, own, self.names, path), files[url], s["SHUFFLE"], s["SEED"], url, self.given)
             parts.update(zip(files[url], chunks, strict=True))
         parts = [parts[size] for size in SPLIT_SIZES]
-        check_labels(*parts, self.names, s["SHUFFLE"])
+        check_labels(*parts, self.names, s["SHUFFLE"], lists=len(label_columns(s)) == 1)
         self.multi = "label" not in parts[0]  # a 0/1 column per class: several label columns, or one of lists
         if self.regression and s["CLASS_WEIGHTS"] != "none":
             raise RecipeError(
@@ -176,6 +178,7 @@ class Run:
                 transfer[column] = 0.0 if self.regression else 0
             if ("text_pair" in frame) != ("text_pair" in transfer):
                 raise RecipeError("UNLABELED_URL (--unlabeled-url) needs the data's text columns, both of a pair")
+            transfer = transfer_texts(transfer, frame, self.n_train, s["UNLABELED_URL"])
             self.n_transfer = len(transfer)
             frame = pd.concat([frame, transfer[frame.columns]])
         # the rows trained on: the training split's, then the transfer texts'; the test split's
@@ -379,8 +382,10 @@ class Run:
             raise self.diverged(f"after epoch {epoch}", f"the validation loss is {valid['loss']}")
         batch_losses, correct = all_sum(self.batch_losses, self.world), all_sum(self.correct, self.world)
         train_loss = batch_losses.sum().item() / len(self.train_rows)  # the transfer texts' soft loss too
+        distilled = bool(s.get("TEACHER"))  # train_loss is the distillation loss; the labels' figures are their own
         if self.regression:  # the mean squared error is the loss: its root is in the scores' own units
-            train = {"train_loss": train_loss, "train_rmse": math.sqrt(train_loss)}
+            mse = correct.item() / a if distilled else train_loss  # distilled: the labelled rows' squared error
+            train = {"train_loss": train_loss, "train_rmse": math.sqrt(mse)}
             measured = {f"valid_{key}": valid[key] for key in ("loss", "pearson", "spearman", "rmse")}
             train_shown = f"train RMSE {train['train_rmse']:.4f}"
         else:
@@ -393,13 +398,13 @@ class Run:
             train_shown = f"train accuracy {train['train_accuracy']:.4f}"
         record = {"epoch": epoch, **train, **measured, "seconds": self.train_seconds}
         print(
-            f"epoch {epoch}: train loss {record['train_loss']:.4f} | {train_shown} | valid {shown(valid)} | "
-            f"{self.train_seconds:.1f} s"
+            f"epoch {epoch}: train {'distillation ' * distilled}loss {record['train_loss']:.4f} | {train_shown} | "
+            f"valid {shown(valid)} | {self.train_seconds:.1f} s"
         )
         state["history"].append(record)
         self.board.scalars(
             {
-                "train/epoch_loss": train_loss,
+                "train/epoch_distillation_loss" if distilled else "train/epoch_loss": train_loss,
                 "train/epoch_accuracy": train.get("train_accuracy"),
                 "train/epoch_rmse": train.get("train_rmse"),
                 "valid/loss": valid["loss"],
@@ -415,7 +420,14 @@ class Run:
             state.update(best_valid=valid, best_epoch=epoch)
             if leader():
                 save_best(epoch)
-        if s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
+        pruned = Run.observer is not None and Run.observer(epoch, valid[headline(valid)])  # as metrics.json records it
+        if pruned and epoch < s["EPOCHS"]:  # sweep.py's pruner: the best epoch so far is tested and saved as a run's
+            state.update(stopped_early_at=epoch, pruned=True)
+            print(
+                f"epoch {epoch}: the sweep's pruner stops this trial (its validation score is below the median of "
+                f"earlier trials' at this epoch); best epoch {state['best_epoch']}"
+            )
+        elif s["PATIENCE"] and epoch - state["best_epoch"] >= s["PATIENCE"] and epoch < s["EPOCHS"]:
             state["stopped_early_at"] = epoch
             what = {"pearson": "Pearson correlation", "macro_roc_auc": "macro ROC AUC"}.get(headline(valid), "accuracy")
             print(
@@ -423,8 +435,6 @@ class Run:
                 f"{s['PATIENCE']} epochs (PATIENCE): stopping early, best epoch {state['best_epoch']}"
             )
         self.save_checkpoint(epoch=epoch + 1, batch=0, batch_losses=[], correct=0, seconds=0.0)
-        if Run.observer:  # sweep.py: the score that picks the epoch, as metrics.json records it
-            Run.observer(epoch, valid[headline(valid)])
         if signum := agreed(signals.requested, self.device, self.world):  # also after the last epoch
             raise Interrupted(signum)
 
@@ -504,6 +514,7 @@ class Run:
             "epochs": state["history"],
             "best_epoch": state["best_epoch"],
             "stopped_early_at": state.get("stopped_early_at"),
+            **({"pruned": True} if state.get("pruned") else {}),  # by sweep.py's pruner, at stopped_early_at
             "valid_accuracy": state["best_valid"].get("accuracy"),
             "test_accuracy": test.get("accuracy"),
             "valid": state["best_valid"],
@@ -550,6 +561,32 @@ class Run:
         if self.world > 1:  # no process tears down its connections while another still uses them
             dist.barrier()
         return metrics
+
+
+def transfer_texts(transfer, frame, n_train, url):
+    """The transfer texts a student may train on: none that is a validation or test text (the splits that choose and
+    judge it), none that is a training text (labelled already), each once; what was left out is said. frame: the
+    training, validation and test splits, in that order."""
+    columns = ["text", "text_pair"] if "text_pair" in transfer else ["text"]
+
+    def keys(part):
+        return pd.MultiIndex.from_frame(part[columns])
+
+    held_out = keys(transfer).isin(keys(frame.iloc[n_train:]))
+    repeated = (keys(transfer).duplicated() | keys(transfer).isin(keys(frame.iloc[:n_train]))) & ~held_out
+    if held_out.any() or repeated.any():
+        print(
+            f"UNLABELED_URL {url}: {held_out.sum():,} of its {len(transfer):,} texts are validation or test texts and "
+            f"{repeated.sum():,} repeat a training text or an earlier one: left out; "
+            f"{(~held_out & ~repeated).sum():,} remain"
+        )
+    kept = transfer[~held_out & ~repeated]
+    if len(kept) == 0:
+        raise RecipeError(
+            f"UNLABELED_URL (--unlabeled-url) {url} holds no text beside the validation and test texts: give "
+            f"unlabelled texts other than the data's (the labelled file itself is not one)"
+        )
+    return kept
 
 
 def class_weights(labels, classes, kind):
