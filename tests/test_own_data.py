@@ -377,8 +377,8 @@ def test_predict_and_compare_on_a_multi_label_run(tmp_path, capsys):
         "predicted_score_plot",
     ]
     over = predicted[["predicted_score_good", "predicted_score_bad", "predicted_score_plot"]].to_numpy() > 0.5
-    assert predicted["predicted_labels"].fillna("").tolist() == [
-        ",".join(n for n, o in zip(["good", "bad", "plot"], row, strict=True) if o) for row in over
+    assert predicted["predicted_labels"].tolist() == [
+        [n for n, o in zip(["good", "bad", "plot"], row, strict=True) if o] for row in over
     ]
     truth = predicted[["good", "bad", "plot"]].to_numpy().astype(int).astype(bool)  # as written: "0" and "1"
     test_accuracy = json.loads((tmp_path / "out" / "metrics.json").read_text())["test_accuracy"]

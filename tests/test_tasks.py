@@ -197,7 +197,12 @@ def test_a_pair_run_under_torchrun_matches_one_process(tmp_path, pairs_csv):
 @pytest.mark.parametrize("module", [td, tl], ids=["distilbert", "lstm"])
 def test_a_column_of_scores_is_a_regression_task(tmp_path, tiny_bert, pairs_csv, module):
     epochs = 5 if module is td else 12  # the LSTM learns the first text's part of the score, behind <sep>, slower
-    metrics = module.main(quick(module, tmp_path, pairs_csv, tiny_bert, label_columns="relatedness", epochs=epochs))
+    # the LSTM with its gradient clipped: without it, its validation Pearson jumps from epoch to epoch (0.60, 0.41,
+    # 0.18) by how each CPU's kernels round; clipped, it rises to 0.99 on AVX2 and AVX-512 alike
+    steady = {"grad_clip": 1.0} if module is tl else {}
+    metrics = module.main(
+        quick(module, tmp_path, pairs_csv, tiny_bert, label_columns="relatedness", epochs=epochs, **steady)
+    )
     assert metrics["task"] == "regression" and metrics["labels"] == ["relatedness"]
     assert metrics["test"]["pearson"] > 0.7 and set(metrics["test"]) == {"loss", "rmse", "pearson", "spearman"}
     assert metrics["test_accuracy"] is None and metrics["test"]["rmse"] == pytest.approx(metrics["test"]["loss"] ** 0.5)
