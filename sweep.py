@@ -15,7 +15,9 @@ Everything after -- is the script's command line, the same for every trial. Tria
 (N the study's trial number: a run predict.py and compare.py take, its trial.json saying how it ended), the study lives
 in runs/sweep/NAME/study.db (or --storage, any database URL Optuna takes: postgresql://...). At the end, and with
 --show at any time: the trials as a table, the best trial's command, and runs/sweep/NAME/scores.png, the score against
-each searched setting. Ctrl-C stops the sweep after marking the running trial failed; started again, it continues.
+each searched setting. Ctrl-C stops the sweep; started again, it continues, and runs the trial it stopped (or one a
+killed worker left) again with the same settings. --seed makes one worker's study the same every time; each worker
+and each restart draws its own settings from it. A pruned trial ends as PATIENCE ends a run: its best epoch tested.
 """
 
 import argparse

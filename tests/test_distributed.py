@@ -280,7 +280,9 @@ def test_distilbert_with_dropout_resumed_under_torchrun_ends_with_the_uninterrup
     )
     stopped = torchrun(tmp_path / "interrupt.py", cli(**settings, out_dir=tmp_path / "resumed"))
     assert stopped.returncode != 0, stopped.stderr[-3000:]
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]["batch"] == 6
+    # torchrun passes the SIGTERM on to both processes: they stop together after step 6, or after step 7 where a
+    # loaded machine delivers it a step later (the check is after each step here: LOG_EVERY 1)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]["batch"] in (6, 7)
     resumed = torchrun("train_distilbert.py", [f"--out-dir={tmp_path / 'resumed'}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ours, theirs = (
