@@ -3,11 +3,13 @@
     python predict.py runs/distilbert "A wonderful, moving film." "Two hours I will never get back."
     python predict.py runs/lstm --input new_reviews.csv --text-column review --output predictions.csv
     python predict.py runs/distilbert --input test.parquet --text-column text --output predictions.parquet
+    python predict.py exports/distilbert-int8 --input new_reviews.csv --output predictions.csv --threads 4   # ONNX
     cat reviews.txt | python predict.py runs/distilbert -          # one text per line from standard input
     python predict.py runs/pairs --input dev.csv --text-column sentence1,sentence2 --output scored.csv   # pairs
     printf 'A man plays a guitar.\tA person makes music.\n' | python predict.py runs/pairs -   # a tab between
 
-RUN_DIR is the OUT_DIR of a finished run of either script; what it holds tells which (model/ or model.pt).
+RUN_DIR is the OUT_DIR of a finished run of either script; what it holds tells which (model/ or model.pt). An
+export.py folder (model.onnx) is read the same way, its logits computed by ONNX Runtime.
 Texts go through that script's own cleaning, tokenizer and truncation, in length-sorted batches as its
 evaluation does, so a review scores here exactly as it scored in training. Prints label<TAB>score<TAB>text
 per text, or with --output writes the input rows, every column as it was, plus `predicted_label` and
@@ -23,6 +25,7 @@ one. A regression run's score layer computes in fp32 in any case.
 """
 
 import argparse
+import contextlib
 import gzip
 import io
 import itertools
@@ -42,6 +45,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import train_distilbert as td
 import train_lstm_baseline as tl
+from textclf import exported
 from textclf.batches import make_batches, to_device
 from textclf.data import SURROGATE, jsonl_frames
 from textclf.parallel import auto_precision, autocast_for, predict_precision, progress, resolve_device
@@ -56,9 +60,12 @@ class Run:
     """A finished run's model with its script's own preprocessing: logits(texts) in the input order. .labels
     names the outputs; .threshold is the run's THRESHOLD for a multi-label model, None for single-label."""
 
-    def __init__(self, run_dir, device, precision="auto"):
+    def __init__(self, run_dir, device, precision="auto", threads=None):
         run_dir = Path(run_dir)
         inside(run_dir, "predict.py")
+        if exported.is_export(run_dir):  # export.py's folder: the run's preprocessing, ONNX Runtime's logits
+            self.load_export(run_dir, threads)
+            return
         if not (run_dir / "metrics.json").exists():
             raise RecipeError(
                 f"{run_dir} holds no finished run (no metrics.json); pass the OUT_DIR of a run of "
@@ -136,6 +143,39 @@ class Run:
         self.encode = encode  # (ids, offsets, token types or None) of texts and, for a pair run, their pairs
         self.pairs = len(text_columns(self.settings)) > 1  # a sentence-pair run: two texts each
 
+    def load_export(self, folder, threads):
+        """An export.py folder, read as its run is: the run's settings, labels, task and preprocessing (its tokenizer
+        files or vocab.json), the logits computed by ONNX Runtime from model.onnx (fp32, or int8 weights)."""
+        self.export = exported.Export(folder, threads)
+        block = self.export.block
+        self.kind = "onnx"
+        self.settings = {**(td.DEFAULTS if block["kind"] == "transformer" else tl.DEFAULTS), **block["settings"]}
+        self.labels, self.regression = self.export.labels, block["task"] == "regression"
+        self.threshold = self.settings["THRESHOLD"] if block["task"] == "multi_label" else None
+        self.pairs = len(text_columns(self.settings)) > 1
+        self.device, self.autocast = torch.device("cpu"), contextlib.nullcontext()
+        self.precision, self.precision_why = block["precision"], "an ONNX export, computed by ONNX Runtime"
+        if block["kind"] == "transformer":
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+            self.pad_id = tokenizer.pad_token_id
+
+            def encode(texts, pairs):
+                return td.tokenize(
+                    texts,
+                    tokenizer,
+                    self.settings["MAX_LENGTH"],
+                    self.settings["TRUNCATION"],
+                    self.settings["HEAD_TOKENS"],
+                    pairs=pairs,
+                )
+        else:
+            vocab = json.loads((folder / "vocab.json").read_text())
+
+            def encode(texts, pairs):
+                return *tl.encode(texts, vocab, self.settings["MAX_LENGTH"], pairs), None
+
+        self.encode = encode
+
     @torch.inference_mode()
     def logits(self, texts, batch_size, pairs=None):
         """The model's outputs for texts (and their pairs, for a pair run), in their order."""
@@ -145,7 +185,13 @@ class Run:
         out = torch.empty(len(texts), len(self.labels))
         batches = make_batches(lengths, batch_size)  # sorted by length, as evaluation batches them
         for indices in progress(batches, desc="classify", unit="batch"):
-            if self.kind == "distilbert":
+            if self.kind == "onnx" and self.export.block["kind"] == "transformer":
+                logits = torch.from_numpy(
+                    self.export.logits(td.collate(indices, ids, offsets, no_labels, self.pad_id, types=types))
+                )
+            elif self.kind == "onnx":
+                logits = torch.from_numpy(self.export.logits(tl.collate(indices, ids, offsets, no_labels)))
+            elif self.kind == "distilbert":
                 batch = to_device(td.collate(indices, ids, offsets, no_labels, self.pad_id, types=types), self.device)
                 with self.autocast:
                     logits = self.model(**td.model_inputs(batch)).logits
@@ -446,7 +492,7 @@ def write_output(run, chunks, columns, batch_size, output):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="OUT_DIR of a finished run of either training script")
+    parser.add_argument("run_dir", help="OUT_DIR of a finished run of either training script, or export.py's folder")
     parser.add_argument("texts", nargs="*", help="texts to classify, or - for one text per line on standard input")
     parser.add_argument("--input", help="a .csv, .tsv or .jsonl file (optionally .gz), or .parquet, with a text column")
     parser.add_argument(
@@ -458,6 +504,7 @@ def main(argv=None):
     )
     parser.add_argument("--batch-size", type=int, help="texts per forward pass (default: the run's EVAL_BATCH_SIZE)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, help="CPU threads (PyTorch's, or ONNX Runtime's for an export)")
     parser.add_argument(
         "--precision",
         default="auto",
@@ -473,7 +520,11 @@ def main(argv=None):
             raise RecipeError("give texts as arguments or --input FILE, not both")
         if args.batch_size is not None and args.batch_size < 1:
             raise RecipeError(f"--batch-size must be a positive number of texts, got {args.batch_size}")
-        run = Run(args.run_dir, resolve_device(args.device), args.precision)
+        if args.threads is not None and args.threads < 1:
+            raise RecipeError(f"--threads must be a positive number of threads, got {args.threads}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run = Run(args.run_dir, resolve_device(args.device), args.precision, args.threads)
         print(f"precision: {run.precision} ({run.precision_why})", file=sys.stderr)
         batch_size = run.settings["EVAL_BATCH_SIZE"] if args.batch_size is None else args.batch_size
         if args.input:

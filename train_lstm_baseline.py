@@ -154,10 +154,11 @@ class LSTMClassifier(nn.Module):
 
     def forward(self, ids, lengths):
         # A unidirectional LSTM's output at position length - 1 has not seen the right padding: it is the final
-        # state pack_padded_sequence would give, without the cost of packing (tests check the two agree).
+        # state pack_padded_sequence would give, without the cost of packing (tests check the two agree). gather()
+        # takes it for every batch size: export.py's ONNX graph keeps the batch axis free.
         outputs, _ = self.lstm(self.embedding(ids))
-        last = outputs[torch.arange(len(ids), device=ids.device), lengths.to(ids.device) - 1]
-        return self.head(last)
+        where = (lengths.to(ids.device) - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
+        return self.head(outputs.gather(1, where).squeeze(1))
 
 
 def evaluate(model, batches, data, device, rank=0, world=1):

@@ -112,6 +112,15 @@ class Run:
         held.push(self.ended)
         print("settings: " + json.dumps(s))
 
+    @classmethod
+    def reading(cls, settings, given):
+        """A Run that only reads a finished run's data as it did (load_data(), index()): export.py checks an export on
+        the run's test split. One process, no checkpoint, no OUT_DIR; the transfer texts are not read."""
+        r = cls.__new__(cls)
+        r.s, r.given, r.checkpoint = {**settings, "UNLABELED_URL": ""}, list(given), None
+        r.device, r.rank, r.world = torch.device("cpu"), 0, 1
+        return r
+
     def load_data(self):
         """The data (file_splits()), downloaded once, checked alike on every machine and at --resume, as one frame."""
         s, loaded, parts = self.s, {}, {}
@@ -525,6 +534,7 @@ class Run:
             "world_size": self.world,
             "world_sizes": self.recorded["world_sizes"],
             "script": self.script,
+            "given": self.given,  # the settings its command line gave (beside a file of their own, sizes mean more)
             **extra,
             **({"teacher": taught} if taught else {}),
             "parameters": sum(p.numel() for p in best.parameters()),
