@@ -45,6 +45,7 @@ from textclf.parallel import accumulating, agreeing, autocast_for, leader_first,
 from textclf.regression import in_fp32, score_layer
 from textclf.runfolder import atomic_write, temporary, write_error
 from textclf.settings import RecipeError, text_columns
+from textclf.student import described, student_of
 from textclf.tokens import collate, has_pair_template, model_inputs, reads_segments, tokenize
 from textclf.training import Run
 from textclf.training import main as run_main
@@ -72,6 +73,7 @@ MODEL_NAME = "distilbert-base-uncased"  # hub name or local folder with config, 
 MAX_LENGTH = 512  # tokens per review, longer ones are truncated
 TRUNCATION = "head+tail"  # what a review over MAX_LENGTH keeps: head+tail = first HEAD_TOKENS + last ones; head = first
 HEAD_TOKENS = 128  # with head+tail: tokens kept from the start, the rest from the end; MAX_LENGTH // 4 if it leaves no room
+STUDENT_LAYERS = 0  # 0 = MODEL_NAME as it is; N = a student of N of its layers, evenly spaced, with its embeddings and head (as DistilBERT was made from BERT)
 # adapters (README: Checkpoints bigger than the GPU)
 LORA_RANK = 0  # 0 = full fine-tuning (the recipe); r > 0 = LoRA adapters of rank r on every linear layer, base frozen
 LORA_ALPHA = 16  # LoRA scaling: each adapter's update x LORA_ALPHA / LORA_RANK
@@ -158,6 +160,16 @@ def check_settings(s, given):
         raise RecipeError(
             f"LORA_ALPHA (--lora-alpha) must be positive and LORA_DROPOUT (--lora-dropout) in [0, 1), "
             f"got {s['LORA_ALPHA']} and {s['LORA_DROPOUT']}"
+        )
+    if s["STUDENT_LAYERS"] < 0:
+        raise RecipeError(
+            f"STUDENT_LAYERS (--student-layers) must be 0 (the model as it is) or a number of layers to keep, got "
+            f"{s['STUDENT_LAYERS']}"
+        )
+    if s["STUDENT_LAYERS"] and s["LOAD_IN_4BIT"]:
+        raise RecipeError(
+            "STUDENT_LAYERS (--student-layers) builds a model from MODEL_NAME's own layers, which a 4-bit base "
+            "(--load-in-4bit) holds quantized: train the student in full or with LoRA on an unquantized base"
         )
     if s["LOAD_IN_4BIT"] and not s["LORA_RANK"]:
         raise RecipeError(
@@ -373,7 +385,8 @@ def ready(model, tokenizer, s):
 
 def load_checkpoint(name, r, dtype, device, four_bit=None):
     """MODEL_NAME with a new head for the run's labels (or its score) on device, its weights in dtype (fp32 to train
-    them all; LoRA: the frozen base in the run's precision) or, with four_bit, in 4-bit NF4."""
+    them all; LoRA: the frozen base in the run's precision) or, with four_bit, in 4-bit NF4; with STUDENT_LAYERS, the
+    student of that many of its layers (textclf/student.py)."""
     model = from_pretrained(
         AutoModelForSequenceClassification.from_pretrained,
         name,
@@ -386,7 +399,16 @@ def load_checkpoint(name, r, dtype, device, four_bit=None):
         quantization_config=four_bit,
         **({"device_map": {"": device}} if four_bit else {}),
     )  # 4-bit weights load in place
+    if r.s["STUDENT_LAYERS"]:  # N of its layers, evenly spaced, its embeddings and head: an ordinary smaller model
+        model = student_of(model, r.s["STUDENT_LAYERS"], shown_name(name))
     return model if four_bit else model.to(device)
+
+
+def shown_name(name):
+    """A checkpoint's name as the log and the card show it: a hub name, or a folder's name (a run's model/ with its
+    run's)."""
+    parts = Path(name).parts
+    return "/".join(parts[-2:]) if parts and parts[-1] == "model" else (parts[-1] if parts else str(name))
 
 
 def start_at(model, mean):
@@ -414,6 +436,9 @@ def run(settings, given, held):
         model = load_checkpoint(s["MODEL_NAME"], r, base_dtype(s["LORA_RANK"], precision), device, four_bit)
         tokenizer = from_pretrained(AutoTokenizer.from_pretrained, s["MODEL_NAME"])
         ready(model, tokenizer, s)  # pad token, MAX_LENGTH, pair template, gradient checkpointing
+        made = getattr(model, "student", None)  # with STUDENT_LAYERS: of which layers of MODEL_NAME
+        if made:
+            print(f"student: {described(made)}")
         if r.regression:  # the head in fp32, outside autocast; it starts at the training mean (decoders' have no bias)
             start_at(in_fp32(model), frame["label"].iloc[: r.n_train].mean())
         if lora:  # the base frozen in the run's precision; adapters and head train in fp32
@@ -517,8 +542,17 @@ def run(settings, given, held):
         else:  # an earlier LoRA run's adapters in this OUT_DIR are not this run's
             shutil.rmtree(r.out_dir / "adapter", ignore_errors=True)
 
+    student = {"student": made} if made else {}
     return r.finish(
-        best, model, score, f"{r.out_dir / 'model'}/", card, teacher, precision=precision, precision_chosen_by=why
+        best,
+        model,
+        score,
+        f"{r.out_dir / 'model'}/",
+        card,
+        teacher,
+        precision=precision,
+        precision_chosen_by=why,
+        **student,
     )
 
 

@@ -9,6 +9,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .parallel import cpu_name
 from .settings import is_url
+from .student import described
 
 
 def file_name(url):
@@ -97,6 +98,8 @@ def model_card(metrics, folder):
     ]
     if s.get("LORA_RANK"):  # adapters trained on a frozen base, then merged into it
         settings[1:1] = ["LORA_RANK", "LORA_ALPHA", "LORA_DROPOUT"]
+    if s.get("STUDENT_LAYERS"):  # a student of MODEL_NAME's own layers
+        settings[1:1] = ["STUDENT_LAYERS"]
     if s.get("TEACHER"):  # distilled
         settings += ["TEACHER", "UNLABELED_URL", "DISTILL_ALPHA", "DISTILL_TEMPERATURE"]
     pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
@@ -149,6 +152,12 @@ def model_card(metrics, folder):
             + f". On the test texts the teacher scores {shown_scores(teacher['test'])}; the student agrees with it on "
             f"{agreement}.\n"
         )
+    made = metrics.get("student")
+    if made:  # STUDENT_LAYERS: a smaller model of MODEL_NAME's own layers
+        taught += (
+            f"\nA student made of {described(made)}, with its embeddings and head, as DistilBERT was made from BERT "
+            f"(Sanh et al. 2019); `config.json` holds its {len(made['layers'])} layers.\n"
+        )
     if regression:
         task = f"regression (a {names[0]} score)"
         headline = ", ".join(f"{name} {number(value)}" for _, name, value in measured)
@@ -180,7 +189,7 @@ labels from `{s["LABEL_COLUMNS"]}`), split {order}.
         table(
             [
                 "epoch",
-                "train loss",
+                "train distillation loss" if teacher else "train loss",
                 "train RMSE" if regression else "train accuracy",
                 "valid loss",
                 "valid Pearson" if regression else "valid accuracy",
