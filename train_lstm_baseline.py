@@ -63,6 +63,7 @@ TEACHER = ""  # a fine-tuned model of the data's labels (a train_distilbert.py r
 UNLABELED_URL = ""  # texts without labels (a file as DATA_URL with its text column(s); the aclImdb archive: its unsup reviews) that the TEACHER labels for training
 DISTILL_ALPHA = 0.5  # labelled rows: DISTILL_ALPHA x the label's loss + (1 - DISTILL_ALPHA) x the teacher's soft loss; unlabelled rows: the soft loss alone
 DISTILL_TEMPERATURE = 2.0  # single-label: both distributions softened by this temperature in the soft loss (x T², Hinton et al. 2015)
+DISTILL_AUGMENT = 0  # with a TEACHER: N augmented copies of each training text (words masked or replaced, n-gram windows; Tang et al. 2019) join the transfer texts
 # optimisation
 BATCH_SIZE = 128  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS

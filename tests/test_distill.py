@@ -20,8 +20,9 @@ from test_training import comparable, interrupt_at
 import compare
 import train_distilbert as td
 import train_lstm_baseline as tl
-from textclf import distill
+from textclf import augment, distill
 from textclf.distill import Distiller, soft_losses
+from textclf.training import Run
 
 SIZES = {"train_size": 100, "valid_size": 200, "test_size": 300}  # few labels: where a teacher's help shows
 
@@ -407,3 +408,65 @@ def test_a_distilled_regression_reports_the_labels_rmse_and_its_loss_as_distilla
     loss, squared = distiller.loss(student, labels, [0, 1, 2], 0.5)
     assert squared.item() == pytest.approx(1.0 + 0.0)  # (1 - 2)² + (2 - 2)², the unlabelled row not counted
     assert loss.item() == pytest.approx(0.5 * 1 + 0.5 * 0.25 + 0.5 * 0 + 0.5 * 0.25 + 9.0)
+
+
+# ----------------------------------------------------------------------------------------- DISTILL_AUGMENT
+def test_augmented_copies_are_deterministic_and_made_of_the_training_texts_words():
+    texts = ["a great film and a superb story", "the plot was dull", "awful"]
+    first = augment.copies(texts, 4, 1, "[MASK]")
+    assert first == augment.copies(texts, 4, 1, "[MASK]") and first != augment.copies(texts, 4, 2, "[MASK]")
+    assert len(first) == 12 and all(first)
+    words = {word for text in texts for word in text.split()} | {"[MASK]"}
+    assert all(set(copy.split()) <= words for copy in first)
+    masked = sum(copy.split().count("[MASK]") for copy in augment.copies(texts * 200, 5, 0, "[MASK]"))
+    assert 0.05 < masked / (5 * 200 * 12) < 0.15  # about MASK of the words (fewer where a copy is a window)
+
+
+def test_augmented_copies_join_the_transfer_texts_and_never_touch_validation_or_test(tmp_path, imdb_like, teacher):
+    _, labelled, unlabelled = imdb_like
+    settings, given = tl.DEFAULTS, ["DATA_URL", "TRAIN_SIZE", "VALID_SIZE", "TEST_SIZE", "TEACHER"]
+    base = {**settings, "DATA_URL": str(labelled), "DATA_DIR": str(tmp_path / "data"), "TEACHER": str(teacher)}
+    base.update({key.upper(): value for key, value in SIZES.items()})
+    plain = Run.reading(base, given)
+    frame = plain.load_data()
+    augmented = Run.reading({**base, "DISTILL_AUGMENT": 3}, [*given, "DISTILL_AUGMENT"])
+    more = augmented.load_data()
+    assert augmented.n_augmented == 300 and augmented.n_transfer == 300 and len(more) == len(frame) + 300
+    pd.testing.assert_frame_equal(more.iloc[: len(frame)], frame)  # training, validation and test rows as they were
+    training_words = {word for text in frame["text"].iloc[:100] for word in text.split()} | {"[MASK]"}
+    assert all(set(text.split()) <= training_words for text in more["text"].iloc[len(frame) :])
+    assert list(augmented.train_rows) == [*range(100), *range(len(frame), len(frame) + 300)]
+    metrics = tl.main(lstm_args(tmp_path, labelled, teacher=teacher, distill_augment=3, unlabeled_url=unlabelled))
+    assert metrics["augmented_texts"] == 300 and metrics["transfer_texts"] == 2_300
+    assert metrics["teacher"]["augmented_texts"] == 300
+
+
+def test_a_pair_is_augmented_text_by_text(tmp_path, tiny_model):
+    pairs = make_pairs(1_400, seed=22)
+    labelled = write_csv(pairs.iloc[:1_100], tmp_path / "labelled.csv")
+    extra = {"text_column": "sentence1,sentence2", "label_columns": "judgment"}
+    teacher = teacher_run(tmp_path, tiny_model, labelled, epochs=1, **extra)
+    metrics = tl.main(lstm_args(tmp_path, labelled, teacher=teacher, distill_augment=2, epochs=1, **extra))
+    assert metrics["augmented_texts"] == 200 and metrics["teacher"]["agreement"] is not None
+    frame = augment.augmented_frame(pd.DataFrame({"text": ["a b c d"], "text_pair": ["e f g h"]}), 2, 0, "[MASK]")
+    assert list(frame.columns) == ["text", "text_pair"] and len(frame) == 2
+    assert all(set(text.split()) <= {"e", "f", "g", "h", "[MASK]"} for text in frame["text_pair"])
+
+
+def test_an_augmented_run_resumes_to_the_uninterrupted_numbers(tmp_path, imdb_like, teacher, monkeypatch):
+    _, labelled, _ = imdb_like
+    args = {"teacher": teacher, "distill_augment": 2, "epochs": 2}
+    straight = tl.main(lstm_args(tmp_path / "straight", labelled, **args))
+    interrupt_at(distill.Distiller, monkeypatch, "loss", 5)
+    with pytest.raises(SystemExit):
+        tl.main(lstm_args(tmp_path / "resumed", labelled, **args))
+    monkeypatch.undo()
+    resumed = tl.main([f"--out-dir={tmp_path / 'resumed' / 'out'}", "--resume"])
+    assert comparable(resumed) == comparable(straight) and resumed["teacher"] == straight["teacher"]
+
+
+def test_bad_augment_settings_are_one_line(tmp_path, imdb_like, teacher):
+    _, labelled, _ = imdb_like
+    fails(tl, lstm_args(tmp_path, labelled, teacher=teacher, distill_augment=-1), "DISTILL_AUGMENT (--distill-augment)")
+    fails(tl, lstm_args(tmp_path, labelled, distill_augment=2), "beside a TEACHER (--teacher); got 2 and no teacher")
+    assert not (tmp_path / "out").exists()

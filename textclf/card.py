@@ -101,7 +101,7 @@ def model_card(metrics, folder):
     if s.get("STUDENT_LAYERS"):  # a student of MODEL_NAME's own layers
         settings[1:1] = ["STUDENT_LAYERS"]
     if s.get("TEACHER"):  # distilled
-        settings += ["TEACHER", "UNLABELED_URL", "DISTILL_ALPHA", "DISTILL_TEMPERATURE"]
+        settings += ["TEACHER", "UNLABELED_URL", "DISTILL_ALPHA", "DISTILL_TEMPERATURE", "DISTILL_AUGMENT"]
     pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
     if pair:  # a pair is cut longest first; TRUNCATION and HEAD_TOKENS are for single texts
         settings = [k for k in settings if k not in ("TRUNCATION", "HEAD_TOKENS")]
@@ -144,11 +144,16 @@ def model_card(metrics, folder):
     taught = ""
     if teacher:  # distilled: the teacher's soft targets on the training texts and any unlabelled ones
         agreement = number(teacher["agreement"])
+        augmented = teacher.get("augmented_texts", 0)
+        unlabelled = teacher["transfer_texts"] - augmented
         taught = (
             f"\nDistilled from `{teacher['name']}` (DISTILL_ALPHA {s['DISTILL_ALPHA']}, DISTILL_TEMPERATURE "
             f"{s['DISTILL_TEMPERATURE']}): its soft targets on the {teacher['labelled_texts']:,} training texts"
-            + f" and on {teacher['transfer_texts']:,} unlabelled texts from `{file_name(s['UNLABELED_URL'])}`"
-            * bool(teacher["transfer_texts"])
+            + f", on {unlabelled:,} unlabelled texts from `{file_name(s['UNLABELED_URL'])}`"
+            * bool(unlabelled)
+            + f", on {augmented:,} augmented copies of the training texts (DISTILL_AUGMENT "
+            f"{s.get('DISTILL_AUGMENT')}: words masked or replaced, n-gram windows)"
+            * bool(augmented)
             + f". On the test texts the teacher scores {shown_scores(teacher['test'])}; the student agrees with it on "
             f"{agreement}.\n"
         )

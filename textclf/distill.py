@@ -41,6 +41,13 @@ def check_settings(s):
             f"DISTILL_TEMPERATURE (--distill-temperature) must be above 0 and at most {MAX_TEMPERATURE} (1 = the "
             f"teacher's own probabilities, higher = softer), got {s['DISTILL_TEMPERATURE']}"
         )
+    if s.get("DISTILL_AUGMENT", 0) < 0 or s.get("DISTILL_AUGMENT") and not s["TEACHER"]:
+        raise RecipeError(
+            f"DISTILL_AUGMENT (--distill-augment) is the number of augmented copies of each training text for a "
+            f"teacher to label: 0 (none) or more, beside a TEACHER (--teacher); got {s['DISTILL_AUGMENT']}"
+            + " and no teacher"
+            * (not s["TEACHER"])
+        )
     if s["UNLABELED_URL"] and not s["TEACHER"]:
         raise RecipeError(
             "UNLABELED_URL (--unlabeled-url) gives texts for a teacher to label, but no TEACHER is set: name a "
@@ -77,6 +84,20 @@ def teacher_source(name):
             f"(its OUT_DIR) or a folder with config.json and the weights, as save_pretrained writes them"
         )
     return (path if path.is_dir() else name), {}
+
+
+def mask_token(name):
+    """The token the teacher's tokenizer masks a word with (its unknown token where it has no mask: GPT-2's
+    <|endoftext|>): what an augmented copy's masked words become (textclf/augment.py)."""
+    source, _ = teacher_source(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, ImportError) as e:
+        raise RecipeError(
+            f"TEACHER (--teacher) {name}'s tokenizer does not load ({' '.join(str(e).split())[:160]}); give a "
+            f"finished train_distilbert.py run, a local model folder or a hub name"
+        ) from None
+    return tokenizer.mask_token or tokenizer.unk_token or tokenizer.eos_token
 
 
 class Teacher:
@@ -268,7 +289,8 @@ class Distiller:
         teacher_logits = self.logits[torch.as_tensor(r.test_rows, device=self.logits.device)].cpu()
         targets = r.labels[r.test_rows]
         measured = report(teacher_logits, student_logits, targets, r.names, r.s["THRESHOLD"], self.task)
-        return {**self.about, "labelled_texts": r.n_train, "transfer_texts": r.n_transfer, **measured}
+        counts = {"labelled_texts": r.n_train, "transfer_texts": r.n_transfer, "augmented_texts": r.n_augmented}
+        return {**self.about, **counts, **measured}
 
     def loss(self, logits, labels, rows, threshold, weights=None):
         """(summed loss, correct count over the labelled rows; regression: their summed squared error to the labels)
@@ -344,7 +366,9 @@ def prepare(r, frame, precision=None):
     labelled = np.zeros(len(frame), dtype=bool)
     labelled[: r.n_train] = True
     print(
-        f"teacher {s['TEACHER']}: soft targets for {r.n_train:,} labelled and {r.n_transfer:,} unlabelled texts "
+        f"teacher {s['TEACHER']}: soft targets for {r.n_train:,} labelled and {r.n_transfer:,} unlabelled texts"
+        + f" ({r.n_augmented:,} of them augmented copies)" * bool(r.n_augmented)
+        + " "
         f"(DISTILL_ALPHA {s['DISTILL_ALPHA']}, DISTILL_TEMPERATURE {s['DISTILL_TEMPERATURE']})"
     )
     about = {"name": s["TEACHER"], "model_name": teacher.model_name, "max_length": teacher.max_length}

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from . import distill, parallel
+from .augment import augmented_frame
 from .batches import loader, make_batches, to_device
 from .board import Board
 from .data import (
@@ -190,6 +191,21 @@ class Run:
             transfer = transfer_texts(transfer, frame, self.n_train, s["UNLABELED_URL"])
             self.n_transfer = len(transfer)
             frame = pd.concat([frame, transfer[frame.columns]])
+        self.n_augmented = 0
+        if s.get("DISTILL_AUGMENT"):  # copies of the training texts for the teacher to label, after any others
+            copies = augmented_frame(
+                frame.iloc[: self.n_train], s["DISTILL_AUGMENT"], s["SEED"], distill.mask_token(s["TEACHER"])
+            )
+            for column in frame.columns.difference(["text", "text_pair"]):
+                copies[column] = 0.0 if self.regression else 0
+            self.n_augmented = len(copies)
+            self.n_transfer += len(copies)
+            frame = pd.concat([frame, copies[frame.columns]])
+            print(
+                f"DISTILL_AUGMENT {s['DISTILL_AUGMENT']}: {len(copies):,} augmented copies of the {self.n_train:,} "
+                f"training texts (words masked, replaced by words of the training texts, n-gram windows; Tang et al. "
+                f"2019) join the transfer texts"
+            )
         # the rows trained on: the training split's, then the transfer texts'; the test split's
         self.train_rows = np.r_[0 : self.n_train, len(frame) - self.n_transfer : len(frame)]
         self.test_rows = np.arange(self.n_train + self.n_valid, self.n_train + self.n_valid + self.n_test)
@@ -520,6 +536,7 @@ class Run:
             "class_weights": None if weights is None else dict(zip(self.names, weights.tolist(), strict=True)),
             "examples": {"train": self.n_train, "valid": self.n_valid, "test": self.n_test},
             **({"transfer_texts": self.n_transfer} if self.n_transfer else {}),
+            **({"augmented_texts": self.n_augmented} if self.n_augmented else {}),
             "epochs": state["history"],
             "best_epoch": state["best_epoch"],
             "stopped_early_at": state.get("stopped_early_at"),
