@@ -76,6 +76,14 @@ def quick(module, tmp_path, data, model=None, **settings):
 
 
 # ------------------------------------------------------------------------------------- pairs
+def test_the_tokenize_bar_counts_texts(tiny_bert, capsys):
+    """3,350 texts in chunks of 2,000: the bar ends at 3350/3350 (it counted chunks x 2,000: 4000/4000)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    td.tokenize(["a great film"] * 3_350, tokenizer, 16)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tokenize")]
+    assert lines[-1].startswith("tokenize: 3350/3350 (100%)"), lines
+
+
 def test_a_pair_is_encoded_by_the_tokenizers_own_pair_template(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     first, second = "a great film", "the plot was dull and the actor was awful"
