@@ -117,24 +117,13 @@ class Run:
             multi = model.config.problem_type == "multi_label_classification"
             self.threshold = self.settings["THRESHOLD"] if multi else None
             self.regression = model.config.problem_type == "regression"
-
-            def encode(texts, pairs):
-                return td.tokenize(
-                    texts,
-                    tokenizer,
-                    self.settings["MAX_LENGTH"],
-                    self.settings["TRUNCATION"],
-                    self.settings["HEAD_TOKENS"],
-                    pairs=pairs,
-                )
+            encode = self.tokenizing(tokenizer)
         elif script == "train_lstm_baseline.py" and (run_dir / "model.pt").exists():  # weights and vocabulary
             self.kind = "lstm"
             self.model, vocab = tl.load_model(run_dir, device)
             self.labels, self.threshold = self.model.labels, self.model.threshold
             self.regression = self.model.regression
-
-            def encode(texts, pairs):
-                return *tl.encode(texts, vocab, self.model.max_length, pairs), None
+            encode = lstm_encoding(vocab, self.model.max_length)
         else:
             raise RecipeError(
                 f"{run_dir}'s metrics.json is a run of {script}, but its model "
@@ -158,23 +147,25 @@ class Run:
         if block["kind"] == "transformer":
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             self.pad_id = tokenizer.pad_token_id
-
-            def encode(texts, pairs):
-                return td.tokenize(
-                    texts,
-                    tokenizer,
-                    self.settings["MAX_LENGTH"],
-                    self.settings["TRUNCATION"],
-                    self.settings["HEAD_TOKENS"],
-                    pairs=pairs,
-                )
+            encode = self.tokenizing(tokenizer)
         else:
-            vocab = json.loads((folder / "vocab.json").read_text())
-
-            def encode(texts, pairs):
-                return *tl.encode(texts, vocab, self.settings["MAX_LENGTH"], pairs), None
-
+            encode = lstm_encoding(json.loads((folder / "vocab.json").read_text()), self.settings["MAX_LENGTH"])
         self.encode = encode
+
+    def tokenizing(self, tokenizer):
+        """encode(texts, pairs) by a transformer's tokenizer, cut as the run cut its texts (MAX_LENGTH, TRUNCATION)."""
+
+        def encode(texts, pairs):
+            return td.tokenize(
+                texts,
+                tokenizer,
+                self.settings["MAX_LENGTH"],
+                self.settings["TRUNCATION"],
+                self.settings["HEAD_TOKENS"],
+                pairs=pairs,
+            )
+
+        return encode
 
     @torch.inference_mode()
     def logits(self, texts, batch_size, pairs=None):
@@ -199,6 +190,15 @@ class Run:
                 logits = self.model(*to_device(tl.collate(indices, ids, offsets, no_labels)[:2], self.device))
             out[torch.as_tensor(indices)] = logits.float().cpu()
         return out
+
+
+def lstm_encoding(vocab, max_length):
+    """encode(texts, pairs) by the LSTM's vocabulary, at most max_length tokens a text (no token types)."""
+
+    def encode(texts, pairs):
+        return *tl.encode(texts, vocab, max_length, pairs), None
+
+    return encode
 
 
 def damaged(error):

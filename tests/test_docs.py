@@ -37,8 +37,9 @@ def test_every_link_and_anchor_resolves(page):
             assert fragment in anchors(linked), f"{page.name}: {target} names no heading of {linked.name}"
 
 
-def test_the_readme_is_a_guide_of_at_most_2800_words():
-    assert len((ROOT / "README.md").read_text().split()) <= 2800
+def test_the_readme_is_a_guide_of_at_most_3100_words():
+    """A guide, the reference in docs/: 2,800 words until export.py's section (its commands and measured table)."""
+    assert len((ROOT / "README.md").read_text().split()) <= 3100
     assert {path.name for path in (ROOT / "docs").glob("*.md")} >= {"settings.md", "errors.md", "checkpoints.md"}
 
 
