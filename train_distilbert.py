@@ -85,6 +85,7 @@ UNLABELED_URL = ""  # texts without labels (a file as DATA_URL with its text col
 DISTILL_ALPHA = 0.5  # labelled rows: DISTILL_ALPHA x the label's loss + (1 - DISTILL_ALPHA) x the teacher's soft loss; unlabelled rows: the soft loss alone
 DISTILL_TEMPERATURE = 2.0  # single-label: both distributions softened by this temperature in the soft loss (x T², Hinton et al. 2015)
 DISTILL_AUGMENT = 0  # with a TEACHER: N augmented copies of each training text (words masked or replaced, n-gram windows; Tang et al. 2019) join the transfer texts
+DISTILL_HIDDEN = 0.0  # with a TEACHER whose own layers the student was made of (STUDENT_LAYERS of its model/): the weight of the cosine loss between each student layer's output and its teacher layer's (Sanh et al. 2019)
 # optimisation
 BATCH_SIZE = 16  # reviews per forward pass
 GRAD_ACCUM_STEPS = 1  # forward passes per optimizer step: effective batch = BATCH_SIZE * GRAD_ACCUM_STEPS
@@ -172,6 +173,7 @@ def check_settings(s, given):
             "STUDENT_LAYERS (--student-layers) builds a model from MODEL_NAME's own layers, which a 4-bit base "
             "(--load-in-4bit) holds quantized: train the student in full or with LoRA on an unquantized base"
         )
+    distill.check_hidden(s)  # DISTILL_HIDDEN: a teacher, a student of its own layers, one width
     if s["LOAD_IN_4BIT"] and not s["LORA_RANK"]:
         raise RecipeError(
             "LOAD_IN_4BIT (--load-in-4bit) freezes a 4-bit base that only adapters can train: give "
@@ -451,6 +453,9 @@ def run(settings, given, held):
             texts, tokenizer, s["MAX_LENGTH"], s["DATA_DIR"], r.data_sha256, *truncation, pairs
         )
     data, pad_id = r.index(ids, offsets, frame), tokenizer.pad_token_id
+    hidden = None  # DISTILL_HIDDEN: the teacher's hidden states at the layers the student kept, on its token ids
+    if s["DISTILL_HIDDEN"]:
+        hidden = distill.hidden_states(r, made["layers"], ids, offsets, types, pad_id, precision, s["DISTILL_HIDDEN"])
 
     # optimizer, schedule, precision
     fused = s["FUSED_ADAMW"] and device.type in ("cuda", "cpu", "mps", "xpu")  # the devices torch has it for
@@ -489,13 +494,16 @@ def run(settings, given, held):
             labels = batch.tensors[2]
             with accumulating(train_model, batch.ends_step):  # under torchrun, gradients all-reduced once a step
                 with autocast:  # input_ids, attention_mask and, for pairs on BERT-style models, token_type_ids
-                    logits = train_model(**model_inputs(batch.tensors)).logits
+                    outputs = train_model(**model_inputs(batch.tensors), output_hidden_states=hidden is not None)
+                logits = outputs.logits
                 # summed over the batch, in fp32; weighted by class where CLASS_WEIGHTS asks; with a TEACHER, mixed with
                 # its soft loss (unlabelled rows: the soft loss alone)
                 if teacher is None:
                     loss_sum, correct = batch_loss(logits, labels, s["THRESHOLD"], r.class_weights)
                 else:
                     loss_sum, correct = teacher.loss(logits, labels, batch.rows, s["THRESHOLD"], r.class_weights)
+                if hidden is not None:  # DISTILL_HIDDEN: each student layer's output drawn towards its teacher layer's
+                    loss_sum = loss_sum + hidden.loss(outputs.hidden_states, batch.tensors[1], batch.rows)
                 # / the step's examples (over the processes, which DDP averages): accumulated batches and processes
                 # give exactly the gradient of the whole step's batch
                 scaler.scale(loss_sum / batch.step_examples).backward()

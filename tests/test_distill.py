@@ -470,3 +470,73 @@ def test_bad_augment_settings_are_one_line(tmp_path, imdb_like, teacher):
     fails(tl, lstm_args(tmp_path, labelled, teacher=teacher, distill_augment=-1), "DISTILL_AUGMENT (--distill-augment)")
     fails(tl, lstm_args(tmp_path, labelled, distill_augment=2), "beside a TEACHER (--teacher); got 2 and no teacher")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ DISTILL_HIDDEN
+def test_the_hidden_state_loss_by_hand():
+    """Two rows of 3 and 2 tokens, two kept layers: per row the mean over its real tokens and the layers of
+    1 - cos(student, teacher), summed over the rows, x the weight."""
+    torch.manual_seed(0)
+    student = [torch.randn(2, 3, 4) for _ in range(3)]  # embeddings, then the two layers' outputs
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    flat = torch.randn(5, 2, 4)  # row 7's 3 tokens, then row 2's 2, each at the two layers
+    starts = np.full(10, -1)
+    starts[7], starts[2] = 0, 3
+    hidden = distill.HiddenStates(flat.to(torch.bfloat16), starts, 0.5, torch.device("cpu"))
+    loss = hidden.loss(student, mask, [7, 2])
+    teacher = flat.to(torch.bfloat16).float()
+    expected = 0.0
+    for i, (start, length) in enumerate([(0, 3), (3, 2)]):
+        terms = [
+            1 - F.cosine_similarity(student[k + 1][i, t], teacher[start + t, k], dim=0)
+            for t in range(length)
+            for k in range(2)
+        ]
+        expected += sum(terms) / len(terms)
+    assert loss.item() == pytest.approx(0.5 * float(expected), rel=1e-5)
+
+
+def test_a_student_of_the_teachers_layers_learns_its_hidden_states(tmp_path, imdb_like, teacher, capsys):
+    _, labelled, unlabelled = imdb_like
+    settings = {
+        "model_name": teacher / "model",
+        "student_layers": 1,
+        "teacher": teacher,
+        "unlabeled_url": unlabelled,
+        "max_length": 64,
+        "learning_rate": 3e-3,
+        "epochs": 1,
+        "tensorboard": False,
+        "data_dir": tmp_path / "data",
+        **SIZES,
+    }
+    plain = td.main(cli(data_url=labelled, out_dir=tmp_path / "plain", **settings))
+    taught = td.main(cli(data_url=labelled, out_dir=tmp_path / "hidden", distill_hidden=1.0, **settings))
+    assert taught["student"]["layers"] == [0] and taught["settings"]["DISTILL_HIDDEN"] == 1.0
+    assert taught["epochs"][0]["train_loss"] > plain["epochs"][0]["train_loss"]  # the cosine term is in the loss
+    assert list((tmp_path / "data").glob("hidden-*.pt"))
+    assert "hidden states of its layers (0) for 2,100 texts" in capsys.readouterr().out
+    again = td.main(cli(data_url=labelled, out_dir=tmp_path / "again", distill_hidden=1.0, **settings))
+    assert "its hidden states for 2,100 texts from" in capsys.readouterr().out
+    assert comparable(again) == comparable(taught)
+    card = (tmp_path / "hidden" / "model" / "README.md").read_text()
+    assert "| `DISTILL_HIDDEN` | 1.0 |" in card
+
+
+def test_bad_hidden_state_settings_are_one_line(tmp_path, imdb_like, teacher, tiny_model, small_model):
+    _, labelled, _ = imdb_like
+    base = {"data_url": labelled, "data_dir": tmp_path / "data", "out_dir": tmp_path / "out", **SIZES}
+    mine = {"model_name": teacher / "model", "student_layers": 1, "teacher": teacher}
+    cases = [
+        ({**mine, "distill_hidden": -1.0}, "DISTILL_HIDDEN (--distill-hidden) must not be negative"),
+        ({"model_name": teacher / "model", "student_layers": 1, "distill_hidden": 1.0}, "needs a TEACHER"),
+        ({"model_name": teacher / "model", "teacher": teacher, "distill_hidden": 1.0}, "needs a student made from"),
+        (
+            {**mine, "model_name": small_model, "distill_hidden": 1.0},
+            f"{small_model}'s are 64 wide and the teacher's 32",
+        ),
+        ({**mine, "model_name": tiny_model, "distill_hidden": 1.0}, f"MODEL_NAME {tiny_model} is not the teacher's"),
+    ]
+    for overrides, message in cases:
+        fails(td, cli(**{**base, **overrides}), message)
+    assert not (tmp_path / "out").exists()

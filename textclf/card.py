@@ -102,6 +102,7 @@ def model_card(metrics, folder):
         settings[1:1] = ["STUDENT_LAYERS"]
     if s.get("TEACHER"):  # distilled
         settings += ["TEACHER", "UNLABELED_URL", "DISTILL_ALPHA", "DISTILL_TEMPERATURE", "DISTILL_AUGMENT"]
+        settings += ["DISTILL_HIDDEN"] * bool(s.get("DISTILL_HIDDEN"))
     pair = len([c for c in s["TEXT_COLUMN"].split(",") if c.strip()]) > 1
     if pair:  # a pair is cut longest first; TRUNCATION and HEAD_TOKENS are for single texts
         settings = [k for k in settings if k not in ("TRUNCATION", "HEAD_TOKENS")]

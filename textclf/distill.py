@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from .batches import make_batches
 from .data import file_sha256
 from .metrics import all_logits, correlation, row_losses, scores
-from .parallel import auto_precision, autocast_for, gathered, local_leader, predict_precision
+from .parallel import all_sum, auto_precision, autocast_for, gathered, local_leader, predict_precision, progress
 from .regression import in_fp32
 from .runfolder import atomic_write
 from .settings import RecipeError, text_columns
@@ -373,3 +373,133 @@ def prepare(r, frame, precision=None):
     )
     about = {"name": s["TEACHER"], "model_name": teacher.model_name, "max_length": teacher.max_length}
     return Distiller(logits, labelled, r.task, s["DISTILL_ALPHA"], s["DISTILL_TEMPERATURE"], r.device, about)
+
+
+def check_hidden(s):
+    """DISTILL_HIDDEN's preconditions, from the settings and the two configs, before any data is read: a teacher, a
+    student made from its own model (STUDENT_LAYERS of the teacher's model/ or checkpoint), of the same width."""
+    weight = s["DISTILL_HIDDEN"]
+    if weight < 0 or weight and not s["TEACHER"] or weight and not s["STUDENT_LAYERS"]:
+        why = (
+            "must not be negative"
+            if weight < 0
+            else "needs a TEACHER (--teacher)"
+            if not s["TEACHER"]
+            else "needs a student made from the teacher's own layers: give --student-layers N and --model-name the "
+            "teacher's model"
+        )
+        raise RecipeError(
+            f"DISTILL_HIDDEN (--distill-hidden) {why} (it weighs the cosine loss between each student layer's output "
+            f"and the teacher layer it came from); got {weight}"
+        )
+    if not weight:
+        return
+    source, _ = teacher_source(s["TEACHER"])
+    try:
+        theirs = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        ours = AutoConfig.from_pretrained(s["MODEL_NAME"], trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise RecipeError(
+            f"DISTILL_HIDDEN (--distill-hidden): the teacher's or the student's config does not load "
+            f"({' '.join(str(e).split())[:160]})"
+        ) from None
+    if ours.hidden_size != theirs.hidden_size:
+        raise RecipeError(
+            f"DISTILL_HIDDEN (--distill-hidden) compares hidden states of one width, but {s['MODEL_NAME']}'s are "
+            f"{ours.hidden_size} wide and the teacher's {theirs.hidden_size}; make the student from the teacher's "
+            f"model (--model-name {source}) or use --distill-hidden 0"
+        )
+    same = Path(s["MODEL_NAME"]).expanduser().resolve() == Path(source).expanduser().resolve()
+    if not same and str(s["MODEL_NAME"]) != str(source):
+        raise RecipeError(
+            f"DISTILL_HIDDEN (--distill-hidden) compares each student layer with the teacher layer it came from, but "
+            f"MODEL_NAME {s['MODEL_NAME']} is not the teacher's model ({source}): the student's layers would come "
+            f"from another model; give --model-name {source}, or use --distill-hidden 0"
+        )
+
+
+class HiddenStates:
+    """The teacher's hidden states at the outputs of the layers a student kept (its STUDENT_LAYERS), for every training
+    row, token by token on the student's own token ids; and the cosine loss that draws each student layer's output
+    towards them (Sanh et al. 2019's L_cos, at every kept layer): per row, the mean over its tokens and the layers of
+    1 - cos(student, teacher), x DISTILL_HIDDEN."""
+
+    def __init__(self, states, starts, weight, device):
+        self.states = states  # [tokens of every training row, layers, width], bf16
+        self.starts = starts  # starts[row]: the row's first token in states; -1 for rows without (not training)
+        self.weight, self.device = weight, device
+
+    def loss(self, hidden_states, attention_mask, rows):
+        """The batch's summed loss: hidden_states (the student's, embeddings first), attention_mask [B, T], rows the
+        batch's rows in the frame."""
+        student = torch.stack(hidden_states[1:], dim=2).float()  # [B, T, layers, width]
+        teacher = torch.zeros_like(student)
+        lengths = attention_mask.sum(-1).tolist()
+        for i, (row, length) in enumerate(zip(np.asarray(rows).tolist(), lengths, strict=True)):
+            start = int(self.starts[row])
+            teacher[i, :length] = self.states[start : start + length].to(student.device, torch.float32)
+        cosine = F.cosine_similarity(student, teacher, dim=-1)  # [B, T, layers]
+        mask = attention_mask.to(cosine.dtype).unsqueeze(-1)
+        per_row = ((1 - cosine) * mask).sum((1, 2)) / (mask.sum((1, 2)) * cosine.shape[-1])
+        return self.weight * per_row.sum()
+
+
+def hidden_states(r, layers, ids, offsets, types, pad_id, precision, weight):
+    """HiddenStates of the teacher (r.s["TEACHER"]) for the training rows of r, on the student's token ids (ids,
+    offsets, types), at the outputs of its layers `layers`: computed once in batches (shared by the processes under
+    torchrun) and cached in DATA_DIR under a key of the teacher's weights, the token ids and the layers; the teacher is
+    freed before this returns."""
+    s = r.s
+    source, _ = teacher_source(s["TEACHER"])
+    rows = np.asarray(r.train_rows)
+    lengths = (offsets[1:] - offsets[:-1]).numpy()
+    token_sha = hashlib.sha256(ids.numpy().tobytes() + offsets.numpy().tobytes()).hexdigest()
+    key = {
+        "teacher_sha256": r.recorded["teacher_sha256"],
+        "tokens_sha256": token_sha,
+        "rows": len(rows),
+        "layers": list(layers),
+        "precision": precision,
+    }
+    path = (
+        Path(s["DATA_DIR"]) / f"hidden-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+    )
+    starts = np.full(len(lengths), -1, dtype=np.int64)
+    starts[rows] = np.concatenate([[0], np.cumsum(lengths[rows])[:-1]])
+    total = int(lengths[rows].sum())
+    cached = None
+    if path.exists():
+        try:
+            cache = torch.load(path, weights_only=True, mmap=True)
+            cached = cache["states"] if cache["key"] == key and cache["states"].shape[0] == total else None
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+            print(f"hidden-state cache {path} is unreadable ({type(e).__name__}); computing it again")
+    if all(gathered(cached is not None, r.world)):
+        print(f"teacher {s['TEACHER']}: its hidden states for {len(rows):,} texts from {path}")
+        return HiddenStates(cached, starts, weight, r.device)
+    model = AutoModelForSequenceClassification.from_pretrained(source, trust_remote_code=False).to(r.device).eval()
+    width = model.config.hidden_size
+    print(
+        f"teacher {s['TEACHER']}: hidden states of its layers ({', '.join(map(str, layers))}) for {len(rows):,} "
+        f"texts ({total:,} tokens, {total * len(layers) * width * 2 / 1e9:.2f} GB in bf16), in {precision}"
+    )
+    states = torch.zeros(total, len(layers), width, dtype=torch.bfloat16)
+    no_labels = torch.zeros(len(lengths), dtype=torch.int64)
+    batches = [rows[b] for b in make_batches(lengths[rows], s["EVAL_BATCH_SIZE"])]
+    with torch.inference_mode(), autocast_for(r.device, precision):
+        for batch in progress(batches[r.rank :: r.world], desc="teacher hidden"):
+            tensors = [t.to(r.device) for t in collate(batch, ids, offsets, no_labels, pad_id, types=types)]
+            outputs = model(**model_inputs(tensors), output_hidden_states=True)
+            kept = torch.stack([outputs.hidden_states[layer + 1] for layer in layers], dim=2).float().cpu()
+            for i, row in enumerate(batch.tolist()):
+                start, length = int(starts[row]), int(lengths[row])
+                states[start : start + length] = kept[i, :length].to(torch.bfloat16)
+    del model
+    gc.collect()
+    if r.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if r.world > 1:  # each process computed every world-th batch: the sum is every row's
+        states = all_sum(states.float(), r.world).to(torch.bfloat16)
+    if local_leader():
+        atomic_write(path, lambda f: torch.save({"key": key, "states": states}, f))
+    return HiddenStates(states, starts, weight, r.device)
