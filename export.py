@@ -32,7 +32,7 @@ import torch
 
 import predict
 import train_lstm_baseline as tl
-from textclf.data import BR_TAG
+from textclf.data import BR_TAG, targets
 from textclf.exported import KEY
 from textclf.metrics import scores, shown
 from textclf.parallel import cpu_name
@@ -140,8 +140,8 @@ def quantized(fp32_path, int8_path):
 
 
 def test_split(record, limit):
-    """(texts, pairs or None, targets) of the run's test split, its first limit texts (0: all), read from the run's
-    data as the run read them."""
+    """(texts, pairs or None, targets, label names) of the run's test split, its first limit texts (0: all), read from
+    the run's data as the run read them."""
     given = record.get("given") or [
         name for name, value in record["settings"].items() if value != defaults(record).get(name)
     ]
@@ -153,8 +153,6 @@ def test_split(record, limit):
             raise RecipeError(
                 f"export.py checks the export on the run's test split, read from its data as the run read it: {e}"
             ) from None
-    from textclf.data import targets
-
     rows = reader.test_rows[:limit] if limit else reader.test_rows
     texts = frame["text"].iloc[rows].tolist()
     pairs = frame["text_pair"].iloc[rows].tolist() if "text_pair" in frame else None
@@ -162,6 +160,7 @@ def test_split(record, limit):
 
 
 def defaults(record):
+    """The defaults of the script that made the run: what a setting of an older run's metrics.json was given against."""
     return predict.td.DEFAULTS if record.get("script") == "train_distilbert.py" else tl.DEFAULTS
 
 
