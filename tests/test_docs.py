@@ -37,9 +37,10 @@ def test_every_link_and_anchor_resolves(page):
             assert fragment in anchors(linked), f"{page.name}: {target} names no heading of {linked.name}"
 
 
-def test_the_readme_is_a_guide_of_at_most_3100_words():
-    """A guide, the reference in docs/: 2,800 words until export.py's section (its commands and measured table)."""
-    assert len((ROOT / "README.md").read_text().split()) <= 3100
+def test_the_readme_is_a_guide_of_at_most_3400_words():
+    """A guide, the reference in docs/: 2,800 words until export.py's section and the student's figures (the commands
+    and the measured tables those features asked the README to carry)."""
+    assert len((ROOT / "README.md").read_text().split()) <= 3400
     assert {path.name for path in (ROOT / "docs").glob("*.md")} >= {"settings.md", "errors.md", "checkpoints.md"}
 
 
