@@ -61,10 +61,17 @@ def test_a_student_keeps_evenly_spaced_layers_of_every_family(tmp_path, family):
             index = int(key[len(path) + 1 :].split(".")[0])
             key = key.replace(f"{path}.{index}.", f"{path}.{[0, 2][index]}.", 1)
         assert torch.equal(value, theirs[key]), key
+    batch = padded_batch(tmp_path / "deep")
+    student.train()  # it trains: one AdamW step on a padded batch moves every kept layer's weights
+    before = {key: value.clone() for key, value in student.state_dict().items() if key.startswith(f"{path}.1.")}
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    student(**batch, labels=torch.tensor([1, 0])).loss.backward()
+    optimizer.step()
+    moved = [key for key, value in before.items() if not torch.equal(value, student.state_dict()[key])]
+    assert moved, "no weight of the student's second layer moved"
     student.save_pretrained(tmp_path / "student")
     reloaded = classifier(tmp_path / "student")
     assert AutoConfig.from_pretrained(tmp_path / "student").num_hidden_layers == 2
-    batch = padded_batch(tmp_path / "deep")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, student.eval()(**batch).logits)
 
