@@ -43,11 +43,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 import train_distilbert as td
 import train_lstm_baseline as tl
-from textclf import distill
 from textclf.metrics import headline
 from textclf.runfolder import atomic_write
-from textclf.settings import RecipeError, check_settings, flag, parse_settings
-from textclf.training import Run
+from textclf.settings import RecipeError, flag, parse_settings
+from textclf.training import Run, checked_settings
 
 SCRIPTS = {"train_distilbert.py": td, "train_lstm_baseline.py": tl}
 FIXED = ("OUT_DIR", "RESUME")  # the sweep's: each trial runs in its own folder, from the start
@@ -69,10 +68,6 @@ STATES = {
     TrialState.RUNNING: "running",
     TrialState.WAITING: "waiting",
 }
-
-
-class Pruned(Exception):
-    """The pruner stopped a trial after an epoch: its validation score was below the median of earlier trials'."""
 
 
 def script_of(name):
@@ -97,10 +92,7 @@ def allowed(module, base, given, setting, value, what, range_=None):
     range_: the range value was drawn from, where it is one."""
     s = {**base, setting: value}
     try:
-        check_settings(s, module.POSITIVE_SETTINGS)
-        if "TEACHER" in s:
-            distill.check_settings(s)
-        module.check_settings(s, {*given, setting})
+        checked_settings(s, {*given, setting}, module.POSITIVE_SETTINGS, module.check_settings)
     except RecipeError as e:
         within = f" (inside the range {range_}: every value a trial may draw must be one)" if range_ else ""
         raise RecipeError(f"{what}: {value!r}{within} is not a value {setting} takes ({e})") from None

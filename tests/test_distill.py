@@ -482,7 +482,7 @@ def test_the_hidden_state_loss_by_hand():
     flat = torch.randn(5, 2, 4)  # row 7's 3 tokens, then row 2's 2, each at the two layers
     starts = np.full(10, -1)
     starts[7], starts[2] = 0, 3
-    hidden = distill.HiddenStates(flat.to(torch.bfloat16), starts, 0.5, torch.device("cpu"))
+    hidden = distill.HiddenStates(flat.to(torch.bfloat16), starts, 0.5)
     loss = hidden.loss(student, mask, [7, 2])
     teacher = flat.to(torch.bfloat16).float()
     expected = 0.0

@@ -86,17 +86,21 @@ def teacher_source(name):
     return (path if path.is_dir() else name), {}
 
 
-def mask_token(name):
-    """The token the teacher's tokenizer masks a word with (its unknown token where it has no mask: GPT-2's
-    <|endoftext|>): what an augmented copy's masked words become (textclf/augment.py)."""
-    source, _ = teacher_source(name)
+def teacher_tokenizer(source, name):
+    """The tokenizer in source (teacher_source()'s) of the teacher TEACHER names, never running code from it."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, ImportError) as e:
         raise RecipeError(
             f"TEACHER (--teacher) {name}'s tokenizer does not load ({' '.join(str(e).split())[:160]}); give a "
             f"finished train_distilbert.py run, a local model folder or a hub name"
         ) from None
+
+
+def mask_token(name):
+    """The token the teacher's tokenizer masks a word with (its unknown token where it has no mask: GPT-2's
+    <|endoftext|>): what an augmented copy's masked words become (textclf/augment.py)."""
+    tokenizer = teacher_tokenizer(teacher_source(name)[0], name)
     return tokenizer.mask_token or tokenizer.unk_token or tokenizer.eos_token
 
 
@@ -155,13 +159,7 @@ class Teacher:
         self.batch_size = own.get("EVAL_BATCH_SIZE")  # its run's test batches: its test scores reproduced
 
     def tokenizer(self):
-        try:
-            return AutoTokenizer.from_pretrained(self.source, trust_remote_code=False)
-        except (OSError, ValueError, ImportError) as e:
-            raise RecipeError(
-                f"TEACHER (--teacher) {self.name}'s tokenizer does not load ({' '.join(str(e).split())[:160]}); give "
-                f"a finished train_distilbert.py run, a local model folder or a hub name"
-            ) from None
+        return teacher_tokenizer(self.source, self.name)
 
     def precision(self, device, student):
         """(precision, why) the teacher computes in: its run's (as its run tested it) where this device computes it
@@ -424,10 +422,10 @@ class HiddenStates:
     towards them (Sanh et al. 2019's L_cos, at every kept layer): per row, the mean over its tokens and the layers of
     1 - cos(student, teacher), x DISTILL_HIDDEN."""
 
-    def __init__(self, states, starts, weight, device):
+    def __init__(self, states, starts, weight):
         self.states = states  # [tokens of every training row, layers, width], bf16
         self.starts = starts  # starts[row]: the row's first token in states; -1 for rows without (not training)
-        self.weight, self.device = weight, device
+        self.weight = weight
 
     def loss(self, hidden_states, attention_mask, rows):
         """The batch's summed loss: hidden_states (the student's, embeddings first), attention_mask [B, T], rows the
@@ -476,7 +474,7 @@ def hidden_states(r, layers, ids, offsets, types, pad_id, precision, weight):
             print(f"hidden-state cache {path} is unreadable ({type(e).__name__}); computing it again")
     if all(gathered(cached is not None, r.world)):
         print(f"teacher {s['TEACHER']}: its hidden states for {len(rows):,} texts from {path}")
-        return HiddenStates(cached, starts, weight, r.device)
+        return HiddenStates(cached, starts, weight)
     model = AutoModelForSequenceClassification.from_pretrained(source, trust_remote_code=False).to(r.device).eval()
     width = model.config.hidden_size
     print(
@@ -502,4 +500,4 @@ def hidden_states(r, layers, ids, offsets, types, pad_id, precision, weight):
         states = all_sum(states.float(), r.world).to(torch.bfloat16)
     if local_leader():
         atomic_write(path, lambda f: torch.save({"key": key, "states": states}, f))
-    return HiddenStates(states, starts, weight, r.device)
+    return HiddenStates(states, starts, weight)

@@ -98,10 +98,7 @@ class Run:
             s, self.checkpoint = resolve_run(settings, given, self.checkpoint_path, self.script)
             self.recorded = (self.checkpoint or {}).get("recorded", {})  # what a resumed run resolved when it began
             self.given = self.recorded.setdefault("given", sorted(given))  # the settings its command line gave
-            check_settings(s, positive)
-            if "TEACHER" in s:
-                distill.check_settings(s)
-            self.s = s = check(s, given)
+            self.s = s = checked_settings(s, given, positive, check)
             usable_folder(s["DATA_DIR"], "DATA_DIR (--data-dir)")
             Board.check(s["TENSORBOARD"])  # before a download, not after
             if leader():
@@ -184,23 +181,19 @@ class Run:
         self.n_transfer = 0
         if "UNLABELED_URL" in loaded:  # after the test split, each label a placeholder that no loss reads
             transfer = loaded["UNLABELED_URL"][1]
-            for column in frame.columns.difference(["text", "text_pair"]):
-                transfer[column] = 0.0 if self.regression else 0
             if ("text_pair" in frame) != ("text_pair" in transfer):
                 raise RecipeError("UNLABELED_URL (--unlabeled-url) needs the data's text columns, both of a pair")
             transfer = transfer_texts(transfer, frame, self.n_train, s["UNLABELED_URL"])
             self.n_transfer = len(transfer)
-            frame = pd.concat([frame, transfer[frame.columns]])
+            frame = pd.concat([frame, unlabelled_rows(transfer, frame, self.regression)])
         self.n_augmented = 0
         if s.get("DISTILL_AUGMENT"):  # copies of the training texts for the teacher to label, after any others
             copies = augmented_frame(
                 frame.iloc[: self.n_train], s["DISTILL_AUGMENT"], s["SEED"], distill.mask_token(s["TEACHER"])
             )
-            for column in frame.columns.difference(["text", "text_pair"]):
-                copies[column] = 0.0 if self.regression else 0
             self.n_augmented = len(copies)
             self.n_transfer += len(copies)
-            frame = pd.concat([frame, copies[frame.columns]])
+            frame = pd.concat([frame, unlabelled_rows(copies, frame, self.regression)])
             print(
                 f"DISTILL_AUGMENT {s['DISTILL_AUGMENT']}: {len(copies):,} augmented copies of the {self.n_train:,} "
                 f"training texts (words masked, replaced by words of the training texts, n-gram windows; Tang et al. "
@@ -590,6 +583,24 @@ class Run:
         return metrics
 
 
+def checked_settings(s, given, positive, check):
+    """The settings as every run checks them: the shared checks, distillation's, then the script's own check(s, given),
+    which may fill some in (sweep.py checks a searched value with it too)."""
+    check_settings(s, positive)
+    if "TEACHER" in s:
+        distill.check_settings(s)
+    return check(s, given)
+
+
+def unlabelled_rows(texts, frame, regression):
+    """texts (a frame of the text column, or the pair's two) as rows of frame: each label a placeholder that no loss
+    reads (transfer texts are the teacher's to label)."""
+    rows = texts.copy()
+    for column in frame.columns.difference(["text", "text_pair"]):
+        rows[column] = 0.0 if regression else 0
+    return rows[frame.columns]
+
+
 def transfer_texts(transfer, frame, n_train, url):
     """The transfer texts a student may train on: none that is a validation or test text (the splits that choose and
     judge it), none that is a training text (labelled already), each once; what was left out is said. frame: the
@@ -599,8 +610,9 @@ def transfer_texts(transfer, frame, n_train, url):
     def keys(part):
         return pd.MultiIndex.from_frame(part[columns])
 
-    held_out = keys(transfer).isin(keys(frame.iloc[n_train:]))
-    repeated = (keys(transfer).duplicated() | keys(transfer).isin(keys(frame.iloc[:n_train]))) & ~held_out
+    ours = keys(transfer)
+    held_out = ours.isin(keys(frame.iloc[n_train:]))
+    repeated = (ours.duplicated() | ours.isin(keys(frame.iloc[:n_train]))) & ~held_out
     if held_out.any() or repeated.any():
         print(
             f"UNLABELED_URL {url}: {held_out.sum():,} of its {len(transfer):,} texts are validation or test texts and "
